@@ -1,0 +1,1 @@
+//! Platform structure parsers (ACPI, PCI, CXL).
