@@ -1,0 +1,3 @@
+//! `boot`: host-side tooling of cbdfw — boot images, QEMU runner, Linux guest image.
+
+pub mod guest;
