@@ -1,1 +1,122 @@
+//! cbdfw kernel library: platform bring-up shared by the device binary and the
+//! in-QEMU test binaries.
+//!
+//! Boot order ([`init`]): serial + logger → GDT/TSS → IDT → memory (frames,
+//! device mapping area) → CPU features → TSC/RTC → ACPI → PCI.
 #![no_std]
+
+pub mod acpi;
+pub mod arch;
+pub mod exit;
+pub mod fwcfg;
+pub mod memory;
+pub mod mmio;
+pub mod pci;
+pub mod serial;
+pub mod testing;
+
+use bootloader_api::BootInfo;
+use bootloader_api::config::{BootloaderConfig, Mapping};
+
+pub use exit::{ExitCode, exit_qemu};
+
+/// Bootloader configuration every kernel binary (device and tests) uses.
+pub const BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut c = BootloaderConfig::new_default();
+    c.mappings.physical_memory = Some(Mapping::Dynamic);
+    c.kernel_stack_size = 256 * 1024;
+    c
+};
+
+/// What bring-up found.
+pub struct Platform {
+    pub acpi: Option<acpi::Acpi>,
+    pub memory: memory::MemorySummary,
+    pub pci_functions: usize,
+}
+
+/// The log level chosen at run time (`-fw_cfg name=opt/cbdfw/log,string=debug`).
+pub fn runtime_log_level() -> log::LevelFilter {
+    fwcfg::option("log").and_then(|s| serial::parse_level(&s)).unwrap_or(log::LevelFilter::Info)
+}
+
+/// Bring the platform up. Never returns an error: missing pieces are logged, and
+/// callers that need them fail with their own exit status.
+pub fn init(boot_info: &'static mut BootInfo) -> Platform {
+    serial::init_logger(runtime_log_level());
+    arch::gdt::init();
+    arch::idt::init();
+
+    let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
+        log::error!("boot: bootloader gave no physical memory mapping");
+        exit_qemu(ExitCode::Failed);
+    };
+    let regions: &'static bootloader_api::info::MemoryRegions = &boot_info.memory_regions;
+    // SAFETY: the offset comes from the bootloader, which mapped all physical memory
+    // there (BOOTLOADER_CONFIG asks for it); this is the only call.
+    unsafe { memory::init(phys_offset, regions) };
+    let mem = memory::summarize(regions);
+
+    arch::cpu::features();
+    arch::time::init();
+
+    let acpi = match boot_info.rsdp_addr.into_option() {
+        Some(rsdp) => match acpi::Acpi::new(rsdp) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                log::error!("boot: {e}");
+                None
+            }
+        },
+        None => {
+            log::error!("boot: no RSDP from the bootloader");
+            None
+        }
+    };
+    let pci_functions = match &acpi {
+        Some(a) => {
+            let ecams = a.ecams();
+            if ecams.is_empty() {
+                log::warn!("pci: no MCFG table; PCIe enumeration skipped (use a q35 machine)");
+            }
+            pci::enumerate(&ecams)
+        }
+        None => 0,
+    };
+    Platform { acpi, memory: mem, pci_functions }
+}
+
+/// Print the boot report: memory, CPU, time, ACPI, PCI.
+pub fn report(p: &Platform) {
+    let m = &p.memory;
+    log::info!(
+        "memory: {} regions, usable {} MiB in {} regions, bootloader {} KiB, reserved/firmware {} MiB, highest {:#x}",
+        m.regions,
+        m.usable_bytes >> 20,
+        m.usable_regions,
+        m.bootloader_bytes >> 10,
+        m.firmware_bytes >> 20,
+        m.highest
+    );
+    arch::cpu::features().report();
+    let hz = arch::time::tsc_hz();
+    let wall = arch::time::wall_clock_ns();
+    log::info!(
+        "time: TSC {}.{:03} MHz (calibrated against PIT), wall clock {}.{:09} s since epoch (RTC)",
+        hz / 1_000_000,
+        (hz / 1000) % 1000,
+        wall / 1_000_000_000,
+        wall % 1_000_000_000
+    );
+    match &p.acpi {
+        Some(a) => a.report(),
+        None => log::warn!("acpi: not available"),
+    }
+    pci::report();
+}
+
+/// Panic path shared by all binaries: report, then the failure exit.
+pub fn panic_report(info: &core::panic::PanicInfo) -> ! {
+    serial::force_write_fmt(format_args!("\n!!! PANIC: {info}\nexit: failure (panic)\n"));
+    exit_qemu(ExitCode::Failed)
+}
