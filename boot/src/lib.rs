@@ -1,3 +1,8 @@
-//! `boot`: host-side tooling of cbdfw — boot images, QEMU runner, Linux guest image.
+//! `boot`: host-side tooling of cbdfw — kernel and boot-image builds, the QEMU
+//! runner, kernel-test judging, and the Linux guest image.
 
 pub mod guest;
+pub mod image;
+pub mod ktest;
+pub mod qemu;
+pub mod status;

@@ -1,1 +1,253 @@
-fn main() {}
+//! `boot`: the command behind `cargo run`, `cargo ktest` and `cargo xtest`.
+//!
+//! ```text
+//! boot [run] [OPTIONS] [-- QEMU-ARGS…]   build the device kernel and boot it
+//! boot ktest [OPTIONS] [FILTER]         boot every kernel test binary
+//! boot test                             native tests + kernel tests (the CI command)
+//! OPTIONS: --uefi  --release  --timeout SECS  --log LEVEL  --memory MIB
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use boot::image::{self, KernelElf};
+use boot::ktest::Expectation;
+use boot::qemu::{Echo, Firmware, QemuCmd, Vm};
+use boot::status::KernelStatus;
+
+const USAGE: &str = "usage: boot [run|ktest|test] [--uefi] [--release] [--timeout SECS] [--log LEVEL] [--memory MIB] [FILTER] [-- QEMU-ARGS...]";
+
+#[derive(Debug)]
+struct Opts {
+    cmd: String,
+    firmware: Firmware,
+    release: bool,
+    timeout: Duration,
+    log: Option<String>,
+    memory_mib: u64,
+    filter: Option<String>,
+    qemu_extra: Vec<String>,
+}
+
+fn parse_args(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        cmd: "run".into(),
+        firmware: Firmware::Bios,
+        release: false,
+        timeout: Duration::from_secs(120),
+        log: None,
+        memory_mib: 512,
+        filter: None,
+        qemu_extra: Vec::new(),
+    };
+    let mut it = args.iter();
+    let mut first = true;
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "run" | "ktest" | "test" if first => o.cmd = a.clone(),
+            "--uefi" => o.firmware = Firmware::Uefi,
+            "--bios" => o.firmware = Firmware::Bios,
+            "--release" => o.release = true,
+            "--timeout" => {
+                let v = it.next().ok_or("--timeout needs a value in seconds")?;
+                let s: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--timeout: {v:?} is not a number of seconds"))?;
+                o.timeout = Duration::from_secs(s);
+            }
+            "--log" => {
+                let v = it.next().ok_or("--log needs a level")?;
+                if !["off", "error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                    return Err(format!(
+                        "--log: unknown level {v:?} (off, error, warn, info, debug, trace)"
+                    ));
+                }
+                o.log = Some(v.clone());
+            }
+            "--memory" => {
+                let v = it.next().ok_or("--memory needs a size in MiB")?;
+                o.memory_mib = v
+                    .parse()
+                    .map_err(|_| format!("--memory: {v:?} is not a number of MiB"))?;
+            }
+            "--" => {
+                o.qemu_extra.extend(it.by_ref().cloned());
+            }
+            "-h" | "--help" => return Err(String::new()),
+            s if s.starts_with('-') => return Err(format!("unknown option {s:?}")),
+            s if o.cmd == "ktest" && o.filter.is_none() => o.filter = Some(s.to_string()),
+            s => return Err(format!("unexpected argument {s:?}")),
+        }
+        first = false;
+    }
+    Ok(o)
+}
+
+/// The common device-VM command line.
+fn device_qemu(o: &Opts, image: &std::path::Path) -> QemuCmd {
+    let mut q = QemuCmd::new();
+    q.machine("q35")
+        .accel_tcg()
+        .cpu("max,-hypervisor")
+        .memory_mib(o.memory_mib)
+        .headless_serial()
+        .debug_exit()
+        .firmware(o.firmware)
+        .boot_disk(image);
+    if let Some(l) = &o.log {
+        q.fw_opt("log", l);
+    }
+    q.args(o.qemu_extra.iter().cloned());
+    q
+}
+
+fn cmd_run(o: &Opts) -> Result<KernelStatus, String> {
+    let elf = image::build_kernel(o.release).map_err(|e| e.to_string())?;
+    let img = image::make_image(&elf, o.firmware).map_err(|e| e.to_string())?;
+    let vm = Vm::spawn("device", &device_qemu(o, &img), Echo::Lines).map_err(|e| e.to_string())?;
+    let out = vm.wait(o.timeout);
+    eprintln!(
+        "boot: device {} after {:.1} s",
+        out.status.describe(),
+        out.elapsed.as_secs_f64()
+    );
+    Ok(out.status)
+}
+
+fn run_one_test(o: &Opts, elf: &KernelElf) -> Result<(), String> {
+    let src = std::fs::read_to_string(&elf.src).unwrap_or_default();
+    let expect = Expectation::parse(&elf.name, &src);
+    let img = image::make_image(elf, o.firmware).map_err(|e| e.to_string())?;
+    let vm = Vm::spawn(&elf.name, &device_qemu(o, &img), Echo::Quiet).map_err(|e| e.to_string())?;
+    let out = vm.wait(o.timeout);
+    let verdict = expect.judge(&out.status, &out.output);
+    if verdict.is_err() {
+        eprintln!(
+            "---- serial output of {} ----\n{}---- end of {} ----",
+            elf.name, out.output, elf.name
+        );
+    }
+    verdict
+}
+
+fn cmd_ktest(o: &Opts) -> Result<bool, String> {
+    let mut elfs = image::build_kernel_tests().map_err(|e| e.to_string())?;
+    if let Some(f) = &o.filter {
+        elfs.retain(|e| e.name.contains(f.as_str()));
+    }
+    if elfs.is_empty() {
+        return Err("no kernel test binaries matched".into());
+    }
+    elfs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut failed = Vec::new();
+    for elf in &elfs {
+        let r = run_one_test(o, elf);
+        match &r {
+            Ok(()) => eprintln!("ktest {} ... PASS", elf.name),
+            Err(why) => {
+                eprintln!("ktest {} ... FAIL: {why}", elf.name);
+                failed.push(elf.name.clone());
+            }
+        }
+    }
+    eprintln!(
+        "ktest: {} passed, {} failed {:?}",
+        elfs.len() - failed.len(),
+        failed.len(),
+        failed
+    );
+    Ok(failed.is_empty())
+}
+
+fn cmd_test(o: &Opts) -> Result<bool, String> {
+    eprintln!("== native tests ==");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .current_dir(image::workspace_root())
+        .args(["test", "--workspace", "--exclude", "kernel"])
+        .status()
+        .map_err(|e| format!("cannot run cargo test: {e}"))?;
+    if !st.success() {
+        eprintln!("test: native tests FAILED");
+        return Ok(false);
+    }
+    eprintln!("== kernel tests (in QEMU) ==");
+    let ok = cmd_ktest(o)?;
+    eprintln!("test: {}", if ok { "all passed" } else { "FAILED" });
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let o = match parse_args(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("boot: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(if e.is_empty() { 0 } else { 2 });
+        }
+    };
+    let result = match o.cmd.as_str() {
+        "run" => cmd_run(&o).map(|s| s.exit_code()),
+        "ktest" => cmd_ktest(&o).map(|ok| if ok { 0 } else { 1 }),
+        "test" => cmd_test(&o).map(|ok| if ok { 0 } else { 1 }),
+        _ => unreachable!("parse_args only accepts known commands"),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("boot: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_options_and_passthrough() {
+        let o = parse_args(&s(&[
+            "--uefi",
+            "--timeout",
+            "30",
+            "--",
+            "-device",
+            "ivshmem-plain",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (o.cmd.as_str(), o.firmware, o.timeout.as_secs()),
+            ("run", Firmware::Uefi, 30)
+        );
+        assert_eq!(o.qemu_extra, s(&["-device", "ivshmem-plain"]));
+        let o = parse_args(&s(&["ktest", "basic"])).unwrap();
+        assert_eq!(o.filter.as_deref(), Some("basic"));
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        assert!(
+            parse_args(&s(&["--timeout", "soon"]))
+                .unwrap_err()
+                .contains("not a number")
+        );
+        assert!(
+            parse_args(&s(&["--log", "loud"]))
+                .unwrap_err()
+                .contains("unknown level")
+        );
+        assert!(
+            parse_args(&s(&["--frobnicate"]))
+                .unwrap_err()
+                .contains("unknown option")
+        );
+    }
+}

@@ -17,7 +17,15 @@ impl AcpiHandler for Handler {
         let virt = crate::memory::phys_offset() as usize + phys;
         // SAFETY: `virt` is inside the bootloader's physical-memory map (ACPI tables
         // are below 4 GiB) and non-null; the caller vouches that a `T` lives there.
-        unsafe { PhysicalMapping::new(phys, NonNull::new_unchecked(virt as *mut T), size, size, *self) }
+        unsafe {
+            PhysicalMapping::new(
+                phys,
+                NonNull::new_unchecked(virt as *mut T),
+                size,
+                size,
+                *self,
+            )
+        }
     }
 
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
@@ -67,7 +75,10 @@ impl Acpi {
     pub fn new(rsdp: u64) -> Result<Acpi, AcpiError> {
         // SAFETY: the bootloader reports the firmware's RSDP address.
         let tables = unsafe { AcpiTables::from_rsdp(Handler, rsdp as usize) }.map_err(AcpiError)?;
-        Ok(Acpi { revision: tables.revision(), tables })
+        Ok(Acpi {
+            revision: tables.revision(),
+            tables,
+        })
     }
 
     /// Log every table: signature, length, revision, OEM.
@@ -81,9 +92,12 @@ impl Acpi {
                 line.clear();
             }
             let len = h.length;
-            let _ = core::fmt::write(&mut line, format_args!("{}({}) ", h.signature.as_str(), len));
+            let _ = core::fmt::write(
+                &mut line,
+                format_args!("{}({}) ", h.signature.as_str(), len),
+            );
         }
-        log::info!("acpi: revision {} , {n} tables:", self.revision);
+        log::info!("acpi: RSDP revision {}, {n} tables:", self.revision);
         if !line.is_empty() {
             log::info!("acpi:   {line}");
         }
@@ -91,17 +105,27 @@ impl Acpi {
             let (mut cpus, mut ioapics, mut overrides) = (0, 0, 0);
             for e in madt.get().entries() {
                 match e {
-                    acpi::madt::MadtEntry::LocalApic(_) | acpi::madt::MadtEntry::LocalX2Apic(_) => cpus += 1,
+                    acpi::madt::MadtEntry::LocalApic(_) | acpi::madt::MadtEntry::LocalX2Apic(_) => {
+                        cpus += 1
+                    }
                     acpi::madt::MadtEntry::IoApic(_) => ioapics += 1,
                     acpi::madt::MadtEntry::InterruptSourceOverride(_) => overrides += 1,
                     _ => {}
                 }
             }
             let lapic = madt.get().local_apic_address;
-            log::info!("acpi: MADT local APIC {lapic:#x}, {cpus} CPU(s), {ioapics} I/O APIC(s), {overrides} IRQ override(s)");
+            log::info!(
+                "acpi: MADT local APIC {lapic:#x}, {cpus} CPU(s), {ioapics} I/O APIC(s), {overrides} IRQ override(s)"
+            );
         }
         for e in self.ecams() {
-            log::info!("acpi: MCFG ECAM {:#x} segment {} buses {:#x}-{:#x}", e.base, e.segment, e.bus_start, e.bus_end);
+            log::info!(
+                "acpi: MCFG ECAM {:#x} segment {} buses {:#x}-{:#x}",
+                e.base,
+                e.segment,
+                e.bus_start,
+                e.bus_end
+            );
         }
     }
 

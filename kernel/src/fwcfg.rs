@@ -67,7 +67,9 @@ pub fn option(key: &str) -> Option<OptString> {
     name.push_str(key).ok()?;
     let mut buf = [0u8; 128];
     let n = read_file(&name, &mut buf)?;
-    let s = core::str::from_utf8(&buf[..n]).ok()?.trim_end_matches(['\0', '\n', ' ']);
+    let s = core::str::from_utf8(&buf[..n])
+        .ok()?
+        .trim_end_matches(['\0', '\n', ' ']);
     let mut out = OptString::new();
     out.push_str(s).ok()?;
     Some(out)

@@ -37,7 +37,9 @@ pub struct Platform {
 
 /// The log level chosen at run time (`-fw_cfg name=opt/cbdfw/log,string=debug`).
 pub fn runtime_log_level() -> log::LevelFilter {
-    fwcfg::option("log").and_then(|s| serial::parse_level(&s)).unwrap_or(log::LevelFilter::Info)
+    fwcfg::option("log")
+        .and_then(|s| serial::parse_level(&s))
+        .unwrap_or(log::LevelFilter::Info)
 }
 
 /// Bring the platform up. Never returns an error: missing pieces are logged, and
@@ -83,7 +85,11 @@ pub fn init(boot_info: &'static mut BootInfo) -> Platform {
         }
         None => 0,
     };
-    Platform { acpi, memory: mem, pci_functions }
+    Platform {
+        acpi,
+        memory: mem,
+        pci_functions,
+    }
 }
 
 /// Print the boot report: memory, CPU, time, ACPI, PCI.

@@ -9,7 +9,10 @@ entry_point!(kernel_main, config = &kernel::BOOTLOADER_CONFIG);
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let platform = kernel::init(boot_info);
-    log::info!("cbdfw {} — CBD backend device firmware", env!("CARGO_PKG_VERSION"));
+    log::info!(
+        "cbdfw {} — CBD backend device firmware",
+        env!("CARGO_PKG_VERSION")
+    );
     kernel::report(&platform);
     log::info!("boot: done");
     exit_qemu(ExitCode::Success)

@@ -56,7 +56,11 @@ pub struct FrameAlloc {
 
 impl FrameAlloc {
     fn new(regions: &'static MemoryRegions) -> Self {
-        FrameAlloc { regions, region: 0, next: 0 }
+        FrameAlloc {
+            regions,
+            region: 0,
+            next: 0,
+        }
     }
 }
 
@@ -103,7 +107,10 @@ pub struct MemorySummary {
 
 /// Count the memory map.
 pub fn summarize(regions: &MemoryRegions) -> MemorySummary {
-    let mut s = MemorySummary { regions: regions.len(), ..Default::default() };
+    let mut s = MemorySummary {
+        regions: regions.len(),
+        ..Default::default()
+    };
     for r in regions.iter() {
         let len = r.end - r.start;
         s.highest = s.highest.max(r.end);
@@ -131,7 +138,10 @@ pub unsafe fn init(phys_offset: u64, regions: &'static MemoryRegions) {
     // P4 table is therefore mapped there, and only this module mutates it.
     let p4: &'static mut PageTable = unsafe { &mut *(p4_virt as *mut PageTable) };
     // Choose the highest unused lower-half P4 slot (1..=255) as the device area.
-    let slot = (1..256usize).rev().find(|&i| p4[i].is_unused()).unwrap_or(0);
+    let slot = (1..256usize)
+        .rev()
+        .find(|&i| p4[i].is_unused())
+        .unwrap_or(0);
     let start = (slot as u64) << 39;
     // SAFETY: as above.
     let mapper = unsafe { OffsetPageTable::new(p4, VirtAddr::new(phys_offset)) };
@@ -229,7 +239,18 @@ pub fn map_mmio(phys: u64, len: u64, kind: MapKind) -> Result<Mapping, MapError>
         off += page;
     }
     mm.next_va = vstart + (pend - pstart);
-    let m = Mapping { phys, virt: vstart + (phys - pstart), len, kind };
-    log::debug!("mm: mapped {:#x}+{:#x} -> {:#x} ({:?})", phys, len, m.virt, kind);
+    let m = Mapping {
+        phys,
+        virt: vstart + (phys - pstart),
+        len,
+        kind,
+    };
+    log::debug!(
+        "mm: mapped {:#x}+{:#x} -> {:#x} ({:?})",
+        phys,
+        len,
+        m.virt,
+        kind
+    );
     Ok(m)
 }

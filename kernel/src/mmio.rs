@@ -24,7 +24,11 @@ impl Mmio {
     /// Map `len` bytes of registers at `phys` uncached.
     pub fn map(phys: u64, len: u64) -> Result<Mmio, MapError> {
         let m: Mapping = map_mmio(phys, len, MapKind::Uncached)?;
-        Ok(Mmio { base: NonNull::new(m.virt as *mut u8).ok_or(MapError::ZeroLength)?, len: len as usize, phys })
+        Ok(Mmio {
+            base: NonNull::new(m.virt as *mut u8).ok_or(MapError::ZeroLength)?,
+            len: len as usize,
+            phys,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -41,7 +45,11 @@ impl Mmio {
         let len = len.min(self.len - off);
         // SAFETY: `off <= self.len`, so the pointer stays inside (or one past) the mapping.
         let base = unsafe { self.base.add(off) };
-        Mmio { base, len, phys: self.phys + off as u64 }
+        Mmio {
+            base,
+            len,
+            phys: self.phys + off as u64,
+        }
     }
 
     fn ptr<T>(&self, off: usize) -> Option<VolatilePtr<'_, T>> {
@@ -64,7 +72,11 @@ impl Mmio {
     pub fn write32(&self, off: usize, v: u32) {
         match self.ptr::<u32>(off) {
             Some(p) => p.write(v),
-            None => log::warn!("mmio: dropped write {v:#x} at +{off:#x} outside {:#x}+{:#x}", self.phys, self.len),
+            None => log::warn!(
+                "mmio: dropped write {v:#x} at +{off:#x} outside {:#x}+{:#x}",
+                self.phys,
+                self.len
+            ),
         }
     }
 

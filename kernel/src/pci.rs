@@ -120,7 +120,11 @@ fn probe(f: Function) -> PciDevice {
         1 => size_bars(&f, 2),
         _ => Vec::new(),
     };
-    let (secondary_bus, subordinate_bus) = if kind == 1 { (f.read8(0x19), f.read8(0x1a)) } else { (0, 0) };
+    let (secondary_bus, subordinate_bus) = if kind == 1 {
+        (f.read8(0x19), f.read8(0x1a))
+    } else {
+        (0, 0)
+    };
     PciDevice {
         f,
         vendor: f.vendor(),
@@ -154,8 +158,15 @@ pub fn enumerate(ecams: &[Ecam]) -> usize {
         for bus in e.bus_start..=e.bus_end {
             for dev in 0..32u8 {
                 for func in 0..8u8 {
-                    let off = (((bus - e.bus_start) as usize) << 20) | ((dev as usize) << 15) | ((func as usize) << 12);
-                    let f = Function { bus, dev, func, cfg: window.slice(off, 4096) };
+                    let off = (((bus - e.bus_start) as usize) << 20)
+                        | ((dev as usize) << 15)
+                        | ((func as usize) << 12);
+                    let f = Function {
+                        bus,
+                        dev,
+                        func,
+                        cfg: window.slice(off, 4096),
+                    };
                     if f.vendor() == 0xffff {
                         if func == 0 {
                             break;
@@ -165,7 +176,9 @@ pub fn enumerate(ecams: &[Ecam]) -> usize {
                     let d = probe(f);
                     let multi = d.header_type & 0x80 != 0;
                     if list.push(d).is_err() {
-                        log::warn!("pci: more than {MAX_DEVICES} functions; the rest are not recorded");
+                        log::warn!(
+                            "pci: more than {MAX_DEVICES} functions; the rest are not recorded"
+                        );
                         return list.len();
                     }
                     if func == 0 && !multi {
@@ -185,7 +198,11 @@ pub fn with_devices<R>(f: impl FnOnce(&[PciDevice]) -> R) -> R {
 
 /// Find the first function with this vendor/device id.
 pub fn find(vendor: u16, device: u16) -> Option<PciDevice> {
-    DEVICES.lock().iter().find(|d| d.vendor == vendor && d.device == device).cloned()
+    DEVICES
+        .lock()
+        .iter()
+        .find(|d| d.vendor == vendor && d.device == device)
+        .cloned()
 }
 
 /// Log the device list.
@@ -206,7 +223,11 @@ pub fn report() {
                 hw::class_name(d.class, d.subclass)
             );
             if d.header_type & 0x7f == 1 {
-                log::info!("pci:     bridge to buses {:#x}-{:#x}", d.secondary_bus, d.subordinate_bus);
+                log::info!(
+                    "pci:     bridge to buses {:#x}-{:#x}",
+                    d.secondary_bus,
+                    d.subordinate_bus
+                );
             }
             for b in &d.bars {
                 log::info!(
@@ -245,7 +266,12 @@ pub fn report() {
                         v.revision,
                         v.length
                     ),
-                    None => log::debug!("pci:     ext cap {:#06x} v{} @{:#x}", c.id, c.version, c.offset),
+                    None => log::debug!(
+                        "pci:     ext cap {:#06x} v{} @{:#x}",
+                        c.id,
+                        c.version,
+                        c.offset
+                    ),
                 }
             }
         }

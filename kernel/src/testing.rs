@@ -33,6 +33,8 @@ pub fn run(suite: &str, tests: &[Test]) -> ! {
 
 /// Panic handler body for test binaries.
 pub fn test_panic(info: &core::panic::PanicInfo) -> ! {
-    crate::serial::force_write_fmt(format_args!("FAILED\n\n{info}\nexit: failure (test failed)\n"));
+    crate::serial::force_write_fmt(format_args!(
+        "FAILED\n\n{info}\nexit: failure (test failed)\n"
+    ));
     crate::exit_qemu(crate::ExitCode::Failed)
 }

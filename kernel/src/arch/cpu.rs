@@ -1,6 +1,6 @@
 //! CPUID feature report and the cache-line instructions it gates.
 
-use core::arch::x86_64::{CpuidResult, __cpuid, __cpuid_count};
+use core::arch::x86_64::{__cpuid, __cpuid_count, CpuidResult};
 
 #[allow(unused_unsafe)]
 fn cpuid(leaf: u32, sub: u32) -> CpuidResult {
@@ -32,7 +32,16 @@ impl CpuFeatures {
         vendor[4..8].copy_from_slice(&l0.edx.to_le_bytes());
         vendor[8..12].copy_from_slice(&l0.ecx.to_le_bytes());
         let l1 = cpuid(1, 0);
-        let l7 = if l0.eax >= 7 { cpuid(7, 0) } else { CpuidResult { eax: 0, ebx: 0, ecx: 0, edx: 0 } };
+        let l7 = if l0.eax >= 7 {
+            cpuid(7, 0)
+        } else {
+            CpuidResult {
+                eax: 0,
+                ebx: 0,
+                ecx: 0,
+                edx: 0,
+            }
+        };
         let ext_max = cpuid(0x8000_0000, 0).eax;
         let inv_tsc = ext_max >= 0x8000_0007 && cpuid(0x8000_0007, 0).edx & (1 << 8) != 0;
         CpuFeatures {

@@ -85,7 +85,11 @@ extern "C" fn exception_report(frame: &ExceptionFrame) -> ! {
         let e = frame.error_code;
         crate::serial::force_write_fmt(format_args!(
             "    CR2={cr2:#018x} ({} {} access, {} mode{})\n",
-            if e & 1 != 0 { "protection violation on" } else { "non-present page on" },
+            if e & 1 != 0 {
+                "protection violation on"
+            } else {
+                "non-present page on"
+            },
             if e & 0x10 != 0 {
                 "instruction-fetch"
             } else if e & 2 != 0 {
@@ -99,8 +103,21 @@ extern "C" fn exception_report(frame: &ExceptionFrame) -> ! {
     }
     crate::serial::force_write_fmt(format_args!(
         "    RAX={:#x} RBX={:#x} RCX={:#x} RDX={:#x}\n    RSI={:#x} RDI={:#x} RBP={:#x}\n    R8={:#x} R9={:#x} R10={:#x} R11={:#x}\n    R12={:#x} R13={:#x} R14={:#x} R15={:#x}\nexit: failure (exception)\n",
-        frame.rax, frame.rbx, frame.rcx, frame.rdx, frame.rsi, frame.rdi, frame.rbp,
-        frame.r8, frame.r9, frame.r10, frame.r11, frame.r12, frame.r13, frame.r14, frame.r15
+        frame.rax,
+        frame.rbx,
+        frame.rcx,
+        frame.rdx,
+        frame.rsi,
+        frame.rdi,
+        frame.rbp,
+        frame.r8,
+        frame.r9,
+        frame.r10,
+        frame.r11,
+        frame.r12,
+        frame.r13,
+        frame.r14,
+        frame.r15
     ));
     exit_qemu(ExitCode::Failed)
 }

@@ -104,7 +104,11 @@ pub fn init() {
             log::warn!("time: RTC reading {r:?} unusable ({e}); wall clock starts at 0");
             0
         });
-        Clock { tsc_hz, tsc_at_rtc, rtc_unix_ns }
+        Clock {
+            tsc_hz,
+            tsc_at_rtc,
+            rtc_unix_ns,
+        }
     });
 }
 

@@ -1,0 +1,383 @@
+//! QEMU runner: typed command lines, the exact command printed, serial captured and
+//! echoed, kill on drop, timeouts, and the `isa-debug-exit` status mapped back.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::status::KernelStatus;
+
+/// Firmware the image boots with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+/// Where OVMF lives on Debian (`ovmf` package).
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+/// A QEMU command line under construction. Every option the project uses has a
+/// typed method; `extra` passes arbitrary arguments through.
+#[derive(Clone, Debug)]
+pub struct QemuCmd {
+    pub binary: PathBuf,
+    args: Vec<OsString>,
+}
+
+impl QemuCmd {
+    pub fn new() -> Self {
+        QemuCmd {
+            binary: PathBuf::from("qemu-system-x86_64"),
+            args: Vec::new(),
+        }
+    }
+
+    pub fn arg(&mut self, a: impl Into<OsString>) -> &mut Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(&mut self, it: I) -> &mut Self {
+        for a in it {
+            self.args.push(a.into());
+        }
+        self
+    }
+
+    /// `-machine`.
+    pub fn machine(&mut self, m: &str) -> &mut Self {
+        self.arg("-machine").arg(m)
+    }
+
+    /// TCG (KVM on our machines is kvm-pvm and cannot run these guests: measured).
+    pub fn accel_tcg(&mut self) -> &mut Self {
+        self.arg("-accel").arg("tcg")
+    }
+
+    pub fn cpu(&mut self, c: &str) -> &mut Self {
+        self.arg("-cpu").arg(c)
+    }
+
+    pub fn memory_mib(&mut self, mib: u64) -> &mut Self {
+        self.arg("-m").arg(format!("{mib}M"))
+    }
+
+    pub fn smp(&mut self, n: u32) -> &mut Self {
+        self.arg("-smp").arg(n.to_string())
+    }
+
+    /// Serial on stdio, no display, no reboot (a triple fault ends the VM).
+    pub fn headless_serial(&mut self) -> &mut Self {
+        self.args([
+            "-serial",
+            "stdio",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ])
+    }
+
+    /// The exit device the kernel reports through.
+    pub fn debug_exit(&mut self) -> &mut Self {
+        self.arg("-device")
+            .arg("isa-debug-exit,iobase=0xf4,iosize=0x04")
+    }
+
+    pub fn firmware(&mut self, fw: Firmware) -> &mut Self {
+        if fw == Firmware::Uefi {
+            self.arg("-bios").arg(OVMF);
+        }
+        self
+    }
+
+    pub fn boot_disk(&mut self, image: &Path) -> &mut Self {
+        let mut d = OsString::from("format=raw,snapshot=on,file=");
+        d.push(image);
+        self.arg("-drive").arg(d)
+    }
+
+    /// A fw_cfg string option the kernel reads as `opt/cbdfw/<key>`.
+    pub fn fw_opt(&mut self, key: &str, value: &str) -> &mut Self {
+        self.arg("-fw_cfg")
+            .arg(format!("name=opt/cbdfw/{key},string={value}"))
+    }
+
+    /// The command line, shell-quoted, for printing.
+    pub fn display(&self) -> String {
+        let mut s = shell_quote(&self.binary.to_string_lossy());
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&shell_quote(&a.to_string_lossy()));
+        }
+        s
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.args(&self.args);
+        c
+    }
+}
+
+impl Default for QemuCmd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@%+".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Set by the Ctrl-C handler; running VMs are killed when they see it.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Install a Ctrl-C handler once (the VMs are killed by their `Drop`).
+pub fn install_ctrlc() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    });
+}
+
+/// How a VM's output is shown while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Echo {
+    /// Copy every serial line to our stdout, prefixed.
+    Lines,
+    /// Keep quiet (output is still captured).
+    Quiet,
+}
+
+/// A running QEMU. Killed when dropped.
+pub struct Vm {
+    pub name: String,
+    child: Option<Child>,
+    output: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    started: Instant,
+}
+
+/// How a VM ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: KernelStatus,
+    pub output: String,
+    pub elapsed: Duration,
+}
+
+impl Vm {
+    /// Start QEMU. The command line is printed first.
+    pub fn spawn(name: &str, cmd: &QemuCmd, echo: Echo) -> std::io::Result<Vm> {
+        install_ctrlc();
+        eprintln!("[{name}] $ {}", cmd.display());
+        let mut c = cmd.command();
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot start {}: {e} (is QEMU installed? run .ci/setup)",
+                    cmd.binary.display()
+                ),
+            )
+        })?;
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        readers.push(spawn_reader(name, stdout, output.clone(), echo, ""));
+        readers.push(spawn_reader(
+            name,
+            stderr,
+            output.clone(),
+            Echo::Lines,
+            "qemu: ",
+        ));
+        Ok(Vm {
+            name: name.to_string(),
+            child: Some(child),
+            output,
+            readers,
+            started: Instant::now(),
+        })
+    }
+
+    /// Everything captured so far.
+    pub fn output(&self) -> String {
+        self.output.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Wait until the output contains `needle`, the VM exits, or the timeout passes.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && !INTERRUPTED.load(Ordering::SeqCst) {
+            if self.output().contains(needle) {
+                return true;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                return self.output().contains(needle);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Wait for QEMU to exit, at most `timeout`; kill it after that.
+    pub fn wait(mut self, timeout: Duration) -> Outcome {
+        let deadline = self.started + timeout;
+        let mut child = self.child.take().expect("child present until waited");
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break KernelStatus::from_qemu_exit(st.code()),
+                Ok(None) => {}
+                Err(e) => break KernelStatus::RunnerError(format!("waiting for QEMU: {e}")),
+            }
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break KernelStatus::Interrupted;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break KernelStatus::Timeout(timeout);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Outcome {
+            status,
+            output: self.output(),
+            elapsed: self.started.elapsed(),
+        }
+    }
+
+    /// Kill the VM now (e.g. the crash tests' SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_reader(
+    name: &str,
+    src: impl Read + Send + 'static,
+    out: Arc<Mutex<String>>,
+    echo: Echo,
+    prefix: &'static str,
+) -> JoinHandle<()> {
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(src);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    // OVMF paints the console with escape sequences; drop them.
+                    let clean = strip_ansi(&line);
+                    if echo == Echo::Lines {
+                        eprint!("[{name}] {prefix}{clean}");
+                        if !clean.ends_with('\n') {
+                            eprintln!();
+                        }
+                    }
+                    if let Ok(mut o) = out.lock() {
+                        o.push_str(prefix);
+                        o.push_str(&clean);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Remove ANSI CSI escape sequences and carriage returns.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            if it.peek() == Some(&'[') {
+                it.next();
+                for d in it.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_quoted() {
+        let mut q = QemuCmd::new();
+        q.machine("q35").fw_opt("log", "debug level").accel_tcg();
+        assert_eq!(
+            q.display(),
+            "qemu-system-x86_64 -machine q35 -fw_cfg 'name=opt/cbdfw/log,string=debug level' -accel tcg"
+        );
+    }
+
+    #[test]
+    fn ansi_is_stripped() {
+        assert_eq!(
+            strip_ansi("\x1b[2J\x1b[01;01HBdsDxe: ok\r\n"),
+            "BdsDxe: ok\n"
+        );
+    }
+}
