@@ -184,15 +184,18 @@ fn cmd_string(cmd: &Command) -> String {
 
 /// Runs `cmd`, capturing its output; a start failure or non-zero exit is an error naming `what`.
 fn run(cmd: &mut Command, what: &str) -> Result<Output> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| GuestError::Command {
-        what: what.to_string(),
-        cmd: cmd_string(cmd),
-        detail: if e.kind() == io::ErrorKind::NotFound {
-            format!("{e} (is the program installed? see docs/guest.md for the host packages)")
-        } else {
-            e.to_string()
-        },
-    })?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| GuestError::Command {
+            what: what.to_string(),
+            cmd: cmd_string(cmd),
+            detail: if e.kind() == io::ErrorKind::NotFound {
+                format!("{e} (is the program installed? see docs/guest.md for the host packages)")
+            } else {
+                e.to_string()
+            },
+        })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
@@ -389,9 +392,11 @@ impl Store {
         if let Some((_, root)) = self.pkgs.get(&p.name) {
             return Ok(root.clone());
         }
-        let root = self
-            .trees
-            .join(format!("{}_{}", p.name, deb_version_in_filename(&p.version)));
+        let root = self.trees.join(format!(
+            "{}_{}",
+            p.name,
+            deb_version_in_filename(&p.version)
+        ));
         if !root.join(".unpacked").exists() {
             let deb = match self.find_deb(p)? {
                 Some(d) => d,
@@ -428,8 +433,7 @@ impl Store {
             fs::rename(&tmp, &root).map_err(io_err(&root))?;
             fs::write(root.join(".unpacked"), p.id()).map_err(io_err(&root))?;
         }
-        self.pkgs
-            .insert(p.name.clone(), (p.clone(), root.clone()));
+        self.pkgs.insert(p.name.clone(), (p.clone(), root.clone()));
         Ok(root)
     }
 
@@ -709,7 +713,11 @@ impl Layer {
 
     /// Adds `/tests/NAME.sh`, which `/init` runs when the kernel command line has `test=NAME`.
     pub fn add_test_script(&mut self, name: &str, script: &str) -> Result<()> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
             return Err(GuestError::Input {
                 detail: format!("invalid test name {name:?} (use [A-Za-z0-9_-])"),
             });
@@ -901,7 +909,10 @@ pub fn ensure_image(cache_dir: &Path) -> Result<GuestImage> {
     fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
     drop(lock);
     load_cached(&dir)?.ok_or_else(|| GuestError::Input {
-        detail: format!("image in {} incomplete right after building it", dir.display()),
+        detail: format!(
+            "image in {} incomplete right after building it",
+            dir.display()
+        ),
     })
 }
 
@@ -1050,8 +1061,21 @@ fn assemble(
 
     let mut img = Layer::new();
     for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run", "mnt",
-        "root", "tests", "lib64", GUEST_LIBDIR,
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "mnt",
+        "root",
+        "tests",
+        "lib64",
+        GUEST_LIBDIR,
     ] {
         img.add_dir(d)?;
     }
@@ -1078,11 +1102,7 @@ fn assemble(
             }
         }
     }
-    img.add_bytes(
-        "etc/guest-modules",
-        modules.join("\n") + "\n",
-        0o644,
-    )?;
+    img.add_bytes("etc/guest-modules", modules.join("\n") + "\n", 0o644)?;
 
     // Tools and their shared libraries.
     let mut queue: VecDeque<(String, PathBuf, String)> = VecDeque::new();
@@ -1250,7 +1270,11 @@ fn add_modules(
         fs::write(&dst, &ko).map_err(io_err(&dst))?;
         todo.extend(deps.into_iter().map(|d| (d, false)));
     }
-    for f in ["modules.builtin", "modules.builtin.modinfo", "modules.order"] {
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
         let src = kmod.join(f);
         if src.is_file() {
             fs::copy(&src, out.join(f)).map_err(io_err(&src))?;
@@ -1312,7 +1336,10 @@ pub fn build_host_binary() -> Result<PathBuf> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin = target_dir.join(HOST_TARGET).join("release").join("cbd-host");
+    let bin = target_dir
+        .join(HOST_TARGET)
+        .join("release")
+        .join("cbd-host");
     let bytes = fs::read(&bin).map_err(io_err(&bin))?;
     match elf_info(&bytes) {
         Some(i) if i.interp.is_none() && i.needed.is_empty() => Ok(bin),
@@ -1344,8 +1371,20 @@ pub fn add_host_binary(layer: &mut Layer, bin: &Path) -> Result<()> {
 pub fn qemu_args(kernel: &Path, initrd: &Path, append: &str, cxl: bool) -> Vec<String> {
     let machine = if cxl { "q35,cxl=on" } else { "q35" };
     let mut v: Vec<String> = [
-        "-M", machine, "-accel", "tcg", "-cpu", "max,-hypervisor", "-m", "1G", "-smp", "2",
-        "-nographic", "-no-reboot", "-net", "none",
+        "-M",
+        machine,
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max,-hypervisor",
+        "-m",
+        "1G",
+        "-smp",
+        "2",
+        "-nographic",
+        "-no-reboot",
+        "-net",
+        "none",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -27,7 +27,8 @@ impl log::Log for StderrLog {
     fn flush(&self) {}
 }
 
-const USAGE: &str = "usage: guest-image [--cache DIR] [--host] [--cxl] [--boot] [-v] [-- KERNEL ARGS...]";
+const USAGE: &str =
+    "usage: guest-image [--cache DIR] [--host] [--cxl] [--boot] [-v] [-- KERNEL ARGS...]";
 
 fn main() -> ExitCode {
     match real_main() {

@@ -1,0 +1,178 @@
+//! Builds the Linux guest image (cached in `<workspace>/.cache/guest`) and boots it under QEMU TCG
+//! with test scripts from `qemu/guest/tests/` in a second initramfs layer.
+//!
+//! Needs the host tools listed in docs/guest.md (apt, dpkg-deb, depmod, xz, gzip,
+//! qemu-system-x86_64) and apt lists that include bookworm-backports. The first run downloads
+//! about 150 MB of packages; later runs reuse the cache.
+//!
+//! QEMU runs are serialised (the machines this runs on have 2 cores). A run that does not finish
+//! within `CBDFW_GUEST_TIMEOUT` seconds (default 900) is killed: that is a hang guard, the tests
+//! assert nothing about time.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use boot::guest::{self, GuestImage, Layer};
+
+static QEMU_LOCK: Mutex<()> = Mutex::new(());
+
+fn image() -> GuestImage {
+    guest::ensure_image(&guest::default_cache_dir())
+        .unwrap_or_else(|e| panic!("building the guest image failed: {e}"))
+}
+
+fn script(name: &str) -> String {
+    let p = guest::guest_data_dir().join("tests").join(format!("{name}.sh"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn run_dir(name: &str) -> PathBuf {
+    let d = guest::default_cache_dir().join("run").join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Boots the image with `layer` on top and `test=NAME`; returns the console output.
+fn boot(img: &GuestImage, name: &str, layer: &Layer, extra: &[String], cxl: bool) -> String {
+    let dir = run_dir(name);
+    let layer_path = dir.join("layer.img");
+    layer.write(&layer_path).unwrap();
+    let initrd = dir.join("initrd.img");
+    img.initrd_with(&[&layer_path], &initrd).unwrap();
+    let mut args = guest::qemu_args(&img.kernel, &initrd, &format!("quiet test={name}"), cxl);
+    args.extend(extra.iter().cloned());
+
+    let _serial = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting qemu-system-x86_64 (apt-get install qemu-system-x86)");
+    let out = Arc::new(Mutex::new(String::new()));
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .map(|r| {
+        let out = Arc::clone(&out);
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                let mut o = out.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        })
+    })
+    .collect();
+    let limit = Duration::from_secs(
+        std::env::var("CBDFW_GUEST_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(900),
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > limit {
+            child.kill().ok();
+            child.wait().ok();
+            let o = out.lock().unwrap().clone();
+            panic!("guest test {name} hung (killed after {limit:?}); console:\n{o}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for r in readers {
+        r.join().ok();
+    }
+    let o = out.lock().unwrap().clone();
+    std::fs::write(dir.join("console.log"), &o).ok();
+    assert!(status.success(), "qemu failed ({status}); console:\n{o}");
+    o
+}
+
+fn result_line<'a>(console: &'a str, name: &str) -> Option<&'a str> {
+    let prefix = format!("RESULT {name} ");
+    console
+        .lines()
+        .map(|l| l.trim_start_matches(|c: char| c != 'R'))
+        .find(|l| l.starts_with(&prefix))
+}
+
+fn assert_ok(console: &str, name: &str) {
+    assert!(
+        console.contains("USERSPACE-UP"),
+        "guest never reached /init's marker; console:\n{console}"
+    );
+    let r = result_line(console, name)
+        .unwrap_or_else(|| panic!("no RESULT line from test {name}; console:\n{console}"));
+    assert!(
+        r.starts_with(&format!("RESULT {name} OK")),
+        "test {name} failed: {r}\nconsole:\n{console}"
+    );
+    assert!(
+        console.contains(&format!("GUEST-TEST-EXIT {name} rc=0")),
+        "test {name} exited non-zero; console:\n{console}"
+    );
+}
+
+#[test]
+fn image_is_cached_and_has_expected_contents() {
+    let a = image();
+    let b = image();
+    assert_eq!(a, b, "a second ensure_image must return the same image");
+    assert!(a.kernel_release.starts_with("6.12"), "{}", a.kernel_release);
+    for p in ["busybox-static=", "ndctl=", "daxctl=", "fio=", "e2fsprogs=", "libc6="] {
+        assert!(
+            a.packages.iter().any(|x| x.starts_with(p)),
+            "{p} missing from {:?}",
+            a.packages
+        );
+    }
+    assert!(a.kernel.metadata().unwrap().len() > 1 << 20);
+    assert!(a.initrd.metadata().unwrap().len() > 1 << 20);
+}
+
+#[test]
+fn guest_boots_and_loads_ublk() {
+    let img = image();
+    let mut layer = Layer::new();
+    layer.add_test_script("ublk", &script("ublk")).unwrap();
+    let console = boot(&img, "ublk", &layer, &[], false);
+    assert_ok(&console, "ublk");
+}
+
+#[test]
+fn guest_creates_cxl_region_and_devdax() {
+    let img = image();
+    let dir = run_dir("cxl");
+    // Fresh backing files every run: the namespace is created from scratch.
+    let (mem, lsa) = (dir.join("cxl-mem.raw"), dir.join("cxl-lsa.raw"));
+    for f in [&mem, &lsa] {
+        std::fs::remove_file(f).ok();
+    }
+    let mut layer = Layer::new();
+    layer.add_test_script("cxl", &script("cxl")).unwrap();
+    let console = boot(
+        &img,
+        "cxl",
+        &layer,
+        &guest::cxl_qemu_args(&mem, 256 << 20, &lsa),
+        true,
+    );
+    assert_ok(&console, "cxl");
+    // 256 MiB region at the window base 0x1_1000_0000; the devdax metadata (info block + struct
+    // page array, `map=dev`) takes the first 6 MiB, so dax offset X = backing-file offset 6 MiB + X.
+    let r = result_line(&console, "cxl").unwrap();
+    assert!(r.contains("size=262144000"), "{r}");
+    assert!(r.contains("start=110600000"), "{r}");
+    assert!(Path::new(&lsa).exists());
+}
