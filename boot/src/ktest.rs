@@ -4,7 +4,9 @@
 //! * `//! expect-exit: failure` — the binary must end with the failure status (used
 //!   by the tests proving that failures are detected); files named `should_fail*`
 //!   imply it;
-//! * `//! expect-output: TEXT` — the serial output must contain TEXT.
+//! * `//! expect-output: TEXT` — the serial output must contain TEXT;
+//! * `//! qemu-topology: NAME` — boot with `qemu/topologies/NAME.args` (a fresh
+//!   256 MiB backing file in /dev/shm, removed afterwards).
 //!
 //! Without declarations a test must exit with success *and* print its
 //! `kernel tests: N passed` line (a binary that exits 0 without running its cases
@@ -17,6 +19,7 @@ use crate::status::KernelStatus;
 pub struct Expectation {
     pub should_fail: bool,
     pub output: Vec<String>,
+    pub topology: Option<String>,
 }
 
 impl Expectation {
@@ -25,6 +28,7 @@ impl Expectation {
         let mut e = Expectation {
             should_fail: name.starts_with("should_fail"),
             output: Vec::new(),
+            topology: None,
         };
         for line in source.lines() {
             let l = line.trim();
@@ -32,6 +36,8 @@ impl Expectation {
                 e.should_fail = v.trim() == "failure";
             } else if let Some(v) = l.strip_prefix("//! expect-output:") {
                 e.output.push(v.trim().to_string());
+            } else if let Some(v) = l.strip_prefix("//! qemu-topology:") {
+                e.topology = Some(v.trim().to_string());
             }
         }
         if !e.should_fail {

@@ -6,3 +6,4 @@ pub mod image;
 pub mod ktest;
 pub mod qemu;
 pub mod status;
+pub mod topology;

@@ -5,6 +5,8 @@
 //! boot ktest [OPTIONS] [FILTER]         boot every kernel test binary
 //! boot test                             native tests + kernel tests (the CI command)
 //! OPTIONS: --uefi  --release  --timeout SECS  --log LEVEL  --memory MIB
+//!          --topology NAME (qemu/topologies/NAME.args)  --shm PATH  --shm-size MIB
+//!          --mode MODE (what the device does this boot; see kernel/src/main.rs)
 //! ```
 
 use std::process::ExitCode;
@@ -14,8 +16,10 @@ use boot::image::{self, KernelElf};
 use boot::ktest::Expectation;
 use boot::qemu::{Echo, Firmware, QemuCmd, Vm};
 use boot::status::KernelStatus;
+use boot::topology::{self, SharedFile, Topology};
 
-const USAGE: &str = "usage: boot [run|ktest|test] [--uefi] [--release] [--timeout SECS] [--log LEVEL] [--memory MIB] [FILTER] [-- QEMU-ARGS...]";
+const USAGE: &str = "usage: boot [run|ktest|test] [--uefi] [--release] [--timeout SECS] [--log LEVEL] [--memory MIB]
+            [--topology cxl|cxl2rp|ivshmem] [--shm PATH] [--shm-size MIB] [--mode MODE] [FILTER] [-- QEMU-ARGS...]";
 
 #[derive(Debug)]
 struct Opts {
@@ -26,6 +30,10 @@ struct Opts {
     log: Option<String>,
     memory_mib: u64,
     filter: Option<String>,
+    topology: Option<String>,
+    shm: Option<std::path::PathBuf>,
+    shm_size_mib: Option<u64>,
+    mode: Option<String>,
     qemu_extra: Vec<String>,
 }
 
@@ -38,6 +46,10 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         log: None,
         memory_mib: 512,
         filter: None,
+        topology: None,
+        shm: None,
+        shm_size_mib: None,
+        mode: None,
         qemu_extra: Vec::new(),
     };
     let mut it = args.iter();
@@ -70,6 +82,13 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                     .parse()
                     .map_err(|_| format!("--memory: {v:?} is not a number of MiB"))?;
             }
+            "--topology" => o.topology = Some(it.next().ok_or("--topology needs a name")?.clone()),
+            "--shm" => o.shm = Some(it.next().ok_or("--shm needs a file path")?.into()),
+            "--shm-size" => {
+                let v = it.next().ok_or("--shm-size needs a size in MiB")?;
+                o.shm_size_mib = Some(v.parse().map_err(|_| format!("--shm-size: {v:?} is not a number of MiB"))?);
+            }
+            "--mode" => o.mode = Some(it.next().ok_or("--mode needs a value")?.clone()),
             "--" => {
                 o.qemu_extra.extend(it.by_ref().cloned());
             }
@@ -83,10 +102,24 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     Ok(o)
 }
 
+/// Resolve a topology by name with the options' shared-file settings.
+fn resolve_topology(o: &Opts, name: &str) -> Result<Topology, String> {
+    let mut shared = SharedFile::default_for(name);
+    if let Some(p) = &o.shm {
+        shared.path = p.clone();
+    }
+    if let Some(s) = o.shm_size_mib {
+        shared.size_mib = s;
+    }
+    let t = topology::load(name, &shared)?;
+    t.prepare_files()?;
+    Ok(t)
+}
+
 /// The common device-VM command line.
-fn device_qemu(o: &Opts, image: &std::path::Path) -> QemuCmd {
+fn device_qemu(o: &Opts, image: &std::path::Path, topo: Option<&Topology>) -> QemuCmd {
     let mut q = QemuCmd::new();
-    q.machine("q35")
+    q.machine(topo.and_then(|t| t.machine.as_deref()).unwrap_or("q35"))
         .accel_tcg()
         .cpu("max,-hypervisor")
         .memory_mib(o.memory_mib)
@@ -97,6 +130,12 @@ fn device_qemu(o: &Opts, image: &std::path::Path) -> QemuCmd {
     if let Some(l) = &o.log {
         q.fw_opt("log", l);
     }
+    if let Some(m) = &o.mode {
+        q.fw_opt("mode", m);
+    }
+    if let Some(t) = topo {
+        t.apply(&mut q);
+    }
     q.args(o.qemu_extra.iter().cloned());
     q
 }
@@ -104,7 +143,8 @@ fn device_qemu(o: &Opts, image: &std::path::Path) -> QemuCmd {
 fn cmd_run(o: &Opts) -> Result<KernelStatus, String> {
     let elf = image::build_kernel(o.release).map_err(|e| e.to_string())?;
     let img = image::make_image(&elf, o.firmware).map_err(|e| e.to_string())?;
-    let vm = Vm::spawn("device", &device_qemu(o, &img), Echo::Lines).map_err(|e| e.to_string())?;
+    let topo = o.topology.as_deref().map(|n| resolve_topology(o, n)).transpose()?;
+    let vm = Vm::spawn("device", &device_qemu(o, &img, topo.as_ref()), Echo::Lines).map_err(|e| e.to_string())?;
     let out = vm.wait(o.timeout);
     eprintln!(
         "boot: device {} after {:.1} s",
@@ -118,8 +158,24 @@ fn run_one_test(o: &Opts, elf: &KernelElf) -> Result<(), String> {
     let src = std::fs::read_to_string(&elf.src).unwrap_or_default();
     let expect = Expectation::parse(&elf.name, &src);
     let img = image::make_image(elf, o.firmware).map_err(|e| e.to_string())?;
-    let vm = Vm::spawn(&elf.name, &device_qemu(o, &img), Echo::Quiet).map_err(|e| e.to_string())?;
+    // A test that declares a topology gets its own backing file.
+    let topo = match &expect.topology {
+        Some(name) => {
+            let mut shared = SharedFile::default_for(name);
+            shared.path = format!("/dev/shm/cbdfw-ktest-{}-{}.raw", elf.name, std::process::id()).into();
+            shared.size_mib = 256;
+            let t = topology::load(name, &shared)?;
+            t.prepare_files()?;
+            Some(t)
+        }
+        None => None,
+    };
+    let vm = Vm::spawn(&elf.name, &device_qemu(o, &img, topo.as_ref()), Echo::Quiet).map_err(|e| e.to_string())?;
     let out = vm.wait(o.timeout);
+    if let Some(t) = &topo {
+        let _ = std::fs::remove_file(&t.shm);
+        let _ = std::fs::remove_file(format!("{}.lsa", t.shm.display()));
+    }
     let verdict = expect.judge(&out.status, &out.output);
     if verdict.is_err() {
         eprintln!(
