@@ -67,34 +67,61 @@ pub struct Cedt {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CedtError {
     /// Fewer bytes than the ACPI header.
-    Truncated { need: usize, have: usize },
+    Truncated {
+        need: usize,
+        have: usize,
+    },
     BadSignature([u8; 4]),
     /// The header's length field exceeds the bytes provided or is below 36.
-    BadLength { length: u32, have: usize },
+    BadLength {
+        length: u32,
+        have: usize,
+    },
     BadChecksum(u8),
     /// A subtable's length is too small for its type or runs past the table end.
-    BadSubtable { offset: usize, kind: u8, length: u16 },
+    BadSubtable {
+        offset: usize,
+        kind: u8,
+        length: u16,
+    },
     /// ENIW value this parser does not handle (only power-of-two ways 1..8).
-    UnsupportedInterleave { offset: usize, eniw: u8 },
+    UnsupportedInterleave {
+        offset: usize,
+        eniw: u8,
+    },
     TooManyEntries,
 }
 
 impl core::fmt::Display for CedtError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            CedtError::Truncated { need, have } => write!(f, "CEDT truncated: need {need} bytes, have {have}"),
+            CedtError::Truncated { need, have } => {
+                write!(f, "CEDT truncated: need {need} bytes, have {have}")
+            }
             CedtError::BadSignature(s) => write!(f, "not a CEDT (signature {s:02x?})"),
             CedtError::BadLength { length, have } => {
-                write!(f, "CEDT length field {length} invalid ({have} bytes available)")
+                write!(
+                    f,
+                    "CEDT length field {length} invalid ({have} bytes available)"
+                )
             }
             CedtError::BadChecksum(s) => write!(f, "CEDT checksum wrong (byte sum {s:#04x})"),
-            CedtError::BadSubtable { offset, kind, length } => {
-                write!(f, "CEDT subtable type {kind} at +{offset:#x} has bad length {length}")
+            CedtError::BadSubtable {
+                offset,
+                kind,
+                length,
+            } => {
+                write!(
+                    f,
+                    "CEDT subtable type {kind} at +{offset:#x} has bad length {length}"
+                )
             }
             CedtError::UnsupportedInterleave { offset, eniw } => {
                 write!(f, "CFMWS at +{offset:#x}: unsupported ENIW {eniw}")
             }
-            CedtError::TooManyEntries => write!(f, "CEDT has more than {MAX_ENTRIES} entries of one kind"),
+            CedtError::TooManyEntries => {
+                write!(f, "CEDT has more than {MAX_ENTRIES} entries of one kind")
+            }
         }
     }
 }
@@ -113,7 +140,10 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 /// the table; only `header.length` bytes are used.
 pub fn parse(bytes: &[u8]) -> Result<Cedt, CedtError> {
     if bytes.len() < HEADER_LEN {
-        return Err(CedtError::Truncated { need: HEADER_LEN, have: bytes.len() });
+        return Err(CedtError::Truncated {
+            need: HEADER_LEN,
+            have: bytes.len(),
+        });
     }
     let sig = [bytes[0], bytes[1], bytes[2], bytes[3]];
     if &sig != b"CEDT" {
@@ -122,7 +152,10 @@ pub fn parse(bytes: &[u8]) -> Result<Cedt, CedtError> {
     let length = u32_at(bytes, 4);
     let len = length as usize;
     if len < HEADER_LEN || len > bytes.len() {
-        return Err(CedtError::BadLength { length, have: bytes.len() });
+        return Err(CedtError::BadLength {
+            length,
+            have: bytes.len(),
+        });
     }
     let table = &bytes[..len];
     let sum = table.iter().fold(0u8, |a, &b| a.wrapping_add(b));
@@ -133,12 +166,20 @@ pub fn parse(bytes: &[u8]) -> Result<Cedt, CedtError> {
     let mut off = HEADER_LEN;
     while off < len {
         if off + 4 > len {
-            return Err(CedtError::BadSubtable { offset: off, kind: table[off], length: 0 });
+            return Err(CedtError::BadSubtable {
+                offset: off,
+                kind: table[off],
+                length: 0,
+            });
         }
         let kind = table[off];
         let sublen = u16_at(table, off + 2);
         let sl = sublen as usize;
-        let bad = CedtError::BadSubtable { offset: off, kind, length: sublen };
+        let bad = CedtError::BadSubtable {
+            offset: off,
+            kind,
+            length: sublen,
+        };
         if sl < 4 || off + sl > len {
             return Err(bad);
         }
@@ -148,7 +189,12 @@ pub fn parse(bytes: &[u8]) -> Result<Cedt, CedtError> {
                 if sl < 32 {
                     return Err(bad);
                 }
-                let c = Chbs { uid: u32_at(s, 4), cxl_version: u32_at(s, 8), base: u64_at(s, 16), length: u64_at(s, 24) };
+                let c = Chbs {
+                    uid: u32_at(s, 4),
+                    cxl_version: u32_at(s, 8),
+                    base: u64_at(s, 16),
+                    length: u64_at(s, 24),
+                };
                 out.chbs.push(c).map_err(|_| CedtError::TooManyEntries)?;
             }
             1 => {
@@ -240,10 +286,21 @@ pub(crate) mod tests {
     fn parses_qemu_table() {
         let c = parse(&qemu_cedt()).unwrap();
         assert_eq!(c.chbs.len(), 1);
-        assert_eq!(c.chbs[0], Chbs { uid: 0x0c, cxl_version: 1, base: 0x1_0000_0000, length: 0x10000 });
+        assert_eq!(
+            c.chbs[0],
+            Chbs {
+                uid: 0x0c,
+                cxl_version: 1,
+                base: 0x1_0000_0000,
+                length: 0x10000
+            }
+        );
         assert_eq!(c.cfmws.len(), 1);
         let w = &c.cfmws[0];
-        assert_eq!((w.base, w.size, w.ways(), w.hbig, w.restrictions), (0x1_1000_0000, 4 << 30, 1, 0, 0xf));
+        assert_eq!(
+            (w.base, w.size, w.ways(), w.hbig, w.restrictions),
+            (0x1_1000_0000, 4 << 30, 1, 0, 0xf)
+        );
         assert_eq!(&w.targets[..], &[0x0c]);
     }
 
@@ -259,7 +316,10 @@ pub(crate) mod tests {
             match n {
                 // Cut exactly at a subtable boundary: a shorter but valid table.
                 36 => assert_eq!(parse(&cut).map(|c| c.chbs.len() + c.cfmws.len()), Ok(0)),
-                68 => assert_eq!(parse(&cut).map(|c| (c.chbs.len(), c.cfmws.len())), Ok((1, 0))),
+                68 => assert_eq!(
+                    parse(&cut).map(|c| (c.chbs.len(), c.cfmws.len())),
+                    Ok((1, 0))
+                ),
                 _ => assert!(parse(&cut).is_err(), "truncated at {n} parsed"),
             }
         }
@@ -290,7 +350,10 @@ pub(crate) mod tests {
         let mut t = good.clone();
         t[68 + 24] = 9;
         fix_checksum(&mut t);
-        assert!(matches!(parse(&t), Err(CedtError::UnsupportedInterleave { .. })));
+        assert!(matches!(
+            parse(&t),
+            Err(CedtError::UnsupportedInterleave { .. })
+        ));
     }
 
     #[test]

@@ -2,5 +2,6 @@
 //! needs at boot. Everything here takes untrusted bytes and returns errors, never panics.
 
 pub mod cedt;
+pub mod cxl;
 pub mod pci;
 pub mod rtc;

@@ -74,7 +74,14 @@ pub fn capabilities<C: ConfigSpace + ?Sized>(cfg: &C) -> Vec<Cap, MAX_CAPS> {
     let mut steps = 0;
     while ptr >= 0x40 && steps < 48 {
         let id = cfg.read8(ptr as u16);
-        if out.iter().any(|c: &Cap| c.offset == ptr as u16) || out.push(Cap { offset: ptr as u16, id }).is_err() {
+        if out.iter().any(|c: &Cap| c.offset == ptr as u16)
+            || out
+                .push(Cap {
+                    offset: ptr as u16,
+                    id,
+                })
+                .is_err()
+        {
             break;
         }
         ptr = cfg.read8(ptr as u16 + 1) & 0xfc;
@@ -107,7 +114,14 @@ pub fn ext_capabilities<C: ConfigSpace + ?Sized>(cfg: &C) -> Vec<ExtCap, MAX_CAP
             None
         };
         if out.iter().any(|c| c.offset == off)
-            || out.push(ExtCap { offset: off, id, version: ((h >> 16) & 0xf) as u8, dvsec }).is_err()
+            || out
+                .push(ExtCap {
+                    offset: off,
+                    id,
+                    version: ((h >> 16) & 0xf) as u8,
+                    dvsec,
+                })
+                .is_err()
         {
             break;
         }
@@ -206,7 +220,11 @@ pub const BLOCK_COMPONENT: u8 = 1;
 pub const BLOCK_DEVICE: u8 = 3;
 
 /// Decode the register locator DVSEC at `off` with header length `len`.
-pub fn register_locator<C: ConfigSpace + ?Sized>(cfg: &C, off: u16, len: u16) -> Vec<RegisterBlock, 8> {
+pub fn register_locator<C: ConfigSpace + ?Sized>(
+    cfg: &C,
+    off: u16,
+    len: u16,
+) -> Vec<RegisterBlock, 8> {
     let mut out = Vec::new();
     let n = (len.saturating_sub(0x0c) / 8).min(8);
     for i in 0..n {
@@ -245,12 +263,24 @@ pub fn decode_bar(index: u8, orig: u32, mask: u32, orig_hi: u32, mask_hi: u32) -
             return None;
         }
         let size = u64::from((!m).wrapping_add(1) & 0xffff);
-        return Some(Bar { index, base: u64::from(orig & 0xffff_fffc), size, io: true, is64: false, prefetchable: false });
+        return Some(Bar {
+            index,
+            base: u64::from(orig & 0xffff_fffc),
+            size,
+            io: true,
+            is64: false,
+            prefetchable: false,
+        });
     }
     let is64 = (orig >> 1) & 3 == 2;
     let prefetchable = orig & 8 != 0;
     let base = u64::from(orig & 0xffff_fff0) | if is64 { u64::from(orig_hi) << 32 } else { 0 };
-    let m = u64::from(mask & 0xffff_fff0) | if is64 { u64::from(mask_hi) << 32 } else { 0xffff_ffff_0000_0000 };
+    let m = u64::from(mask & 0xffff_fff0)
+        | if is64 {
+            u64::from(mask_hi) << 32
+        } else {
+            0xffff_ffff_0000_0000
+        };
     if m & 0xffff_ffff == 0 && !is64 {
         return None;
     }
@@ -258,7 +288,14 @@ pub fn decode_bar(index: u8, orig: u32, mask: u32, orig_hi: u32, mask_hi: u32) -
         return None;
     }
     let size = (!m).wrapping_add(1);
-    Some(Bar { index, base, size, io: false, is64, prefetchable })
+    Some(Bar {
+        index,
+        base,
+        size,
+        io: false,
+        is64,
+        prefetchable,
+    })
 }
 
 /// Short description of a PCI class code.
@@ -324,7 +361,19 @@ mod tests {
     fn walks_caps_and_dvsecs() {
         let c = type3_config();
         let caps = capabilities(&c[..]);
-        assert_eq!(&caps[..], &[Cap { offset: 0x40, id: 0x10 }, Cap { offset: 0x80, id: 0x05 }]);
+        assert_eq!(
+            &caps[..],
+            &[
+                Cap {
+                    offset: 0x40,
+                    id: 0x10
+                },
+                Cap {
+                    offset: 0x80,
+                    id: 0x05
+                }
+            ]
+        );
         let ext = ext_capabilities(&c[..]);
         assert_eq!(ext.len(), 2);
         let (off, d) = find_dvsec(&ext, CXL_VENDOR, 0).unwrap();
@@ -332,14 +381,25 @@ mod tests {
         let dev = cxl_device_dvsec(&c[..], off).unwrap();
         assert_eq!(dev.range1_size, 256 << 20);
         assert!(dev.mem_info_valid && dev.mem_active);
-        assert_eq!(dev.capability & cxl_dvsec::CAP_MEM_CAPABLE, cxl_dvsec::CAP_MEM_CAPABLE);
+        assert_eq!(
+            dev.capability & cxl_dvsec::CAP_MEM_CAPABLE,
+            cxl_dvsec::CAP_MEM_CAPABLE
+        );
         let (loff, l) = find_dvsec(&ext, CXL_VENDOR, 8).unwrap();
         let blocks = register_locator(&c[..], loff, l.length);
         assert_eq!(
             &blocks[..],
             &[
-                RegisterBlock { bar: 0, block_id: BLOCK_COMPONENT, offset: 0 },
-                RegisterBlock { bar: 2, block_id: BLOCK_DEVICE, offset: 0 }
+                RegisterBlock {
+                    bar: 0,
+                    block_id: BLOCK_COMPONENT,
+                    offset: 0
+                },
+                RegisterBlock {
+                    bar: 2,
+                    block_id: BLOCK_DEVICE,
+                    offset: 0
+                }
             ]
         );
     }
@@ -382,7 +442,10 @@ mod tests {
     fn bar_decoding() {
         // 64-bit prefetchable 2 GiB BAR at 0xE0_0000_0000.
         let b = decode_bar(2, 0x0000_000c, 0x8000_000c, 0xe0, 0xffff_ffff).unwrap();
-        assert_eq!((b.base, b.size, b.is64, b.prefetchable), (0xe0_0000_0000, 2 << 30, true, true));
+        assert_eq!(
+            (b.base, b.size, b.is64, b.prefetchable),
+            (0xe0_0000_0000, 2 << 30, true, true)
+        );
         // 32-bit 64 KiB memory BAR.
         let b = decode_bar(0, 0xfe80_0000, 0xffff_0000, 0, 0).unwrap();
         assert_eq!((b.base, b.size, b.is64), (0xfe80_0000, 0x10000, false));

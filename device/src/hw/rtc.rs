@@ -59,7 +59,13 @@ pub fn unix_nanos(r: &RtcReading) -> Result<u64, RtcError> {
             hour += 12;
         }
     }
-    let (sec, min, day, month, yy) = (conv(r.sec), conv(r.min), conv(r.day), conv(r.month), conv(r.year));
+    let (sec, min, day, month, yy) = (
+        conv(r.sec),
+        conv(r.min),
+        conv(r.day),
+        conv(r.month),
+        conv(r.year),
+    );
     let century = if r.century != 0 { conv(r.century) } else { 20 };
     if sec > 59 {
         return Err(RtcError::OutOfRange("second"));
@@ -127,16 +133,37 @@ mod tests {
             century: 19,
             status_b: 0x04,
         };
-        assert_eq!(unix_nanos(&r).unwrap(), (13 * 3600 + 30 * 60) * 1_000_000_000);
+        assert_eq!(
+            unix_nanos(&r).unwrap(),
+            (13 * 3600 + 30 * 60) * 1_000_000_000
+        );
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        let r = RtcReading { sec: 0xff, min: 0xff, hour: 0xff, day: 0, month: 0xff, year: 0xff, century: 0xff, status_b: 0 };
+        let r = RtcReading {
+            sec: 0xff,
+            min: 0xff,
+            hour: 0xff,
+            day: 0,
+            month: 0xff,
+            year: 0xff,
+            century: 0xff,
+            status_b: 0,
+        };
         assert!(unix_nanos(&r).is_err());
         for b in [0u8, 0x02, 0x04, 0x06] {
             for v in [0u8, 0x59, 0x99, 0xff] {
-                let r = RtcReading { sec: v, min: v, hour: v, day: v, month: v, year: v, century: v, status_b: b };
+                let r = RtcReading {
+                    sec: v,
+                    min: v,
+                    hour: v,
+                    day: v,
+                    month: v,
+                    year: v,
+                    century: v,
+                    status_b: b,
+                };
                 let _ = unix_nanos(&r);
             }
         }
