@@ -86,7 +86,10 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--shm" => o.shm = Some(it.next().ok_or("--shm needs a file path")?.into()),
             "--shm-size" => {
                 let v = it.next().ok_or("--shm-size needs a size in MiB")?;
-                o.shm_size_mib = Some(v.parse().map_err(|_| format!("--shm-size: {v:?} is not a number of MiB"))?);
+                o.shm_size_mib = Some(
+                    v.parse()
+                        .map_err(|_| format!("--shm-size: {v:?} is not a number of MiB"))?,
+                );
             }
             "--mode" => o.mode = Some(it.next().ok_or("--mode needs a value")?.clone()),
             "--" => {
@@ -143,8 +146,13 @@ fn device_qemu(o: &Opts, image: &std::path::Path, topo: Option<&Topology>) -> Qe
 fn cmd_run(o: &Opts) -> Result<KernelStatus, String> {
     let elf = image::build_kernel(o.release).map_err(|e| e.to_string())?;
     let img = image::make_image(&elf, o.firmware).map_err(|e| e.to_string())?;
-    let topo = o.topology.as_deref().map(|n| resolve_topology(o, n)).transpose()?;
-    let vm = Vm::spawn("device", &device_qemu(o, &img, topo.as_ref()), Echo::Lines).map_err(|e| e.to_string())?;
+    let topo = o
+        .topology
+        .as_deref()
+        .map(|n| resolve_topology(o, n))
+        .transpose()?;
+    let vm = Vm::spawn("device", &device_qemu(o, &img, topo.as_ref()), Echo::Lines)
+        .map_err(|e| e.to_string())?;
     let out = vm.wait(o.timeout);
     eprintln!(
         "boot: device {} after {:.1} s",
@@ -162,7 +170,12 @@ fn run_one_test(o: &Opts, elf: &KernelElf) -> Result<(), String> {
     let topo = match &expect.topology {
         Some(name) => {
             let mut shared = SharedFile::default_for(name);
-            shared.path = format!("/dev/shm/cbdfw-ktest-{}-{}.raw", elf.name, std::process::id()).into();
+            shared.path = format!(
+                "/dev/shm/cbdfw-ktest-{}-{}.raw",
+                elf.name,
+                std::process::id()
+            )
+            .into();
             shared.size_mib = 256;
             let t = topology::load(name, &shared)?;
             t.prepare_files()?;
@@ -170,7 +183,8 @@ fn run_one_test(o: &Opts, elf: &KernelElf) -> Result<(), String> {
         }
         None => None,
     };
-    let vm = Vm::spawn(&elf.name, &device_qemu(o, &img, topo.as_ref()), Echo::Quiet).map_err(|e| e.to_string())?;
+    let vm = Vm::spawn(&elf.name, &device_qemu(o, &img, topo.as_ref()), Echo::Quiet)
+        .map_err(|e| e.to_string())?;
     let out = vm.wait(o.timeout);
     if let Some(t) = &topo {
         let _ = std::fs::remove_file(&t.shm);

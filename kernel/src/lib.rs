@@ -7,11 +7,13 @@
 
 pub mod acpi;
 pub mod arch;
+pub mod cxl;
 pub mod exit;
 pub mod fwcfg;
 pub mod memory;
 pub mod mmio;
 pub mod pci;
+pub mod region;
 pub mod serial;
 pub mod testing;
 
@@ -125,4 +127,72 @@ pub fn report(p: &Platform) {
 pub fn panic_report(info: &core::panic::PanicInfo) -> ! {
     serial::force_write_fmt(format_args!("\n!!! PANIC: {info}\nexit: failure (panic)\n"));
     exit_qemu(ExitCode::Failed)
+}
+
+/// Which shared memory the run-time options ask for (`opt/cbdfw/region`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionChoice {
+    Auto,
+    Cxl,
+    Ivshmem,
+}
+
+/// Find, enable and map the shared region. On failure prints one clear line and
+/// returns the distinct exit status to leave with.
+pub fn shared_region(p: &Platform) -> Result<region::SharedRegion, ExitCode> {
+    let choice = match fwcfg::option("region").as_deref() {
+        None | Some("auto") => RegionChoice::Auto,
+        Some("cxl") => RegionChoice::Cxl,
+        Some("ivshmem") => RegionChoice::Ivshmem,
+        Some(other) => {
+            log::error!("region: unknown region option {other:?} (auto, cxl, ivshmem)");
+            return Err(ExitCode::Failed);
+        }
+    };
+    let min_mib: u64 = fwcfg::option("min-region-mib")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let has_cedt = p.acpi.as_ref().and_then(|a| a.cedt_bytes()).is_some();
+    let use_cxl = match choice {
+        RegionChoice::Cxl => true,
+        RegionChoice::Ivshmem => false,
+        RegionChoice::Auto => has_cedt || pci::find(0x1af4, 0x1110).is_none(),
+    };
+    let region = if use_cxl {
+        match cxl::bring_up(p.acpi.as_ref()) {
+            Ok(m) => m.region,
+            Err(e) => {
+                log::error!("cxl: {e}");
+                return Err(e.exit_code());
+            }
+        }
+    } else {
+        match cxl::ivshmem() {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                log::error!("ivshmem: cannot map BAR2: {e}");
+                return Err(ExitCode::Failed);
+            }
+            None => {
+                log::error!("ivshmem: no ivshmem-plain device (1af4:1110) with an assigned BAR2");
+                return Err(ExitCode::NoCxl);
+            }
+        }
+    };
+    if region.len() < min_mib << 20 {
+        log::error!(
+            "region: {} MiB shared region is smaller than the {} MiB required",
+            region.len() >> 20,
+            min_mib
+        );
+        return Err(ExitCode::RegionTooSmall);
+    }
+    log::info!(
+        "region: {:?} memory at {:#x}, {} MiB, write-back by {:?}",
+        region.source,
+        region.phys,
+        region.len() >> 20,
+        region.write_back_insn()
+    );
+    Ok(region)
 }

@@ -75,15 +75,21 @@ pub enum CxlRegError {
 impl core::fmt::Display for CxlRegError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            CxlRegError::NoCapabilityHeader(v) => write!(f, "no CXL capability header (read {v:#010x})"),
-            CxlRegError::PointerOutOfRange(p) => write!(f, "capability pointer {p:#x} out of range"),
+            CxlRegError::NoCapabilityHeader(v) => {
+                write!(f, "no CXL capability header (read {v:#010x})")
+            }
+            CxlRegError::PointerOutOfRange(p) => {
+                write!(f, "capability pointer {p:#x} out of range")
+            }
         }
     }
 }
 
 /// Decode the capability array from a reader of cache/mem dwords (offset relative
 /// to +0x1000).
-pub fn cap_array(read32: impl Fn(usize) -> u32) -> Result<heapless::Vec<CapEntry, 16>, CxlRegError> {
+pub fn cap_array(
+    read32: impl Fn(usize) -> u32,
+) -> Result<heapless::Vec<CapEntry, 16>, CxlRegError> {
     let h = read32(0);
     if h & 0xffff != CAP_ID_CXL as u32 {
         return Err(CxlRegError::NoCapabilityHeader(h));
@@ -93,10 +99,18 @@ pub fn cap_array(read32: impl Fn(usize) -> u32) -> Result<heapless::Vec<CapEntry
     for i in 1..=n {
         let e = read32(4 * i);
         let pointer = (e >> 20) as u16;
+        if e & 0xffff == 0 {
+            // Empty slot (QEMU leaves the HDM slot of a passthrough host bridge zero).
+            continue;
+        }
         if pointer < 4 {
             return Err(CxlRegError::PointerOutOfRange(pointer));
         }
-        let _ = out.push(CapEntry { id: (e & 0xffff) as u16, version: ((e >> 16) & 0xf) as u8, pointer });
+        let _ = out.push(CapEntry {
+            id: (e & 0xffff) as u16,
+            version: ((e >> 16) & 0xf) as u8,
+            pointer,
+        });
     }
     Ok(out)
 }
@@ -134,10 +148,16 @@ impl core::fmt::Display for WindowError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             WindowError::Misaligned { base, size } => {
-                write!(f, "window base {base:#x} / size {size:#x} not 256 MiB aligned")
+                write!(
+                    f,
+                    "window base {base:#x} / size {size:#x} not 256 MiB aligned"
+                )
             }
             WindowError::TooSmall { window, capacity } => {
-                write!(f, "fixed memory window of {window:#x} bytes cannot hold device capacity {capacity:#x}")
+                write!(
+                    f,
+                    "fixed memory window of {window:#x} bytes cannot hold device capacity {capacity:#x}"
+                )
             }
             WindowError::Empty => write!(f, "device reports zero capacity"),
         }
@@ -150,7 +170,10 @@ pub fn check_window(base: u64, window: u64, capacity: u64) -> Result<(), WindowE
         return Err(WindowError::Empty);
     }
     if base % HDM_ALIGN != 0 || capacity % HDM_ALIGN != 0 {
-        return Err(WindowError::Misaligned { base, size: capacity });
+        return Err(WindowError::Misaligned {
+            base,
+            size: capacity,
+        });
     }
     if capacity > window {
         return Err(WindowError::TooSmall { window, capacity });
@@ -165,18 +188,38 @@ mod tests {
     #[test]
     fn qemu_cap_array() {
         // QEMU 10.0.2 endpoint: header with 3 entries; HDM at pointer 0x128.
-        let regs = [0x0300_0001u32 | (1 << 16), 0x0040_0002, 0x0100_0003, 0x1281_0005];
+        let regs = [
+            0x0300_0001u32 | (1 << 16),
+            0x0040_0002,
+            0x0100_0003,
+            0x1281_0005,
+        ];
         let caps = cap_array(|o| regs.get(o / 4).copied().unwrap_or(0)).unwrap();
         assert_eq!(caps.len(), 3);
-        assert_eq!(caps.iter().find(|c| c.id == CAP_ID_HDM).map(|c| c.pointer), Some(0x128));
+        assert_eq!(
+            caps.iter().find(|c| c.id == CAP_ID_HDM).map(|c| c.pointer),
+            Some(0x128)
+        );
     }
 
     #[test]
     fn bad_cap_arrays() {
-        assert!(matches!(cap_array(|_| 0), Err(CxlRegError::NoCapabilityHeader(0))));
-        assert!(matches!(cap_array(|_| u32::MAX), Err(CxlRegError::NoCapabilityHeader(_))));
-        let regs = [0x0100_0001u32, 0x0000_0005];
-        assert!(matches!(cap_array(|o| regs[o / 4]), Err(CxlRegError::PointerOutOfRange(_))));
+        assert!(matches!(
+            cap_array(|_| 0),
+            Err(CxlRegError::NoCapabilityHeader(0))
+        ));
+        let passthrough = [0x0100_0001u32, 0];
+        assert_eq!(cap_array(|o| passthrough[o / 4]).unwrap().len(), 0);
+        assert!(matches!(
+            cap_array(|_| u32::MAX),
+            Err(CxlRegError::NoCapabilityHeader(_))
+        ));
+        let regs = [0x0200_0001u32, 0x0000_0000, 0x0000_0005];
+        // the zero slot is skipped, the HDM entry pointing into the header is not
+        assert!(matches!(
+            cap_array(|o| regs[o / 4]),
+            Err(CxlRegError::PointerOutOfRange(_))
+        ));
     }
 
     #[test]
@@ -188,13 +231,22 @@ mod tests {
         assert_eq!(ctrl_value(1, 2, false), 0x12);
         assert_eq!(lo_hi(0x1_1000_0000), (0x1000_0000, 1));
         // Linux leaves CTRL 0x1600 on a committed type-3 decoder.
-        assert_eq!(ctrl_value(0, 0, true) | hdm::CTRL_COMMIT | hdm::CTRL_COMMITTED, 0x1600);
+        assert_eq!(
+            ctrl_value(0, 0, true) | hdm::CTRL_COMMIT | hdm::CTRL_COMMITTED,
+            0x1600
+        );
         assert!(check_window(0x1_1000_0000, 4 << 30, 1 << 30).is_ok());
         assert_eq!(
             check_window(0x1_1000_0000, 256 << 20, 1 << 30),
-            Err(WindowError::TooSmall { window: 256 << 20, capacity: 1 << 30 })
+            Err(WindowError::TooSmall {
+                window: 256 << 20,
+                capacity: 1 << 30
+            })
         );
-        assert!(matches!(check_window(0x1_1100_0000, 4 << 30, 1 << 30), Err(WindowError::Misaligned { .. })));
+        assert!(matches!(
+            check_window(0x1_1100_0000, 4 << 30, 1 << 30),
+            Err(WindowError::Misaligned { .. })
+        ));
         assert_eq!(check_window(0, 1 << 30, 0), Err(WindowError::Empty));
     }
 }
