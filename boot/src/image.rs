@@ -163,3 +163,47 @@ pub fn make_image(elf: &KernelElf, fw: Firmware) -> Result<PathBuf, BuildError> 
     }
     Ok(img)
 }
+
+/// The device kernel's BIOS image for integration tests.
+///
+/// `boot test` builds it first and passes it in `CBDFW_KERNEL_IMAGE`; a plain
+/// `cargo test` builds it here, in a separate target directory, because the outer
+/// cargo still holds the workspace's build lock while tests run.
+pub fn kernel_image_for_tests() -> Result<PathBuf, BuildError> {
+    if let Ok(p) = std::env::var("CBDFW_KERNEL_IMAGE") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(BuildError(format!(
+            "CBDFW_KERNEL_IMAGE={} does not exist",
+            p.display()
+        )));
+    }
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let nested = workspace_root().join("target").join("nested");
+    let out = Command::new(cargo())
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", &nested)
+        .args([
+            "build",
+            "-p",
+            "kernel",
+            "--bin",
+            "kernel",
+            "--target",
+            "x86_64-unknown-none",
+        ])
+        .status()
+        .map_err(|e| BuildError(format!("cannot run cargo: {e}")))?;
+    if !out.success() {
+        return Err(BuildError("building the kernel for tests failed".into()));
+    }
+    let elf = KernelElf {
+        name: "kernel-nested".into(),
+        path: nested.join("x86_64-unknown-none/debug/kernel"),
+        src: PathBuf::new(),
+    };
+    make_image(&elf, Firmware::Bios)
+}

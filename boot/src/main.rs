@@ -12,9 +12,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use boot::device_vm::DeviceVm;
 use boot::image::{self, KernelElf};
 use boot::ktest::Expectation;
-use boot::qemu::{Echo, Firmware, QemuCmd, Vm};
+use boot::qemu::{Echo, Firmware, Vm};
 use boot::status::KernelStatus;
 use boot::topology::{self, SharedFile, Topology};
 
@@ -119,28 +120,22 @@ fn resolve_topology(o: &Opts, name: &str) -> Result<Topology, String> {
     Ok(t)
 }
 
-/// The common device-VM command line.
-fn device_qemu(o: &Opts, image: &std::path::Path, topo: Option<&Topology>) -> QemuCmd {
-    let mut q = QemuCmd::new();
-    q.machine(topo.and_then(|t| t.machine.as_deref()).unwrap_or("q35"))
-        .accel_tcg()
-        .cpu("max,-hypervisor")
-        .memory_mib(o.memory_mib)
-        .headless_serial()
-        .debug_exit()
-        .firmware(o.firmware)
-        .boot_disk(image);
+/// The device VM these options describe.
+fn device_vm(o: &Opts, topo: Option<&Topology>) -> DeviceVm {
+    let mut d = DeviceVm {
+        firmware: o.firmware,
+        memory_mib: o.memory_mib,
+        ..Default::default()
+    };
     if let Some(l) = &o.log {
-        q.fw_opt("log", l);
+        d = d.option("log", l);
     }
     if let Some(m) = &o.mode {
-        q.fw_opt("mode", m);
+        d = d.option("mode", m);
     }
-    if let Some(t) = topo {
-        t.apply(&mut q);
-    }
-    q.args(o.qemu_extra.iter().cloned());
-    q
+    d.topology = topo.cloned();
+    d.extra = o.qemu_extra.clone();
+    d
 }
 
 fn cmd_run(o: &Opts) -> Result<KernelStatus, String> {
@@ -151,8 +146,12 @@ fn cmd_run(o: &Opts) -> Result<KernelStatus, String> {
         .as_deref()
         .map(|n| resolve_topology(o, n))
         .transpose()?;
-    let vm = Vm::spawn("device", &device_qemu(o, &img, topo.as_ref()), Echo::Lines)
-        .map_err(|e| e.to_string())?;
+    let vm = Vm::spawn(
+        "device",
+        &device_vm(o, topo.as_ref()).command(&img),
+        Echo::Lines,
+    )
+    .map_err(|e| e.to_string())?;
     let out = vm.wait(o.timeout);
     eprintln!(
         "boot: device {} after {:.1} s",
@@ -183,8 +182,12 @@ fn run_one_test(o: &Opts, elf: &KernelElf) -> Result<(), String> {
         }
         None => None,
     };
-    let vm = Vm::spawn(&elf.name, &device_qemu(o, &img, topo.as_ref()), Echo::Quiet)
-        .map_err(|e| e.to_string())?;
+    let vm = Vm::spawn(
+        &elf.name,
+        &device_vm(o, topo.as_ref()).command(&img),
+        Echo::Quiet,
+    )
+    .map_err(|e| e.to_string())?;
     let out = vm.wait(o.timeout);
     if let Some(t) = &topo {
         let _ = std::fs::remove_file(&t.shm);
@@ -230,10 +233,14 @@ fn cmd_ktest(o: &Opts) -> Result<bool, String> {
 }
 
 fn cmd_test(o: &Opts) -> Result<bool, String> {
-    eprintln!("== native tests ==");
+    // Integration tests boot the device kernel; build its image once, up front.
+    let elf = image::build_kernel(false).map_err(|e| e.to_string())?;
+    let img = image::make_image(&elf, Firmware::Bios).map_err(|e| e.to_string())?;
+    eprintln!("== native and integration tests ==");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = std::process::Command::new(cargo)
         .current_dir(image::workspace_root())
+        .env("CBDFW_KERNEL_IMAGE", &img)
         .args(["test", "--workspace", "--exclude", "kernel"])
         .status()
         .map_err(|e| format!("cannot run cargo test: {e}"))?;
