@@ -164,46 +164,53 @@ pub fn make_image(elf: &KernelElf, fw: Firmware) -> Result<PathBuf, BuildError> 
     Ok(img)
 }
 
-/// The device kernel's BIOS image for integration tests.
+/// The device kernel's boot image for integration tests.
 ///
-/// `boot test` builds it first and passes it in `CBDFW_KERNEL_IMAGE`; a plain
-/// `cargo test` builds it here, in a separate target directory, because the outer
-/// cargo still holds the workspace's build lock while tests run.
-pub fn kernel_image_for_tests() -> Result<PathBuf, BuildError> {
-    if let Ok(p) = std::env::var("CBDFW_KERNEL_IMAGE") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        return Err(BuildError(format!(
-            "CBDFW_KERNEL_IMAGE={} does not exist",
-            p.display()
-        )));
-    }
+/// `boot test` builds the kernel first and passes the ELF in `CBDFW_KERNEL_ELF`; a
+/// plain `cargo test` builds it here, in a separate target directory, because the
+/// outer cargo still holds the workspace's build lock while tests run.
+pub fn kernel_image_for_tests(fw: Firmware) -> Result<PathBuf, BuildError> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let nested = workspace_root().join("target").join("nested");
-    let out = Command::new(cargo())
-        .current_dir(workspace_root())
-        .env("CARGO_TARGET_DIR", &nested)
-        .args([
-            "build",
-            "-p",
-            "kernel",
-            "--bin",
-            "kernel",
-            "--target",
-            "x86_64-unknown-none",
-        ])
-        .status()
-        .map_err(|e| BuildError(format!("cannot run cargo: {e}")))?;
-    if !out.success() {
-        return Err(BuildError("building the kernel for tests failed".into()));
-    }
-    let elf = KernelElf {
-        name: "kernel-nested".into(),
-        path: nested.join("x86_64-unknown-none/debug/kernel"),
-        src: PathBuf::new(),
+    let path = match std::env::var("CBDFW_KERNEL_ELF") {
+        Ok(p) => {
+            let p = PathBuf::from(p);
+            if !p.is_file() {
+                return Err(BuildError(format!(
+                    "CBDFW_KERNEL_ELF={} does not exist",
+                    p.display()
+                )));
+            }
+            p
+        }
+        Err(_) => {
+            let nested = workspace_root().join("target").join("nested");
+            let st = Command::new(cargo())
+                .current_dir(workspace_root())
+                .env("CARGO_TARGET_DIR", &nested)
+                .args([
+                    "build",
+                    "-p",
+                    "kernel",
+                    "--bin",
+                    "kernel",
+                    "--target",
+                    "x86_64-unknown-none",
+                ])
+                .status()
+                .map_err(|e| BuildError(format!("cannot run cargo: {e}")))?;
+            if !st.success() {
+                return Err(BuildError("building the kernel for tests failed".into()));
+            }
+            nested.join("x86_64-unknown-none/debug/kernel")
+        }
     };
-    make_image(&elf, Firmware::Bios)
+    make_image(
+        &KernelElf {
+            name: "kernel-test".into(),
+            path,
+            src: PathBuf::new(),
+        },
+        fw,
+    )
 }

@@ -235,12 +235,11 @@ fn cmd_ktest(o: &Opts) -> Result<bool, String> {
 fn cmd_test(o: &Opts) -> Result<bool, String> {
     // Integration tests boot the device kernel; build its image once, up front.
     let elf = image::build_kernel(false).map_err(|e| e.to_string())?;
-    let img = image::make_image(&elf, Firmware::Bios).map_err(|e| e.to_string())?;
     eprintln!("== native and integration tests ==");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = std::process::Command::new(cargo)
         .current_dir(image::workspace_root())
-        .env("CBDFW_KERNEL_IMAGE", &img)
+        .env("CBDFW_KERNEL_ELF", &elf.path)
         .args(["test", "--workspace", "--exclude", "kernel"])
         .status()
         .map_err(|e| format!("cannot run cargo test: {e}"))?;

@@ -25,7 +25,8 @@ fn shm(name: &str) -> TempShm {
 }
 
 fn boot(name: &str, vm: DeviceVm) -> Outcome {
-    let img = boot::image::kernel_image_for_tests().expect("kernel image");
+    let img =
+        boot::image::kernel_image_for_tests(boot::qemu::Firmware::Bios).expect("kernel image");
     let v = Vm::spawn(name, &vm.command(&img), Echo::Quiet).expect("start QEMU");
     let out = v.wait(Duration::from_secs(180));
     eprintln!("---- {name} ----\n{}", out.output);
