@@ -257,10 +257,8 @@ pub fn parse_apt_show(text: &str) -> Vec<Pkg> {
         let mut last: Option<&str> = None;
         for line in stanza.lines() {
             if line.starts_with(' ') || line.starts_with('\t') {
-                if let Some(k) = last {
-                    if let Some(v) = fields.get_mut(k) {
-                        v.push_str(line);
-                    }
+                if let Some(v) = last.and_then(|k| fields.get_mut(k)) {
+                    v.push_str(line);
                 }
                 continue;
             }
@@ -761,8 +759,7 @@ impl Layer {
             path: PathBuf::from("<cpio stream>"),
             source: e,
         };
-        let mut ino = 1u32;
-        for (name, e) in &self.entries {
+        for (ino, (name, e)) in (1u32..).zip(self.entries.iter()) {
             let (mode, data): (u32, Vec<u8>) = match e {
                 Entry::Dir => (0o040755, Vec::new()),
                 Entry::Symlink(t) => (0o120777, t.as_bytes().to_vec()),
@@ -776,7 +773,6 @@ impl Layer {
             };
             let nlink = if matches!(e, Entry::Dir) { 2 } else { 1 };
             cpio_entry(&mut w, ino, mode, nlink, name, &data).map_err(werr)?;
-            ino += 1;
         }
         cpio_entry(&mut w, 0, 0, 1, "TRAILER!!!", &[]).map_err(werr)?;
         w.flush().map_err(werr)

@@ -25,7 +25,9 @@ fn image() -> GuestImage {
 }
 
 fn script(name: &str) -> String {
-    let p = guest::guest_data_dir().join("tests").join(format!("{name}.sh"));
+    let p = guest::guest_data_dir()
+        .join("tests")
+        .join(format!("{name}.sh"));
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -130,7 +132,14 @@ fn image_is_cached_and_has_expected_contents() {
     let b = image();
     assert_eq!(a, b, "a second ensure_image must return the same image");
     assert!(a.kernel_release.starts_with("6.12"), "{}", a.kernel_release);
-    for p in ["busybox-static=", "ndctl=", "daxctl=", "fio=", "e2fsprogs=", "libc6="] {
+    for p in [
+        "busybox-static=",
+        "ndctl=",
+        "daxctl=",
+        "fio=",
+        "e2fsprogs=",
+        "libc6=",
+    ] {
         assert!(
             a.packages.iter().any(|x| x.starts_with(p)),
             "{p} missing from {:?}",

@@ -1,0 +1,125 @@
+//! `cbd-host`: exposes a CBD disk as a ublk block device. See `cbd-host --help` and docs/host.md.
+//!
+//! Build (static, runs in the bare guest initramfs):
+//! `CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+//!  cargo build -p host --release --target x86_64-unknown-linux-gnu`
+//! (or `boot::guest::build_host_binary()`).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use host::cli::{self, BackendKind, Command};
+use host::disk::{Disk, RamDisk};
+use host::{cbd, map, ublk};
+
+struct StderrLog;
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("cbd-host: {}: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn main() -> ExitCode {
+    let cmd = match cli::parse(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cbd-host: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cbd-host: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "cbd-host".into())
+}
+
+fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
+    let args = match cmd {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            return Ok(());
+        }
+        Command::Stop(id) => return Ok(ublk::stop(id)?),
+        Command::Run(a) => a,
+    };
+    log::set_logger(&StderrLog).ok();
+    log::set_max_level(if args.verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    });
+
+    let disk: Arc<dyn Disk> = match args.backend {
+        BackendKind::Ram => {
+            log::warn!("TEST MODE: serving an in-process RAM disk, not a CBD backend");
+            let ram: &'static RamDisk = Box::leak(Box::new(RamDisk::new(args.ram_size)?));
+            Arc::new(ram)
+        }
+        BackendKind::Cbd => {
+            // The mapping lives as long as the program (queues borrow it).
+            let mem = Box::leak(Box::new(map::map_transport(
+                &args.transport,
+                args.offset,
+                args.size,
+            )?));
+            log::info!("write-back instruction: {:?}", mem.write_back_insn());
+            let opts = cbd::CbdOptions {
+                hostname: args.hostname.clone().unwrap_or_else(hostname),
+                backend_id: args.backend_id,
+                queues: args.ublk.queues,
+                noncoherent: args.noncoherent,
+            };
+            Arc::from(cbd::start(mem, &opts)?)
+        }
+    };
+    log::info!(
+        "serving {} on {} queue(s) of depth {}",
+        disk.describe(),
+        args.ublk.queues,
+        args.ublk.depth
+    );
+
+    let ready = |id: i32| {
+        println!("cbd-host: ready /dev/ublkb{id}");
+        std::io::stdout().flush().ok();
+        // SIGINT/SIGTERM: stop the device; `serve` then returns and deletes it.
+        match signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ]) {
+            Ok(mut sigs) => {
+                std::thread::spawn(move || {
+                    if let Some(s) = sigs.forever().next() {
+                        log::info!("signal {s}: stopping /dev/ublkb{id}");
+                        if let Err(e) = ublk::stop(id) {
+                            log::error!("{e}");
+                        }
+                    }
+                });
+            }
+            Err(e) => log::warn!("no signal handling ({e}); stop with `cbd-host stop {id}`"),
+        }
+    };
+    ublk::serve(Arc::clone(&disk), &args.ublk, ready)?;
+    let stats = disk.stats();
+    println!("cbd-host: stopped; {stats}");
+    Ok(())
+}
