@@ -182,6 +182,7 @@ pub fn bring_up(acpi: Option<&Acpi>) -> Result<CxlMemory, CxlError> {
     let acpi = acpi.ok_or(CxlError::NoAcpi)?;
     // 1. CEDT
     let bytes = acpi.cedt_bytes().ok_or(CxlError::NoCedt)?;
+    crate::trace_hexdump("CEDT", bytes);
     let cedt = cedt::parse(bytes).map_err(CxlError::Cedt)?;
     let window = cedt.cfmws.first().cloned().ok_or(CxlError::NoWindow)?;
     let target = window.targets.first().copied().unwrap_or(u32::MAX);
@@ -214,6 +215,13 @@ pub fn bring_up(acpi: Option<&Acpi>) -> Result<CxlMemory, CxlError> {
             .find(|d| d.header_type & 0x7f == 1 && d.secondary_bus == dev.f.bus)
             .cloned()
     });
+    if log::max_level() >= log::LevelFilter::Trace {
+        let mut cfg = [0u8; 4096];
+        for (i, c) in cfg.chunks_mut(4).enumerate() {
+            c.copy_from_slice(&dev.f.read32(4 * i as u16).to_le_bytes());
+        }
+        crate::trace_hexdump("type3-config", &cfg);
+    }
     let (dvsec_off, _) = dev.dvsec(CXL_VENDOR, 0).ok_or(CxlError::NoDevice)?;
     let info = hwpci::cxl_device_dvsec(&dev.f, dvsec_off).ok_or(CxlError::NoDevice)?;
     log::info!(

@@ -196,3 +196,18 @@ pub fn shared_region(p: &Platform) -> Result<region::SharedRegion, ExitCode> {
     );
     Ok(region)
 }
+
+/// Log `bytes` as a hex dump at trace level (captures for test fixtures).
+pub fn trace_hexdump(what: &str, bytes: &[u8]) {
+    if log::max_level() < log::LevelFilter::Trace {
+        return;
+    }
+    log::trace!("hexdump {what} {} bytes", bytes.len());
+    for (i, chunk) in bytes.chunks(32).enumerate() {
+        let mut s: heapless::String<96> = heapless::String::new();
+        for b in chunk {
+            let _ = core::fmt::write(&mut s, format_args!("{b:02x}"));
+        }
+        log::trace!("hexdump {what} {:04x} {s}", i * 32);
+    }
+}
