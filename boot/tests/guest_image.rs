@@ -12,12 +12,23 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use boot::guest::{self, GuestImage, Layer};
 
 static QEMU_LOCK: Mutex<()> = Mutex::new(());
+static HOST_BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// The static `cbd-host` binary (built once per test process).
+fn host_binary() -> PathBuf {
+    HOST_BIN
+        .get_or_init(|| {
+            guest::build_host_binary()
+                .unwrap_or_else(|e| panic!("building the host binary failed: {e}"))
+        })
+        .clone()
+}
 
 fn image() -> GuestImage {
     guest::ensure_image(&guest::default_cache_dir())
@@ -184,4 +195,44 @@ fn guest_creates_cxl_region_and_devdax() {
     assert!(r.contains("size=262144000"), "{r}");
     assert!(r.contains("start=110600000"), "{r}");
     assert!(Path::new(&lsa).exists());
+}
+
+#[test]
+fn host_serves_ram_disk_over_ublk() {
+    let img = image();
+    let mut layer = Layer::new();
+    guest::add_host_binary(&mut layer, &host_binary()).unwrap();
+    layer
+        .add_test_script("host-ram", &script("host-ram"))
+        .unwrap();
+    let console = boot(&img, "host-ram", &layer, &[], false);
+    assert_ok(&console, "host-ram");
+    assert!(
+        console.contains("cbd-host: ready /dev/ublkb0"),
+        "no ready line; console:\n{console}"
+    );
+}
+
+#[test]
+fn host_on_cxl_devdax_without_backend_fails_clearly() {
+    let img = image();
+    let dir = run_dir("host-cxl");
+    let (mem, lsa) = (dir.join("cxl-mem.raw"), dir.join("cxl-lsa.raw"));
+    for f in [&mem, &lsa] {
+        std::fs::remove_file(f).ok();
+    }
+    let mut layer = Layer::new();
+    guest::add_host_binary(&mut layer, &host_binary()).unwrap();
+    layer.add_test_script("cxl", &script("cxl")).unwrap();
+    layer
+        .add_test_script("host-cxl", &script("host-cxl"))
+        .unwrap();
+    let console = boot(
+        &img,
+        "host-cxl",
+        &layer,
+        &guest::cxl_qemu_args(&mem, 256 << 20, &lsa),
+        true,
+    );
+    assert_ok(&console, "host-cxl");
 }
