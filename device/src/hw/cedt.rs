@@ -304,6 +304,34 @@ pub(crate) mod tests {
         assert_eq!(&w.targets[..], &[0x0c]);
     }
 
+    /// Bytes captured from QEMU 10.0.2 (`cargo run -- --topology cxl --log trace`).
+    const CAPTURED: &[u8] = include_bytes!("fixtures/qemu10-cxl-cedt.bin");
+
+    #[test]
+    fn parses_captured_qemu_table() {
+        let c = parse(CAPTURED).unwrap();
+        assert_eq!(
+            &c.chbs[..],
+            &[Chbs {
+                uid: 0x0c,
+                cxl_version: 1,
+                base: 0x1_0000_0000,
+                length: 0x10000
+            }]
+        );
+        let w = &c.cfmws[0];
+        assert_eq!(
+            (w.base, w.size, w.ways(), w.hbig, w.restrictions),
+            (0x1_1000_0000, 1 << 30, 1, 0, 0xf)
+        );
+        assert_eq!(&w.targets[..], &[0x0c]);
+        // and the synthesized table used below differs only in the window size
+        let mut synth = qemu_cedt();
+        synth[68 + 16..68 + 24].copy_from_slice(&(1u64 << 30).to_le_bytes());
+        synth[9] = CAPTURED[9];
+        assert_eq!(&synth[10..], &CAPTURED[10..]);
+    }
+
     #[test]
     fn every_truncation_is_an_error() {
         let t = qemu_cedt();

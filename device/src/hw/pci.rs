@@ -404,6 +404,39 @@ mod tests {
         );
     }
 
+    /// Config space of QEMU 10.0.2's cxl-type3 (0d:00.0), captured by the kernel.
+    const CAPTURED: &[u8] = include_bytes!("fixtures/qemu10-cxl-type3-config.bin");
+
+    #[test]
+    fn captured_type3_config_space() {
+        let c = CAPTURED;
+        assert_eq!((c.read16(0), c.read16(2)), (0x8086, 0x0d93));
+        let ext = ext_capabilities(c);
+        let ids: std::vec::Vec<u16> = ext.iter().filter_map(|e| e.dvsec).map(|d| d.id).collect();
+        assert_eq!(ids, [0, 8, 5, 7]);
+        let (off, _) = find_dvsec(&ext, CXL_VENDOR, 0).unwrap();
+        let dev = cxl_device_dvsec(c, off).unwrap();
+        assert_eq!(dev.range1_size, 1 << 30);
+        assert!(dev.mem_info_valid && dev.mem_active);
+        let (loff, l) = find_dvsec(&ext, CXL_VENDOR, 8).unwrap();
+        let blocks = register_locator(c, loff, l.length);
+        assert!(blocks.contains(&RegisterBlock {
+            bar: 0,
+            block_id: BLOCK_COMPONENT,
+            offset: 0
+        }));
+        assert!(
+            blocks
+                .iter()
+                .any(|b| b.block_id == BLOCK_DEVICE && b.bar == 2)
+        );
+        // Every truncation of the captured space parses without panicking.
+        for n in (0..c.len()).step_by(4) {
+            let _ = ext_capabilities(&c[..n]);
+            let _ = capabilities(&c[..n]);
+        }
+    }
+
     #[test]
     fn loops_and_garbage_terminate() {
         let mut c = type3_config();
