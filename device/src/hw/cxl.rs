@@ -169,7 +169,7 @@ pub fn check_window(base: u64, window: u64, capacity: u64) -> Result<(), WindowE
     if capacity == 0 {
         return Err(WindowError::Empty);
     }
-    if base % HDM_ALIGN != 0 || capacity % HDM_ALIGN != 0 {
+    if !base.is_multiple_of(HDM_ALIGN) || !capacity.is_multiple_of(HDM_ALIGN) {
         return Err(WindowError::Misaligned {
             base,
             size: capacity,

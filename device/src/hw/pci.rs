@@ -95,7 +95,7 @@ pub fn ext_capabilities<C: ConfigSpace + ?Sized>(cfg: &C) -> Vec<ExtCap, MAX_CAP
     let mut out: Vec<ExtCap, MAX_CAPS> = Vec::new();
     let mut off: u16 = 0x100;
     let mut steps = 0;
-    while off >= 0x100 && off <= 0xffc && steps < 64 {
+    while (0x100..=0xffc).contains(&off) && steps < 64 {
         let h = cfg.read32(off);
         if h == 0 || h == 0xffff_ffff {
             break;
