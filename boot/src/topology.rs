@@ -82,7 +82,7 @@ fn substitute(line: &str, vars: &BTreeMap<&str, String>) -> Result<String, Strin
 
 /// Parse topology text (separate from file access for tests).
 pub fn parse(name: &str, text: &str, shared: &SharedFile) -> Result<Topology, String> {
-    if shared.size_mib == 0 || shared.size_mib % 256 != 0 {
+    if shared.size_mib == 0 || !shared.size_mib.is_multiple_of(256) {
         return Err(format!(
             "shared size {} MiB must be a non-zero multiple of 256 MiB (CXL memdev rule)",
             shared.size_mib

@@ -218,7 +218,7 @@ pub fn map_mmio(phys: u64, len: u64, kind: MapKind) -> Result<Mapping, MapError>
                         frames,
                     )
                     .map(|f| f.flush())
-                    .map_err(|e| map_err_2m(e))
+                    .map_err(map_err_2m)
             } else {
                 mapper
                     .map_to(
@@ -228,7 +228,7 @@ pub fn map_mmio(phys: u64, len: u64, kind: MapKind) -> Result<Mapping, MapError>
                         frames,
                     )
                     .map(|f| f.flush())
-                    .map_err(|e| map_err_4k(e))
+                    .map_err(map_err_4k)
             }
         };
         match res {

@@ -54,7 +54,7 @@ impl Mmio {
 
     fn ptr<T>(&self, off: usize) -> Option<VolatilePtr<'_, T>> {
         let size = core::mem::size_of::<T>();
-        if off % size != 0 || off.checked_add(size)? > self.len {
+        if !off.is_multiple_of(size) || off.checked_add(size)? > self.len {
             return None;
         }
         // SAFETY: `off..off+size` is inside the mapped range and naturally aligned;

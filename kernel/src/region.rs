@@ -53,7 +53,7 @@ impl SharedRegion {
     #[track_caller]
     fn addr(&self, off: u64, len: u64, align: u64) -> u64 {
         match off.checked_add(len) {
-            Some(end) if end <= self.len && off % align == 0 => self.base + off,
+            Some(end) if end <= self.len && off.is_multiple_of(align) => self.base + off,
             _ => panic!(
                 "shared region access {off:#x}+{len:#x} outside {:#x} bytes (align {align})",
                 self.len
