@@ -15,7 +15,7 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
     kernel::init(boot_info);
     kernel::serial_println!("touching 0xdeadbeef000");
     // SAFETY: deliberately invalid: this test checks the fault path.
-    let v = unsafe { core::ptr::read_volatile(0xdead_beef_000 as *const u64) };
+    let v = unsafe { core::ptr::read_volatile(0xdea_dbee_f000 as *const u64) };
     kernel::serial_println!("read {v:#x}: no fault happened");
     kernel::exit_qemu(kernel::ExitCode::Success)
 }
