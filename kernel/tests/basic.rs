@@ -10,12 +10,10 @@ entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 static mut PLATFORM: Option<kernel::Platform> = None;
 
 fn platform() -> &'static kernel::Platform {
-    // SAFETY: written once in `main` before any test runs; single-threaded kernel.
-    unsafe {
-        (*(&raw const PLATFORM))
-            .as_ref()
-            .expect("platform initialised")
-    }
+    let p: *const Option<kernel::Platform> = &raw const PLATFORM;
+    // SAFETY: written once in `main` before any test runs; single-threaded kernel,
+    // and no mutable reference exists afterwards.
+    unsafe { (*p).as_ref().expect("platform initialised") }
 }
 
 fn main(boot_info: &'static mut BootInfo) -> ! {
