@@ -7,6 +7,7 @@
 //! OPTIONS: --uefi  --release  --timeout SECS  --log LEVEL  --memory MIB
 //!          --topology NAME (qemu/topologies/NAME.args)  --shm PATH  --shm-size MIB
 //!          --mode MODE (what the device does this boot; see kernel/src/main.rs)
+//!          --opt KEY=VALUE (any other device option, e.g. serve-secs=10; docs/kernel.md)
 //! ```
 
 use std::process::ExitCode;
@@ -20,7 +21,7 @@ use boot::status::KernelStatus;
 use boot::topology::{self, SharedFile, Topology};
 
 const USAGE: &str = "usage: boot [run|ktest|test] [--uefi] [--release] [--timeout SECS] [--log LEVEL] [--memory MIB]
-            [--topology cxl|cxl2rp|ivshmem] [--shm PATH] [--shm-size MIB] [--mode MODE] [FILTER] [-- QEMU-ARGS...]";
+            [--topology cxl|cxl2rp|ivshmem] [--shm PATH] [--shm-size MIB] [--mode MODE] [--opt KEY=VALUE]... [FILTER] [-- QEMU-ARGS...]";
 
 #[derive(Debug)]
 struct Opts {
@@ -35,6 +36,7 @@ struct Opts {
     shm: Option<std::path::PathBuf>,
     shm_size_mib: Option<u64>,
     mode: Option<String>,
+    opts: Vec<(String, String)>,
     qemu_extra: Vec<String>,
 }
 
@@ -51,6 +53,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         shm: None,
         shm_size_mib: None,
         mode: None,
+        opts: Vec::new(),
         qemu_extra: Vec::new(),
     };
     let mut it = args.iter();
@@ -93,6 +96,13 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 );
             }
             "--mode" => o.mode = Some(it.next().ok_or("--mode needs a value")?.clone()),
+            "--opt" => {
+                let v = it.next().ok_or("--opt needs KEY=VALUE")?;
+                let (k, val) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("--opt: {v:?} is not KEY=VALUE"))?;
+                o.opts.push((k.to_string(), val.to_string()));
+            }
             "--" => {
                 o.qemu_extra.extend(it.by_ref().cloned());
             }
@@ -132,6 +142,9 @@ fn device_vm(o: &Opts, topo: Option<&Topology>) -> DeviceVm {
     }
     if let Some(m) = &o.mode {
         d = d.option("mode", m);
+    }
+    for (k, v) in &o.opts {
+        d = d.option(k, v);
     }
     d.topology = topo.cloned();
     d.extra = o.qemu_extra.clone();

@@ -15,6 +15,7 @@ pub mod mmio;
 pub mod pci;
 pub mod region;
 pub mod serial;
+pub mod serve;
 pub mod testing;
 
 use bootloader_api::BootInfo;

@@ -5,7 +5,8 @@
 //! * `report` (default): platform report, exit;
 //! * `region-selftest`: enable the shared region, read the host's pattern at
 //!   +0x1000 (invalidate, then read), write patterns to the first and last line,
-//!   write them back, exit.
+//!   write them back, exit;
+//! * `backend`: serve the CBD v3 transport as a backend device (`kernel/src/serve.rs`).
 #![no_std]
 #![no_main]
 
@@ -29,8 +30,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     match mode.as_deref().unwrap_or("report") {
         "report" => {}
         "region-selftest" => region_selftest(&platform),
+        "backend" => match kernel::shared_region(&platform) {
+            Ok(r) => exit_qemu(kernel::serve::serve(r)),
+            Err(code) => exit_qemu(code),
+        },
         other => {
-            log::error!("boot: unknown mode {other:?} (report, region-selftest)");
+            log::error!("boot: unknown mode {other:?} (report, region-selftest, backend)");
             exit_qemu(ExitCode::Failed);
         }
     }

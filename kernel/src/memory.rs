@@ -52,6 +52,8 @@ pub struct FrameAlloc {
     regions: &'static MemoryRegions,
     region: usize,
     next: u64,
+    /// Ranges handed out by [`reserve`]; never given out as frames.
+    reserved: heapless::Vec<(u64, u64), 8>,
 }
 
 impl FrameAlloc {
@@ -60,7 +62,37 @@ impl FrameAlloc {
             regions,
             region: 0,
             next: 0,
+            reserved: heapless::Vec::new(),
         }
+    }
+
+    /// Carve `len` bytes (4 KiB aligned) from the top of a usable region that
+    /// the bump pointer has not reached and no earlier reservation overlaps.
+    fn reserve(&mut self, len: u64) -> Option<u64> {
+        let len = len.next_multiple_of(4096);
+        let mut best: Option<u64> = None;
+        for (i, r) in self.regions.iter().enumerate() {
+            if r.kind != MemoryRegionKind::Usable || i < self.region {
+                continue;
+            }
+            let mut top = r.end & !0xfff;
+            for &(s, e) in &self.reserved {
+                if s < r.end && e > r.start {
+                    top = top.min(s);
+                }
+            }
+            let floor = if i == self.region {
+                self.next.max(r.start)
+            } else {
+                r.start
+            };
+            if top >= floor + len && best.is_none_or(|b| top - len > b) {
+                best = Some(top - len);
+            }
+        }
+        let start = best?;
+        self.reserved.push((start, start + len)).ok()?;
+        Some(start)
     }
 }
 
@@ -70,7 +102,14 @@ unsafe impl FrameAllocator<Size4KiB> for FrameAlloc {
         while self.region < self.regions.len() {
             let r = &self.regions[self.region];
             if r.kind == MemoryRegionKind::Usable {
-                let start = self.next.max(r.start.next_multiple_of(4096));
+                let mut start = self.next.max(r.start.next_multiple_of(4096));
+                while let Some(&(_, e)) = self
+                    .reserved
+                    .iter()
+                    .find(|&&(s, e)| start < e && start + 4096 > s)
+                {
+                    start = e;
+                }
                 if start + 4096 <= r.end {
                     self.next = start + 4096;
                     return Some(PhysFrame::containing_address(PhysAddr::new(start)));
@@ -153,6 +192,22 @@ pub unsafe fn init(phys_offset: u64, regions: &'static MemoryRegions) {
         end_va: if slot == 0 { start } else { start + (1 << 39) },
     });
     log::debug!("mm: device mapping area at P4 slot {slot} ({start:#x})");
+}
+
+/// Take `len` bytes of contiguous usable RAM for the device's own use (RAM media,
+/// bounce buffers), zeroed, through the physical-memory map. Never freed.
+pub fn reserve(len: u64) -> Option<&'static mut [u8]> {
+    let mut guard = MM.lock();
+    let mm = guard.as_mut()?;
+    let phys = mm.frames.reserve(len)?;
+    let virt = mm.phys_offset + phys;
+    // SAFETY: `phys..phys+len` is usable RAM that the frame allocator will never
+    // hand out and no other reservation overlaps, so this is the only reference;
+    // the bootloader's physical map covers it (usable RAM is below `max_phys`).
+    let s = unsafe { core::slice::from_raw_parts_mut(virt as *mut u8, len as usize) };
+    s.fill(0);
+    log::debug!("mm: reserved {len:#x} bytes of RAM at {phys:#x}");
+    Some(s)
 }
 
 /// The bootloader's physical-memory offset (RAM and ACPI tables only).

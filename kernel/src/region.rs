@@ -2,7 +2,7 @@
 //! implementing `device::shm::SharedMem` with real cache maintenance. Every byte
 //! the device shares with the host goes through here.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, compiler_fence};
 
 use crate::arch::cache::{self, WriteBackInsn};
 use crate::memory::{MapError, MapKind, map_mmio};
@@ -46,6 +46,20 @@ impl SharedRegion {
         self.len == 0
     }
 
+    /// A view of `[off, off+len)` of this region (clamped), e.g. a transport that
+    /// starts after Linux devdax metadata.
+    pub fn window(&self, off: u64, len: u64) -> SharedRegion {
+        let off = off.min(self.len);
+        let len = len.min(self.len - off);
+        SharedRegion {
+            base: self.base + off,
+            len,
+            phys: self.phys + off,
+            source: self.source,
+            wb: self.wb,
+        }
+    }
+
     pub fn write_back_insn(&self) -> WriteBackInsn {
         self.wb
     }
@@ -73,27 +87,29 @@ impl device::shm::SharedMem for SharedRegion {
 
     fn read(&self, off: u64, buf: &mut [u8]) {
         let a = self.addr(off, buf.len() as u64, 1);
-        // SAFETY: `a..a+len` is inside the mapped region; the host may write it
-        // concurrently, so copy with volatile byte loads into private memory.
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = unsafe { core::ptr::read_volatile((a + i as u64) as *const u8) };
-        }
+        // SAFETY: `a..a+len` is inside the mapped region (checked above) and `buf` is
+        // private memory, so they do not overlap. The host may store to the range
+        // concurrently; the protocol tolerates torn copies (it copies first, then
+        // validates seq/CRC), and ordering comes from the fences and the acquire
+        // loads of the ring pointers, not from this copy.
+        unsafe { core::ptr::copy_nonoverlapping(a as *const u8, buf.as_mut_ptr(), buf.len()) };
+        compiler_fence(Ordering::SeqCst);
     }
 
     fn write(&self, off: u64, data: &[u8]) {
         let a = self.addr(off, data.len() as u64, 1);
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: inside the mapped region (checked above).
-            unsafe { core::ptr::write_volatile((a + i as u64) as *mut u8, *b) };
-        }
+        compiler_fence(Ordering::SeqCst);
+        // SAFETY: inside the mapped region (checked above); `data` is private memory.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), a as *mut u8, data.len()) };
+        compiler_fence(Ordering::SeqCst);
     }
 
     fn fill(&self, off: u64, len: u64, byte: u8) {
         let a = self.addr(off, len, 1);
-        for i in 0..len {
-            // SAFETY: inside the mapped region (checked above).
-            unsafe { core::ptr::write_volatile((a + i) as *mut u8, byte) };
-        }
+        compiler_fence(Ordering::SeqCst);
+        // SAFETY: inside the mapped region (checked above).
+        unsafe { core::ptr::write_bytes(a as *mut u8, byte, len as usize) };
+        compiler_fence(Ordering::SeqCst);
     }
 
     fn load_u32(&self, off: u64) -> u32 {

@@ -41,6 +41,39 @@ pub fn force_write_fmt(args: fmt::Arguments) {
     write_fmt(args);
 }
 
+/// A byte typed on the console, if any (non-blocking).
+pub fn try_read_byte() -> Option<u8> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        COM1.lock().as_mut()?.inner_mut().try_receive_byte().ok()
+    })
+}
+
+/// Accumulates console input into lines (the device's tiny command console).
+#[derive(Default)]
+pub struct LineReader {
+    buf: heapless::String<64>,
+}
+
+impl LineReader {
+    /// Poll the UART; returns a complete line (without the newline) when one arrived.
+    pub fn poll(&mut self) -> Option<heapless::String<64>> {
+        while let Some(b) = try_read_byte() {
+            match b {
+                b'\r' | b'\n' => {
+                    if !self.buf.is_empty() {
+                        return Some(core::mem::take(&mut self.buf));
+                    }
+                }
+                b if b.is_ascii_graphic() || b == b' ' => {
+                    let _ = self.buf.push(b as char);
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
 #[macro_export]
 macro_rules! serial_print {
     ($($arg:tt)*) => { $crate::serial::write_fmt(format_args!($($arg)*)) };

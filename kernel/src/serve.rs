@@ -1,0 +1,275 @@
+//! `mode=backend`: the device proper. Finds (or formats) the CBD v3 transport in
+//! the shared region, registers as a CBD backend with a RAM-backed disk, and
+//! serves the channels until told to stop on the console (`stop`).
+//!
+//! Run-time options (fw_cfg `opt/cbdfw/<key>`):
+//! * `transport-offset` — byte offset of the transport in the region; without it
+//!   the device scans for the v3 magic at 2 MiB steps (a Linux devdax namespace puts
+//!   metadata first) and formats at offset 0 if none is found;
+//! * `disk-mib` (default 64) — size of the RAM disk;
+//! * `channels` (default 2) — handler channels;
+//! * `noncoherent` (`on`/`off`, default off) — offer the non-coherent mode;
+//! * `trace` (`on`/`off`) — print every protocol event;
+//! * `serve-secs` — stop by itself after this many seconds (0 = never).
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use device::backend::{Backend, BackendConfig, BackendError};
+use device::layout::{TRANSPORT_MAGIC, tflags};
+use device::media::SliceMedia;
+use device::shm::{SharedMem, Shm};
+use device::trace::{TraceEvent, Tracer};
+use device::transport::Transport;
+
+use crate::arch::time::wall_clock_ns;
+use crate::exit::ExitCode;
+use crate::fwcfg;
+use crate::region::SharedRegion;
+
+/// Counts protocol events and optionally prints each one.
+pub struct KernelTracer {
+    print: AtomicBool,
+    pub ses: AtomicU64,
+    pub ces: AtomicU64,
+    pub bytes: AtomicU64,
+    pub media_ops: AtomicU64,
+    pub rejected: AtomicU64,
+    pub errors: AtomicU64,
+    pub write_backs: AtomicU64,
+    pub invalidates: AtomicU64,
+    pub heartbeats: AtomicU64,
+}
+
+impl KernelTracer {
+    pub const fn new() -> Self {
+        KernelTracer {
+            print: AtomicBool::new(false),
+            ses: AtomicU64::new(0),
+            ces: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            media_ops: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            write_backs: AtomicU64::new(0),
+            invalidates: AtomicU64::new(0),
+            heartbeats: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_print(&self, on: bool) {
+        self.print.store(on, Ordering::Relaxed);
+    }
+
+    /// One summary line.
+    pub fn summary(&self, what: &str) {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        log::info!(
+            "{what}: requests={} completions={} bytes={} media_ops={} errors={} rejected={} write_backs={} invalidates={} heartbeats={}",
+            g(&self.ses),
+            g(&self.ces),
+            g(&self.bytes),
+            g(&self.media_ops),
+            g(&self.errors),
+            g(&self.rejected),
+            g(&self.write_backs),
+            g(&self.invalidates),
+            g(&self.heartbeats)
+        );
+    }
+}
+
+impl Default for KernelTracer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tracer for KernelTracer {
+    fn event(&self, ev: &TraceEvent) {
+        let inc = |a: &AtomicU64, n: u64| {
+            a.fetch_add(n, Ordering::Relaxed);
+        };
+        match ev {
+            TraceEvent::SeSeen { .. } => inc(&self.ses, 1),
+            TraceEvent::CePosted { result, .. } => {
+                inc(&self.ces, 1);
+                if *result != 0 {
+                    inc(&self.errors, 1);
+                }
+            }
+            TraceEvent::DataCopied { len, .. } => inc(&self.bytes, *len as u64),
+            TraceEvent::MediaOp { .. } => inc(&self.media_ops, 1),
+            TraceEvent::Rejected { .. } => inc(&self.rejected, 1),
+            TraceEvent::WrittenBack { .. } => inc(&self.write_backs, 1),
+            TraceEvent::Invalidated { .. } => inc(&self.invalidates, 1),
+            TraceEvent::Heartbeat { .. } => inc(&self.heartbeats, 1),
+            _ => {}
+        }
+        if self.print.load(Ordering::Relaxed) {
+            // Lines-only events are noisy; keep them at debug.
+            match ev {
+                TraceEvent::WrittenBack { .. } | TraceEvent::Invalidated { .. } => {
+                    log::debug!("trace: {ev:?}")
+                }
+                _ => log::info!("trace: {ev:?}"),
+            }
+        }
+    }
+}
+
+static TRACER: KernelTracer = KernelTracer::new();
+
+fn opt_u64(key: &str, default: u64) -> u64 {
+    fwcfg::option(key)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn opt_on(key: &str) -> bool {
+    matches!(
+        fwcfg::option(key).as_deref(),
+        Some("on" | "1" | "yes" | "true")
+    )
+}
+
+/// Scan for a v3 transport magic at 2 MiB steps (invalidate, then read).
+pub fn find_transport(region: &SharedRegion) -> Option<u64> {
+    const STEP: u64 = 2 << 20;
+    let mut off = 0;
+    while off + 4096 <= region.len() {
+        let mut m = [0u8; 8];
+        region.invalidate(off, 8);
+        region.read(off, &mut m);
+        if u64::from_le_bytes(m) == TRANSPORT_MAGIC {
+            return Some(off);
+        }
+        off += STEP;
+    }
+    None
+}
+
+/// Serve as a CBD backend until `stop` is typed on the console.
+pub fn serve(region: SharedRegion) -> ExitCode {
+    TRACER.set_print(opt_on("trace"));
+    let explicit = fwcfg::option("transport-offset").and_then(|s| s.parse::<u64>().ok());
+    let found = if explicit.is_none() {
+        find_transport(&region)
+    } else {
+        None
+    };
+    let offset = explicit.or(found).unwrap_or(0);
+    if offset >= region.len() {
+        log::error!(
+            "serve: transport offset {offset:#x} is outside the {:#x}-byte region",
+            region.len()
+        );
+        return ExitCode::RegionTooSmall;
+    }
+    let window = region.window(offset, region.len() - offset);
+    let shm = Shm::new(&window, &TRACER);
+    let now = wall_clock_ns();
+    let noncoherent = opt_on("noncoherent");
+    match found.or(explicit) {
+        Some(_) if Transport::open(shm, noncoherent).is_ok() => {
+            log::info!("serve: CBD v3 transport found at region offset {offset:#x}")
+        }
+        _ => {
+            log::info!(
+                "serve: no transport at {offset:#x}; formatting {} MiB",
+                window.len() >> 20
+            );
+            if let Err(e) = Transport::format(shm, tflags::MULTIHOST, false, now) {
+                log::error!("serve: cannot format the transport: {e:?}");
+                return ExitCode::RegionTooSmall;
+            }
+        }
+    }
+    let disk_mib = opt_u64("disk-mib", 64);
+    let Some(disk) = crate::memory::reserve(disk_mib << 20) else {
+        log::error!("serve: cannot reserve a {disk_mib} MiB RAM disk (give the VM more memory)");
+        return ExitCode::Failed;
+    };
+    let Some(scratch) = crate::memory::reserve(device::layout::chan::MAX_IO as u64) else {
+        log::error!("serve: cannot reserve the bounce buffer");
+        return ExitCode::Failed;
+    };
+    let cfg = BackendConfig {
+        n_handlers: opt_u64("channels", 2) as u32,
+        noncoherent,
+        ..BackendConfig::default()
+    };
+    let mut backend = match Backend::start(shm, cfg, SliceMedia::new(disk), scratch, now) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("serve: backend-start failed: {e:?}");
+            return ExitCode::Failed;
+        }
+    };
+    let chans: heapless::Vec<u32, 16> = backend.channel_segments().collect();
+    log::info!(
+        "serve: backend {} (host {}) ready: RAM disk {disk_mib} MiB, channel segments {:?}, features {:#x}; type 'stop' to stop",
+        backend.backend_id,
+        backend.host_id,
+        &chans[..],
+        backend.features()
+    );
+    let serve_ns = opt_u64("serve-secs", 0) * 1_000_000_000;
+    let started = wall_clock_ns();
+    let mut last_summary = started;
+    let mut console = crate::serial::LineReader::default();
+    let mut stopping = false;
+    let mut last_err: Option<BackendError> = None;
+    loop {
+        let now = wall_clock_ns();
+        match backend.poll(now) {
+            Ok(_) => last_err = None,
+            // Per-channel problems (a stale entry, a bad pointer from the peer) are
+            // logged by the engine; the channel is retried on the next poll.
+            Err(e) => {
+                if last_err != Some(e) {
+                    log::warn!("serve: poll: {e:?}");
+                }
+                last_err = Some(e);
+            }
+        }
+        if let Some(line) = console.poll() {
+            match line.as_str() {
+                "stop" => stopping = true,
+                "stats" => TRACER.summary("stats"),
+                "trace on" => TRACER.set_print(true),
+                "trace off" => TRACER.set_print(false),
+                other => {
+                    log::warn!("console: unknown command {other:?} (stop, stats, trace on|off)")
+                }
+            }
+        }
+        if serve_ns != 0 && now - started >= serve_ns {
+            stopping = true;
+        }
+        if now - last_summary >= 10_000_000_000 {
+            TRACER.summary("serve");
+            last_summary = now;
+        }
+        if stopping {
+            match backend.stop(now) {
+                Ok(_) => break,
+                Err((b, BackendError::Busy)) => {
+                    backend = b;
+                    if now - last_summary >= 1_000_000_000 {
+                        log::warn!(
+                            "serve: a host blkdev still uses this backend; waiting for it to stop"
+                        );
+                        last_summary = now;
+                    }
+                }
+                Err((_, e)) => {
+                    log::error!("serve: stop failed: {e:?}");
+                    return ExitCode::Failed;
+                }
+            }
+        }
+        core::hint::spin_loop();
+    }
+    TRACER.summary("serve: stopped");
+    ExitCode::Success
+}
