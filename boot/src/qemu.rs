@@ -173,10 +173,22 @@ pub enum Echo {
     Quiet,
 }
 
+/// Where the VM's serial input comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Nothing (tests that only watch).
+    Null,
+    /// A pipe the harness writes console commands into ([`Vm::send_line`]).
+    Piped,
+    /// Our own stdin (interactive `cargo run`).
+    Inherit,
+}
+
 /// A running QEMU. Killed when dropped.
 pub struct Vm {
     pub name: String,
     child: Option<Child>,
+    stdin: Option<std::process::ChildStdin>,
     output: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
     started: Instant,
@@ -208,6 +220,7 @@ impl Vm {
                 ),
             )
         })?;
+        let stdin = child.stdin.take();
         let output = Arc::new(Mutex::new(String::new()));
         let mut readers = Vec::new();
         let stdout = child.stdout.take().expect("piped stdout");
@@ -222,11 +235,23 @@ impl Vm {
         ));
         Ok(Vm {
             name: name.to_string(),
+            stdin,
             child: Some(child),
             output,
             readers,
             started: Instant::now(),
         })
+    }
+
+    /// Type a line on the VM's serial console (needs [`Input::Piped`]).
+    pub fn send_line(&mut self, line: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let s = self.stdin.as_mut().ok_or_else(|| {
+            std::io::Error::other(format!("{}: console input is not piped", self.name))
+        })?;
+        s.write_all(line.as_bytes())?;
+        s.write_all(b"\r")?;
+        s.flush()
     }
 
     /// Everything captured so far.
