@@ -6,6 +6,9 @@
 //! * `transport-offset` — byte offset of the transport in the region; without it
 //!   the device scans for the v3 magic at 2 MiB steps (a Linux devdax namespace puts
 //!   metadata first) and formats at offset 0 if none is found;
+//! * `transport` — `auto` (default, as above) or `wait`: never format, keep scanning
+//!   until a host has formatted one (CXL + devdax: the host owns the layout), at most
+//!   `wait-secs` (default 300);
 //! * `disk-mib` (default 64) — size of the RAM disk;
 //! * `channels` (default 2) — handler channels;
 //! * `noncoherent` (`on`/`off`, default off) — offer the non-coherent mode;
