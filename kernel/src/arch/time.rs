@@ -22,9 +22,16 @@ pub fn rdtsc() -> u64 {
     unsafe { _rdtsc() }
 }
 
+/// TSC frequency: the minimum of several PIT-gated measurements. A measurement can
+/// only be inflated (the vCPU preempted while the PIT keeps counting, as happens
+/// under TCG on a loaded host), never deflated, so the minimum is the best estimate.
+fn calibrate_tsc() -> u64 {
+    (0..5).map(|_| calibrate_tsc_once()).min().unwrap_or(1_000_000_000)
+}
+
 /// Measure TSC ticks during `PIT_TICKS` of the 1.193182 MHz PIT (channel 2, gate
 /// through port 0x61, no interrupts involved).
-fn calibrate_tsc() -> u64 {
+fn calibrate_tsc_once() -> u64 {
     const PIT_HZ: u64 = 1_193_182;
     const PIT_TICKS: u16 = 11_932; // ≈ 10 ms
     let mut gate = Port::<u8>::new(0x61);
