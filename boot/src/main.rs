@@ -16,7 +16,7 @@ use std::time::Duration;
 use boot::device_vm::DeviceVm;
 use boot::image::{self, KernelElf};
 use boot::ktest::Expectation;
-use boot::qemu::{Echo, Firmware, Vm};
+use boot::qemu::{Echo, Firmware, Input, Vm};
 use boot::status::KernelStatus;
 use boot::topology::{self, SharedFile, Topology};
 

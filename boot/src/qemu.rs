@@ -205,12 +205,26 @@ pub struct Outcome {
 impl Vm {
     /// Start QEMU. The command line is printed first.
     pub fn spawn(name: &str, cmd: &QemuCmd, echo: Echo) -> std::io::Result<Vm> {
+        Self::spawn_with_input(name, cmd, echo, Input::Null)
+    }
+
+    /// Start QEMU with the given serial input.
+    pub fn spawn_with_input(
+        name: &str,
+        cmd: &QemuCmd,
+        echo: Echo,
+        input: Input,
+    ) -> std::io::Result<Vm> {
         install_ctrlc();
         eprintln!("[{name}] $ {}", cmd.display());
         let mut c = cmd.command();
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        c.stdin(match input {
+            Input::Null => Stdio::null(),
+            Input::Piped => Stdio::piped(),
+            Input::Inherit => Stdio::inherit(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = c.spawn().map_err(|e| {
             std::io::Error::new(
                 e.kind(),
