@@ -159,10 +159,12 @@ fn cmd_run(o: &Opts) -> Result<KernelStatus, String> {
         .as_deref()
         .map(|n| resolve_topology(o, n))
         .transpose()?;
-    let vm = Vm::spawn(
+    // The console is ours: type `stop`, `stats`, `trace on` in backend mode.
+    let vm = Vm::spawn_with_input(
         "device",
         &device_vm(o, topo.as_ref()).command(&img),
         Echo::Lines,
+        Input::Inherit,
     )
     .map_err(|e| e.to_string())?;
     let out = vm.wait(o.timeout);
