@@ -4,14 +4,14 @@
 //! to dev-start against and refuse a missing, stopped or dead one with a clear message, then
 //! start the block device with one channel per ublk queue.
 //!
-//! The blkdev I/O engine (submit + poll completions on a channel) belongs to the `device` crate
-//! (`device::host`, in progress). Until it exists, [`CbdDisk::start`] stops after the backend
-//! check with [`CbdError::EngineMissing`].
+//! The blkdev I/O engine (submit + poll completions on a channel) is the `device` crate's
+//! `device::host`; [`crate::engine::CbdDisk`] wires it to ublk.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use device::layout::{HB_TIMEOUT_NS, STATE_NONE, STATE_RUNNING};
+use device::layout::{HB_TIMEOUT_NS, STATE_NONE, STATE_RUNNING, tflags};
+use device::shm::SharedMem;
 use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, TransportError, is_alive};
@@ -28,6 +28,11 @@ pub struct CbdOptions {
     /// Write back / invalidate around every shared record access (non-coherent memory, e.g.
     /// two machines on a CXL switch). Off for coherent sharing (one machine, ivshmem).
     pub noncoherent: bool,
+    /// Format a CBD v3 transport (flags MULTIHOST, like the cbdfw kernel) when the mapping holds
+    /// none. Never overwrites a valid transport.
+    pub format: bool,
+    /// How long to wait for the backend to appear/come alive (0: fail at once).
+    pub wait_backend_ns: u64,
 }
 
 #[derive(Debug)]
@@ -45,9 +50,10 @@ pub enum CbdError {
         id: u32,
         age_s: u64,
     },
-    EngineMissing {
-        host_id: u32,
-        backend_id: u32,
+    /// The host engine refused (dev-start, RESET, ...).
+    Engine {
+        step: &'static str,
+        err: device::host::HostError,
     },
 }
 
@@ -79,14 +85,24 @@ impl fmt::Display for CbdError {
                 "backend {id} is dead: last heartbeat {age_s} s ago (timeout {} s)",
                 HB_TIMEOUT_NS / 1_000_000_000
             ),
-            CbdError::EngineMissing {
-                host_id,
-                backend_id,
-            } => write!(
-                f,
-                "registered as host {host_id}, backend {backend_id} is alive, but this build has \
-                 no CBD blkdev engine yet (device::host); use --backend ram to test the ublk side"
-            ),
+            CbdError::Engine { step, err } => match err {
+                device::host::HostError::InUse => write!(
+                    f,
+                    "{step}: the backend already serves a running blkdev (another host?)"
+                ),
+                device::host::HostError::Unsupported => write!(
+                    f,
+                    "{step}: the backend does not offer the non-coherent mode (--noncoherent)"
+                ),
+                device::host::HostError::Invalid => write!(
+                    f,
+                    "{step}: invalid request (more --queues than the backend has channels?)"
+                ),
+                device::host::HostError::Timeout => {
+                    write!(f, "{step}: the backend did not answer within 30 s")
+                }
+                other => write!(f, "{step}: {other:?}"),
+            },
         }
     }
 }
@@ -101,7 +117,7 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// The result of registration: which host id we are and the backend we talk to.
+/// The backend we talk to (and, once registered, our host id).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Registered {
     pub host_id: u32,
@@ -110,8 +126,10 @@ pub struct Registered {
     pub dev_size: u64,
 }
 
-/// Opens the transport, registers this host and checks the backend.
-pub fn register(
+/// Opens the transport and checks the backend (exists, running, alive) without writing
+/// anything: the specific errors for a missing, stopped or dead backend come from here.
+/// `host_id` of the result is `u32::MAX` (not registered yet).
+pub fn register_check_only(
     mem: &'static MappedMem,
     opts: &CbdOptions,
     now: u64,
@@ -145,35 +163,79 @@ pub fn register(
             age_s: now.saturating_sub(be.alive_ts) / 1_000_000_000,
         });
     }
-    let host_id = tp
-        .register_host(&opts.hostname, now)
-        .map_err(|err| CbdError::Transport {
-            step: "registering the host",
-            err,
-        })?;
     log::info!(
-        "registered as host {host_id} ({}); backend {} alive, {} MiB",
-        opts.hostname,
+        "backend {} alive, {} MiB",
         opts.backend_id,
         (be.dev_size << 9) >> 20
     );
     Ok(Registered {
-        host_id,
+        host_id: u32::MAX,
         backend_id: opts.backend_id,
         dev_size: be.dev_size << 9,
     })
 }
 
-/// Starts the CBD block device (dev-start) on the registered transport.
+/// Formats the transport if asked and none exists, then waits (up to `opts.wait_backend_ns`)
+/// for the backend to exist and be alive. Missing/stopped/dead backends after the wait and
+/// every other error are returned at once.
+pub fn prepare(
+    mem: &'static MappedMem,
+    opts: &CbdOptions,
+    clock: &dyn Fn() -> u64,
+) -> Result<Registered, CbdError> {
+    static TRACE: NoTrace = NoTrace;
+    if opts.format {
+        let shm = Shm::new(mem, &TRACE);
+        match Transport::open(shm, opts.noncoherent) {
+            Ok(_) => log::info!("--format: a valid transport exists; left as it is"),
+            Err(TransportError::Invalid(why)) => {
+                Transport::format(shm, tflags::MULTIHOST, false, clock()).map_err(|err| {
+                    CbdError::Transport {
+                        step: "formatting the transport",
+                        err,
+                    }
+                })?;
+                log::info!(
+                    "formatted a CBD v3 transport over {} MiB (there was none: {why})",
+                    mem.size() >> 20
+                );
+            }
+            Err(err) => {
+                return Err(CbdError::Transport {
+                    step: "opening the transport",
+                    err,
+                });
+            }
+        }
+    }
+    let t0 = clock();
+    let mut logged = false;
+    loop {
+        let now = clock();
+        match register_check_only(mem, opts, now) {
+            Err(
+                e @ (CbdError::NoBackend(_)
+                | CbdError::BackendNotRunning { .. }
+                | CbdError::BackendDead { .. }),
+            ) if now.saturating_sub(t0) < opts.wait_backend_ns => {
+                if !logged {
+                    log::info!("waiting for the backend: {e}");
+                    logged = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Registers, dev-starts and returns the disk to serve (wall clock).
 pub fn start(
     mem: &'static MappedMem,
     opts: &CbdOptions,
 ) -> Result<Box<dyn crate::disk::Disk>, CbdError> {
-    let reg = register(mem, opts, now_ns())?;
-    Err(CbdError::EngineMissing {
-        host_id: reg.host_id,
-        backend_id: reg.backend_id,
-    })
+    let disk = crate::engine::CbdDisk::start(mem, opts, std::sync::Arc::new(now_ns))?;
+    Ok(Box::new(disk))
 }
 
 #[cfg(test)]
@@ -206,13 +268,33 @@ mod tests {
             backend_id: 0,
             queues: 1,
             noncoherent: false,
+            format: false,
+            wait_backend_ns: 0,
         }
+    }
+
+    #[test]
+    fn format_creates_a_transport_once() {
+        let m = mapped(64 << 20);
+        let o = CbdOptions {
+            format: true,
+            ..opts()
+        };
+        // Formatted, but no backend yet: the backend error, not a transport error.
+        let e = prepare(m, &o, &now_ns).unwrap_err();
+        assert!(matches!(e, CbdError::NoBackend(0)), "{e}");
+        static TRACE: NoTrace = NoTrace;
+        let info = Transport::open(Shm::new(m, &TRACE), false).unwrap().info;
+        // A second --format leaves the existing transport alone.
+        m.store_u64(info.host_slot(0), 0x5a5a);
+        let _ = prepare(m, &o, &now_ns);
+        assert_eq!(m.load_u64(info.host_slot(0)), 0x5a5a);
     }
 
     #[test]
     fn empty_memory_is_not_a_transport() {
         let m = mapped(64 << 20);
-        let e = register(m, &opts(), now_ns()).unwrap_err();
+        let e = register_check_only(m, &opts(), now_ns()).unwrap_err();
         assert!(matches!(e, CbdError::Transport { .. }), "{e}");
         assert!(e.to_string().contains("no valid CBD transport"), "{e}");
     }
@@ -240,7 +322,7 @@ mod tests {
     #[test]
     fn missing_backend_is_reported() {
         let m = formatted_with_backend(0, 0);
-        let e = register(m, &opts(), now_ns()).unwrap_err();
+        let e = register_check_only(m, &opts(), now_ns()).unwrap_err();
         assert!(matches!(e, CbdError::NoBackend(0)), "{e}");
     }
 
@@ -248,7 +330,7 @@ mod tests {
     fn dead_backend_is_reported() {
         let now = now_ns();
         let m = formatted_with_backend(now - 60_000_000_000, STATE_RUNNING);
-        let e = register(m, &opts(), now).unwrap_err();
+        let e = register_check_only(m, &opts(), now).unwrap_err();
         assert!(
             matches!(e, CbdError::BackendDead { id: 0, age_s: 60 }),
             "{e}"
@@ -256,20 +338,17 @@ mod tests {
     }
 
     #[test]
-    fn live_backend_registers_host() {
+    fn live_backend_passes_the_check() {
         let now = now_ns();
         let m = formatted_with_backend(now - 1_000_000_000, STATE_RUNNING);
-        let r = register(m, &opts(), now).unwrap();
+        let r = register_check_only(m, &opts(), now).unwrap();
         assert_eq!(
             r,
             Registered {
-                host_id: 0,
+                host_id: u32::MAX,
                 backend_id: 0,
                 dev_size: 2048 * 512
             }
         );
-        // The same hostname re-registering while alive is refused.
-        let e = register(m, &opts(), now).unwrap_err();
-        assert!(e.to_string().contains("alive"), "{e}");
     }
 }

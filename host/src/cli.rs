@@ -23,6 +23,9 @@ Transport (--backend cbd):
   --hostname NAME          host name to register as (default: the kernel's nodename)
   --backend-id N           backend to dev-start against (default 0)
   --noncoherent            write back/invalidate around shared records (non-coherent sharing)
+  --format                 format a CBD v3 transport if the mapping holds none (for a backend
+                           started with transport=wait); never overwrites a valid one
+  --wait-backend SECS      wait up to SECS for the backend to appear and be alive (default 0)
 
 ublk:
   --dev-id N               /dev/ublkbN number (default: chosen by the driver)
@@ -51,6 +54,8 @@ pub struct Args {
     pub hostname: Option<String>,
     pub backend_id: u32,
     pub noncoherent: bool,
+    pub format: bool,
+    pub wait_backend_secs: u64,
     pub ublk: UblkOptions,
     pub verbose: bool,
 }
@@ -105,6 +110,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         hostname: None,
         backend_id: 0,
         noncoherent: false,
+        format: false,
+        wait_backend_secs: 0,
         ublk: UblkOptions::default(),
         verbose: false,
     };
@@ -114,6 +121,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "-h" | "--help" => return Ok(Command::Help),
             "-v" | "--verbose" => a.verbose = true,
             "--noncoherent" => a.noncoherent = true,
+            "--format" => a.format = true,
+            "--wait-backend" => a.wait_backend_secs = num(&opt, &val()?)?,
             "--backend" => {
                 a.backend = match val()?.as_str() {
                     "cbd" => BackendKind::Cbd,
@@ -150,9 +159,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     if a.ublk.depth == 0 || a.ublk.depth > 4096 {
         return Err(format!("--depth: {} is not in 1..=4096", a.ublk.depth));
     }
-    if a.ublk.io_buf_bytes < 4096 || !a.ublk.io_buf_bytes.is_multiple_of(4096) {
+    if a.ublk.io_buf_bytes < 4096
+        || !a.ublk.io_buf_bytes.is_multiple_of(4096)
+        || a.ublk.io_buf_bytes > 1 << 20
+    {
         return Err(format!(
-            "--io-buf: {} must be a multiple of 4096",
+            "--io-buf: {} must be a multiple of 4096 and at most 1M (the CBD request limit)",
             a.ublk.io_buf_bytes
         ));
     }
@@ -197,7 +209,7 @@ mod tests {
         assert_eq!((a.ublk.queues, a.ublk.depth, a.ublk.dev_id), (2, 16, 3));
         assert!(a.verbose);
         let Command::Run(a) =
-            p("--transport ivshmem --offset 2M --size 64M --backend-id 1 --noncoherent").unwrap()
+            p("--transport ivshmem --offset 2M --size 64M --backend-id 1 --noncoherent --format --wait-backend 30").unwrap()
         else {
             panic!()
         };
@@ -206,7 +218,8 @@ mod tests {
             (a.offset, a.size, a.backend_id),
             (2 << 20, Some(64 << 20), 1)
         );
-        assert!(a.noncoherent);
+        assert!(a.noncoherent && a.format);
+        assert_eq!(a.wait_backend_secs, 30);
         assert_eq!(p("stop 2").unwrap(), Command::Stop(2));
         assert_eq!(p("--help").unwrap(), Command::Help);
     }
@@ -219,6 +232,7 @@ mod tests {
             ("--depth", "needs a value"),
             ("--depth x", "bad number"),
             ("--io-buf 1000", "multiple of 4096"),
+            ("--io-buf 2M", "at most 1M"),
             ("--frobnicate", "unknown argument"),
             ("stop", "missing DEV_ID"),
             ("stop 1 2", "unexpected"),

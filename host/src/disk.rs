@@ -57,6 +57,8 @@ pub trait Disk: Send + Sync {
     fn stats(&self) -> String {
         String::new()
     }
+    /// Called once after the ublk device is gone (dev-stop for CBD).
+    fn shutdown(&self) {}
 }
 
 /// Per-disk request counters.

@@ -86,6 +86,8 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 backend_id: args.backend_id,
                 queues: args.ublk.queues,
                 noncoherent: args.noncoherent,
+                format: args.format,
+                wait_backend_ns: args.wait_backend_secs.saturating_mul(1_000_000_000),
             };
             Arc::from(cbd::start(mem, &opts)?)
         }
@@ -118,7 +120,9 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
             Err(e) => log::warn!("no signal handling ({e}); stop with `cbd-host stop {id}`"),
         }
     };
-    ublk::serve(Arc::clone(&disk), &args.ublk, ready)?;
+    let served = ublk::serve(Arc::clone(&disk), &args.ublk, ready);
+    disk.shutdown();
+    served?;
     let stats = disk.stats();
     println!("cbd-host: stopped; {stats}");
     Ok(())

@@ -1,0 +1,312 @@
+//! [`CbdDisk`]: the ublk-facing [`Disk`] over the `device` crate's host (blkdev) engine.
+//!
+//! * dev-start gives one [`HostQueue`] per channel; each moves into its ublk queue thread.
+//! * A request is submitted and its completion polled in that thread (one request in flight
+//!   per queue for now). While waiting, the backend record is re-read every
+//!   [`LIVENESS_CHECK_NS`] (or [`LIVENESS_CHECK_POLLS`] empty polls): a backend that stopped or whose heartbeat is older than the 30 s
+//!   timeout fails the request with `EIO` instead of hanging it.
+//! * FLUSH → CBD FLUSH. A FUA write is followed by a CBD FLUSH before it completes.
+//! * A heartbeat thread owns the [`Blkdev`] record and rewrites it (and the host record) every
+//!   5 s; [`Disk::shutdown`] stops it and clears the blkdev record (dev-stop).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use device::host::{Blkdev, Host, HostConfig, HostError, HostQueue, Request};
+use device::layout::{STATE_RUNNING, chan, op};
+use device::shm::Shm;
+use device::trace::NoTrace;
+use device::transport::{Transport, is_alive};
+
+use crate::cbd::{CbdError, CbdOptions, Registered};
+use crate::disk::{Disk, Errno, Op, QueueIo, Req, Stats};
+use crate::mem::MappedMem;
+
+/// How often (in clock time) a waiting request re-checks the backend's liveness...
+pub const LIVENESS_CHECK_NS: u64 = 100_000_000;
+/// ... or after this many empty polls, whichever comes first (independent of the clock).
+pub const LIVENESS_CHECK_POLLS: u32 = 1 << 16;
+/// How long dev-start waits for every channel to answer RESET (v3 uses 30 s).
+pub const READY_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// Nanosecond wall clock (CLOCK_REALTIME in production; injectable for tests).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+static TRACE: NoTrace = NoTrace;
+
+type Q = HostQueue<'static, MappedMem>;
+
+/// The CBD disk: size, the queues waiting to be claimed, the heartbeat thread.
+pub struct CbdDisk {
+    reg: Registered,
+    queues: Mutex<Vec<Option<Q>>>,
+    tp: Transport<'static, MappedMem>,
+    clock: Clock,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    heartbeat: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn host_err(step: &'static str, e: HostError) -> CbdError {
+    match e {
+        HostError::Transport(err) => CbdError::Transport { step, err },
+        other => CbdError::Engine { step, err: other },
+    }
+}
+
+impl CbdDisk {
+    /// register → check backend → dev-start with `opts.queues` channels → wait until every
+    /// channel answered RESET → start the heartbeat thread.
+    pub fn start(
+        mem: &'static MappedMem,
+        opts: &CbdOptions,
+        clock: Clock,
+    ) -> Result<CbdDisk, CbdError> {
+        // Clear errors for missing/stopped/dead backends first.
+        let reg0 = crate::cbd::prepare(mem, opts, &*clock)?;
+        let hostname: &'static str = Box::leak(opts.hostname.clone().into_boxed_str());
+        let cfg = HostConfig {
+            hostname,
+            noncoherent: opts.noncoherent,
+            queue_depth: 1,
+            ..HostConfig::default()
+        };
+        let shm = Shm::new(mem, &TRACE);
+        let host = Host::register(shm, cfg, clock()).map_err(|e| host_err("registering", e))?;
+        let mut dev = host
+            .dev_start(opts.backend_id, opts.queues as u32, clock())
+            .map_err(|e| host_err("dev-start", e))?;
+        let t0 = clock();
+        while !dev
+            .poll_ready(clock())
+            .map_err(|e| host_err("channel RESET", e))?
+        {
+            if clock().saturating_sub(t0) > READY_TIMEOUT_NS {
+                return Err(CbdError::Engine {
+                    step: "channel RESET",
+                    err: HostError::Timeout,
+                });
+            }
+            std::thread::yield_now();
+        }
+        let reg = Registered {
+            host_id: host.host_id,
+            ..reg0
+        };
+        log::info!(
+            "dev-start: blkdev {} on backend {} with {} channel(s)",
+            dev.blkdev_id,
+            dev.backend_id,
+            dev.queues.len()
+        );
+        let queues: Vec<Option<Q>> = std::mem::take(&mut dev.queues)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hb = {
+            let (stop, clock) = (Arc::clone(&stop), Arc::clone(&clock));
+            std::thread::Builder::new()
+                .name("cbd-heartbeat".into())
+                .spawn(move || heartbeat_loop(dev, &stop, &*clock))
+                .map_err(|_| CbdError::Engine {
+                    step: "starting the heartbeat thread",
+                    err: HostError::NotReady,
+                })?
+        };
+        Ok(CbdDisk {
+            reg,
+            queues: Mutex::new(queues),
+            tp: host.tp.clone(),
+            clock,
+            stats: Arc::new(Stats::default()),
+            stop,
+            heartbeat: Mutex::new(Some(hb)),
+        })
+    }
+
+    pub fn registered(&self) -> &Registered {
+        &self.reg
+    }
+}
+
+fn heartbeat_loop(mut dev: Blkdev<'static, MappedMem>, stop: &AtomicBool, clock: &dyn Fn() -> u64) {
+    while !stop.load(Ordering::Acquire) {
+        if let Err(e) = dev.heartbeat(clock()) {
+            log::error!("heartbeat: {e:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // dev-stop: the queues left with the ublk threads; the record is cleared here.
+    match dev.stop() {
+        Ok(()) => log::info!("dev-stop: blkdev record cleared"),
+        Err((_, e)) => log::error!("dev-stop: {e:?}"),
+    }
+}
+
+impl Disk for CbdDisk {
+    fn size(&self) -> u64 {
+        self.reg.dev_size
+    }
+    fn queue(&self, qid: u16) -> Result<Box<dyn QueueIo>, String> {
+        let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let n = qs.len();
+        let q = qs
+            .get_mut(qid as usize)
+            .and_then(Option::take)
+            .ok_or_else(|| format!("no CBD channel for ublk queue {qid} ({n} channel(s))"))?;
+        Ok(Box::new(CbdQueue {
+            q,
+            tp: self.tp.clone(),
+            backend_id: self.reg.backend_id,
+            clock: Arc::clone(&self.clock),
+            stats: Arc::clone(&self.stats),
+            read_buf: vec![0; chan::MAX_IO as usize],
+        }))
+    }
+    fn describe(&self) -> String {
+        format!(
+            "CBD backend {} ({} MiB) as host {}",
+            self.reg.backend_id,
+            self.reg.dev_size >> 20,
+            self.reg.host_id
+        )
+    }
+    fn stats(&self) -> String {
+        self.stats.to_string()
+    }
+    fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            h.join().ok();
+        }
+    }
+}
+
+/// One ublk queue = one CBD channel.
+pub struct CbdQueue {
+    q: Q,
+    tp: Transport<'static, MappedMem>,
+    backend_id: u32,
+    clock: Clock,
+    stats: Arc<Stats>,
+    read_buf: Vec<u8>,
+}
+
+impl CbdQueue {
+    fn backend_alive(&self, now: u64) -> bool {
+        match self.tp.backend(self.backend_id) {
+            Ok(Some(b)) => b.rec.state == STATE_RUNNING && is_alive(b.rec.alive_ts, now),
+            _ => false,
+        }
+    }
+
+    /// Submits one request and waits for its completion; `Ok(result)` is 0 or -errno.
+    fn roundtrip(&mut self, r: Request, payload: &[u8]) -> Result<i32, Errno> {
+        let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
+        let mut polls = 0u32;
+        let tid = loop {
+            match self.q.submit(r, payload) {
+                Ok(t) => break t,
+                Err(HostError::Busy) => {
+                    // Only our own earlier request can occupy the queue; drain it.
+                    if let Ok(Some(c)) = self.q.poll(&mut self.read_buf) {
+                        log::warn!("stray completion {c:?}");
+                    }
+                }
+                Err(e) => {
+                    log::error!("submit {r:?}: {e:?}");
+                    return Err(Errno(libc::EIO));
+                }
+            }
+            self.check_alive(&mut next_check, &mut polls)?;
+        };
+        loop {
+            match self.q.poll(&mut self.read_buf) {
+                Ok(Some(c)) if c.req_tid == tid => return Ok(c.result),
+                Ok(Some(c)) => log::warn!("completion for unknown tid {}", c.req_tid),
+                Ok(None) => {
+                    self.check_alive(&mut next_check, &mut polls)?;
+                    std::hint::spin_loop();
+                }
+                Err(e) => {
+                    log::error!("poll: {e:?}");
+                    return Err(Errno(libc::EIO));
+                }
+            }
+        }
+    }
+
+    fn check_alive(&self, next_check: &mut u64, polls: &mut u32) -> Result<(), Errno> {
+        let now = (self.clock)();
+        *polls += 1;
+        if now >= *next_check || *polls >= LIVENESS_CHECK_POLLS {
+            *next_check = now + LIVENESS_CHECK_NS;
+            *polls = 0;
+            if !self.backend_alive(now) {
+                log::error!(
+                    "backend {} is dead or stopped; failing the request",
+                    self.backend_id
+                );
+                return Err(Errno(libc::EIO));
+            }
+            std::thread::yield_now();
+        }
+        Ok(())
+    }
+}
+
+impl QueueIo for CbdQueue {
+    fn submit(&mut self, req: &Req, buf: &mut [u8]) -> Result<(), Errno> {
+        self.stats.count(req);
+        let code = match req.op {
+            Op::Read => op::READ,
+            Op::Write => op::WRITE,
+            Op::Flush => op::FLUSH,
+            Op::Discard => op::DISCARD,
+            Op::WriteZeroes => op::WRITE_ZEROES,
+        };
+        let len = req.len as usize;
+        if matches!(req.op, Op::Read | Op::Write) && (len > buf.len() || req.len > chan::MAX_IO) {
+            return Err(Errno(libc::EINVAL));
+        }
+        let r = Request {
+            op: code,
+            offset: req.offset,
+            len: req.len,
+        };
+        let payload: &[u8] = if req.op == Op::Write {
+            &buf[..len]
+        } else {
+            &[]
+        };
+        let res = self.roundtrip(r, payload)?;
+        if res < 0 {
+            self.stats
+                .errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(Errno(-res));
+        }
+        if req.op == Op::Read {
+            buf[..len].copy_from_slice(&self.read_buf[..len]);
+        }
+        if req.fua && req.op == Op::Write {
+            let f = Request {
+                op: op::FLUSH,
+                offset: 0,
+                len: 0,
+            };
+            let res = self.roundtrip(f, &[])?;
+            if res < 0 {
+                return Err(Errno(-res));
+            }
+        }
+        Ok(())
+    }
+}

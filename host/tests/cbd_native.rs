@@ -1,0 +1,146 @@
+//! The host's CBD path end to end, natively: the `device` crate's backend engine polls in one
+//! thread over one mapping of a shared file; `CbdDisk` (our `MappedMem` on a second mapping of
+//! the same file) serves requests as the ublk queues would. Time is a test-controlled clock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+use device::backend::{Backend, BackendConfig};
+use device::layout::{HOST_AREA_OFF, OBJ_SLOT, SEGMENT_SIZE, chan, tflags};
+use device::native::VecMedia;
+use device::shm::Shm;
+use device::trace::NoTrace;
+use device::transport::Transport;
+use host::cbd::{CbdError, CbdOptions, register_check_only};
+use host::disk::{Disk, Errno, Op, Req};
+use host::engine::CbdDisk;
+use host::mem::MappedMem;
+
+const DISK: usize = 16 << 20;
+const T0: u64 = 1_700_000_000_000_000_000;
+
+fn shared_file(len: u64) -> std::fs::File {
+    let p = std::env::temp_dir().join(format!("cbd-host-native-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    f.set_len(len).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    f
+}
+
+fn req(op: Op, offset: u64, len: u32, fua: bool) -> Req {
+    Req {
+        op,
+        offset,
+        len,
+        fua,
+    }
+}
+
+#[test]
+fn cbd_disk_against_the_backend_engine() {
+    let len = HOST_AREA_OFF + 2 * (3 * OBJ_SLOT + SEGMENT_SIZE);
+    let file = shared_file(len);
+    let backend_mem = MappedMem::map(file.try_clone().unwrap(), 0, len as usize).unwrap();
+    let host_mem: &'static MappedMem =
+        Box::leak(Box::new(MappedMem::map(file, 0, len as usize).unwrap()));
+    let flags = tflags::MULTIHOST | tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
+    Transport::format(Shm::new(&backend_mem, &NoTrace), flags, false, T0).unwrap();
+
+    let clock = Arc::new(AtomicU64::new(T0));
+    let stop = AtomicBool::new(false);
+    let opts = CbdOptions {
+        hostname: "guest".into(),
+        backend_id: 0,
+        queues: 2,
+        noncoherent: false,
+        format: false,
+        wait_backend_ns: 0,
+    };
+
+    // Before the backend exists: a clear error.
+    let e = register_check_only(host_mem, &opts, T0).unwrap_err();
+    assert!(matches!(e, CbdError::NoBackend(0)), "{e}");
+
+    let mut scratch = vec![0u8; chan::MAX_IO as usize];
+    let cfg = BackendConfig {
+        n_handlers: 2,
+        discard_wz: true,
+        ..BackendConfig::default()
+    };
+    let mut backend = Backend::start(
+        Shm::new(&backend_mem, &NoTrace),
+        cfg,
+        VecMedia::new(DISK),
+        &mut scratch,
+        T0,
+    )
+    .expect("backend start");
+
+    std::thread::scope(|s| {
+        let poller = s.spawn(|| {
+            while !stop.load(SeqCst) {
+                backend.poll(clock.load(SeqCst)).expect("backend poll");
+            }
+            backend.into_media()
+        });
+
+        let c = Arc::clone(&clock);
+        let disk = CbdDisk::start(host_mem, &opts, Arc::new(move || c.load(SeqCst))).unwrap();
+        assert_eq!(disk.size(), DISK as u64);
+        let mut q0 = disk.queue(0).unwrap();
+        let mut q1 = disk.queue(1).unwrap();
+        assert!(disk.queue(0).is_err(), "a channel is handed out once");
+        assert!(disk.queue(2).is_err(), "only 2 channels");
+
+        // Write (FUA) on channel 0, read back on channel 1.
+        let mut data: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 + 3) as u8).collect();
+        q0.submit(&req(Op::Write, 1 << 20, data.len() as u32, true), &mut data)
+            .unwrap();
+        let mut back = vec![0u8; data.len()];
+        q1.submit(&req(Op::Read, 1 << 20, back.len() as u32, false), &mut back)
+            .unwrap();
+        assert_eq!(back, data);
+        q1.submit(&req(Op::Flush, 0, 0, false), &mut []).unwrap();
+        q0.submit(&req(Op::WriteZeroes, 1 << 20, 4096, false), &mut [])
+            .unwrap();
+        q0.submit(&req(Op::Read, 1 << 20, 8192, false), &mut back)
+            .unwrap();
+        assert_eq!(&back[..4096], &[0u8; 4096][..]);
+        assert_eq!(&back[4096..8192], &data[4096..8192]);
+        // Beyond the end: the backend's error comes back as the request's errno.
+        assert!(
+            q0.submit(&req(Op::Read, DISK as u64, 4096, false), &mut back)
+                .is_err()
+        );
+
+        // The backend dies (stops polling, record left behind); 60 s pass. A request must fail
+        // with EIO rather than wait forever.
+        stop.store(true, SeqCst);
+        let media = poller.join().unwrap();
+        clock.fetch_add(60_000_000_000, SeqCst);
+        assert_eq!(
+            q1.submit(&req(Op::Read, 0, 4096, false), &mut back),
+            Err(Errno(libc::EIO))
+        );
+        disk.shutdown();
+
+        assert_eq!(&media.data[1 << 20..(1 << 20) + 4096], &[0u8; 4096][..]);
+        assert_eq!(
+            &media.data[(1 << 20) + 4096..(1 << 20) + data.len()],
+            &data[4096..]
+        );
+        // One flush for the FUA write, one explicit.
+        assert!(media.flushes >= 2, "flushes: {}", media.flushes);
+        let st = disk.stats();
+        assert!(
+            st.contains("fua_writes=1") && st.contains("flushes=1"),
+            "{st}"
+        );
+    });
+}
