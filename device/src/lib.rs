@@ -17,8 +17,12 @@
 
 pub mod hw;
 
+pub mod backend;
+pub mod channel;
 pub mod crc;
+pub mod host;
 pub mod layout;
+pub mod media;
 pub mod meta;
 pub mod shm;
 pub mod trace;

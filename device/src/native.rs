@@ -190,3 +190,51 @@ impl MmapMem {
     }
 }
 forward_shared_mem!(MmapMem);
+
+/// A RAM disk that owns its bytes (tests, benchmark).
+pub struct VecMedia {
+    pub data: Vec<u8>,
+    pub flushes: u64,
+}
+impl VecMedia {
+    pub fn new(len: usize) -> Self {
+        Self {
+            data: vec![0; len],
+            flushes: 0,
+        }
+    }
+}
+impl crate::media::Media for VecMedia {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), crate::media::MediaError> {
+        crate::media::SliceMedia::new(&mut self.data).read(offset, buf)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), crate::media::MediaError> {
+        crate::media::SliceMedia::new(&mut self.data).write(offset, data)
+    }
+    fn flush(&mut self) -> Result<(), crate::media::MediaError> {
+        self.flushes += 1;
+        Ok(())
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), crate::media::MediaError> {
+        crate::media::SliceMedia::new(&mut self.data).write_zeroes(offset, len)
+    }
+}
+
+/// Records every trace event (tests assert on them).
+#[derive(Default)]
+pub struct RecordingTracer {
+    pub events: std::sync::Mutex<Vec<crate::trace::TraceEvent>>,
+}
+impl crate::trace::Tracer for RecordingTracer {
+    fn event(&self, ev: &crate::trace::TraceEvent) {
+        self.events.lock().unwrap().push(*ev);
+    }
+}
+impl RecordingTracer {
+    pub fn take(&self) -> Vec<crate::trace::TraceEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap())
+    }
+}

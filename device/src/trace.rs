@@ -165,7 +165,7 @@ pub enum TraceEvent {
 }
 
 /// A sink for trace events. Must be cheap; called on every protocol step.
-pub trait Tracer {
+pub trait Tracer: Sync {
     fn event(&self, ev: &TraceEvent);
 }
 

@@ -1,0 +1,245 @@
+//! Channel-level helpers shared by the backend and the host: ring geometry,
+//! data-area copies that wrap at 12 MiB, and the non-coherent control lines.
+
+use crate::crc::{crc32, crc32_update};
+use crate::layout::*;
+use crate::shm::{SharedMem, Shm, ShmResult};
+
+/// Where a channel's pieces live in the region. Built from a validated
+/// transport, so every computed offset is inside the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelGeom {
+    /// Region offset of the channel segment.
+    pub base: u64,
+    pub el: EntryLayout,
+    /// Region offsets of the non-coherent host- and device-owned lines.
+    pub host_line: u64,
+    pub dev_line: u64,
+}
+
+/// Non-coherent line size that carries a CRC (the rest of the 64-byte line is reserved).
+pub const NC_LINE_USED: usize = 40;
+
+impl ChannelGeom {
+    /// `shared_line`: **sabotage for adversary tests only** — put the device line in
+    /// the second half of the host's cache line (what CBD v3 does with its pointers).
+    pub fn new(base: u64, flags: u16, shared_line: bool) -> Self {
+        let ctrl_base = base + chan::CTRL_OFF;
+        let host_line = ctrl_base + ctrl::NC_HOST_LINE;
+        let dev_line = if shared_line {
+            host_line + 48
+        } else {
+            ctrl_base + ctrl::NC_DEV_LINE
+        };
+        Self {
+            base,
+            el: EntryLayout::from_flags(flags),
+            host_line,
+            dev_line,
+        }
+    }
+    #[inline]
+    pub fn ctrl(&self, off: u64) -> u64 {
+        self.base + chan::CTRL_OFF + off
+    }
+    #[inline]
+    pub fn se(&self, pos: u32) -> u64 {
+        self.base + self.el.submr_off() + pos as u64
+    }
+    #[inline]
+    pub fn ce(&self, pos: u32) -> u64 {
+        self.base + chan::COMPR_OFF + pos as u64
+    }
+    #[inline]
+    pub fn submr_size(&self) -> u32 {
+        self.el.submr_size() as u32
+    }
+    #[inline]
+    pub fn compr_size(&self) -> u32 {
+        self.el.compr_size() as u32
+    }
+    #[inline]
+    pub fn next_se(&self, pos: u32) -> u32 {
+        let n = pos + self.el.se_size;
+        if n >= self.submr_size() { 0 } else { n }
+    }
+    #[inline]
+    pub fn next_ce(&self, pos: u32) -> u32 {
+        let n = pos + self.el.ce_size;
+        if n >= self.compr_size() { 0 } else { n }
+    }
+    /// Is a ring pointer read from shared memory a legal SE position?
+    pub fn valid_se_pos(&self, pos: u32) -> bool {
+        pos < self.submr_size() && pos.is_multiple_of(self.el.se_size)
+    }
+    pub fn valid_ce_pos(&self, pos: u32) -> bool {
+        pos < self.compr_size() && pos.is_multiple_of(self.el.ce_size)
+    }
+    /// The (up to two) region ranges of `len` payload bytes at `data_off`, wrapping.
+    /// `data_off` must be `< DATA_SIZE` and `len <= DATA_SIZE` (callers validate).
+    pub fn data_ranges(&self, data_off: u32, len: u32) -> [(u64, u64); 2] {
+        let start = data_off as u64 % chan::DATA_SIZE;
+        let len = (len as u64).min(chan::DATA_SIZE);
+        let first = len.min(chan::DATA_SIZE - start);
+        let data = self.base + chan::DATA_OFF;
+        [(data + start, first), (data, len - first)]
+    }
+}
+
+/// Copy payload out of the data area into private memory (wrapping).
+pub fn copy_from_data<M: SharedMem + ?Sized>(
+    shm: Shm<'_, M>,
+    g: &ChannelGeom,
+    data_off: u32,
+    buf: &mut [u8],
+) -> ShmResult<()> {
+    let [(o1, l1), (o2, l2)] = g.data_ranges(data_off, buf.len() as u32);
+    let (a, b) = buf.split_at_mut(l1 as usize);
+    shm.read(o1, a)?;
+    if l2 > 0 {
+        shm.read(o2, &mut b[..l2 as usize])?;
+    }
+    Ok(())
+}
+
+/// Copy private payload into the data area (wrapping).
+pub fn copy_to_data<M: SharedMem + ?Sized>(
+    shm: Shm<'_, M>,
+    g: &ChannelGeom,
+    data_off: u32,
+    data: &[u8],
+) -> ShmResult<()> {
+    let [(o1, l1), (o2, l2)] = g.data_ranges(data_off, data.len() as u32);
+    shm.write(o1, &data[..l1 as usize])?;
+    if l2 > 0 {
+        shm.write(o2, &data[l1 as usize..(l1 + l2) as usize])?;
+    }
+    Ok(())
+}
+
+/// Write back (`wb`) or invalidate (`!wb`) the payload lines (wrapping).
+pub fn data_cache_op<M: SharedMem + ?Sized>(
+    shm: Shm<'_, M>,
+    g: &ChannelGeom,
+    data_off: u32,
+    len: u32,
+    wb: bool,
+) -> ShmResult<()> {
+    for (o, l) in g.data_ranges(data_off, len) {
+        if l > 0 {
+            if wb {
+                shm.write_back(o, l)?;
+            } else {
+                shm.invalidate(o, l)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CRC over a private buffer (same as over the wrapped data area).
+pub fn payload_crc(buf: &[u8]) -> u32 {
+    crc32_update(0, buf)
+}
+
+/// Host-owned line (non-coherent mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostLine {
+    pub epoch: u32,
+    pub submr_head: u32,
+    pub submr_tail: u32,
+    pub compr_tail: u32,
+    pub base_tid: u64,
+}
+/// Device-owned line (non-coherent mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevLine {
+    pub ack_epoch: u32,
+    pub compr_head: u32,
+}
+
+impl HostLine {
+    pub fn encode(&self) -> [u8; NC_LINE_USED] {
+        let mut b = [0u8; NC_LINE_USED];
+        put_u32(&mut b, nc_host::EPOCH, self.epoch);
+        put_u32(&mut b, nc_host::SUBMR_HEAD, self.submr_head);
+        put_u32(&mut b, nc_host::SUBMR_TAIL, self.submr_tail);
+        put_u32(&mut b, nc_host::COMPR_TAIL, self.compr_tail);
+        put_u64(&mut b, nc_host::BASE_TID, self.base_tid);
+        let c = crc32(&b[4..]);
+        put_u32(&mut b, nc_host::CRC, c);
+        b
+    }
+    /// `None` if the CRC does not verify (torn or never written).
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < NC_LINE_USED || get_u32(b, 0) != crc32(&b[4..NC_LINE_USED]) {
+            return None;
+        }
+        Some(Self {
+            epoch: get_u32(b, nc_host::EPOCH),
+            submr_head: get_u32(b, nc_host::SUBMR_HEAD),
+            submr_tail: get_u32(b, nc_host::SUBMR_TAIL),
+            compr_tail: get_u32(b, nc_host::COMPR_TAIL),
+            base_tid: get_u64(b, nc_host::BASE_TID),
+        })
+    }
+}
+impl DevLine {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        put_u32(&mut b, nc_dev::ACK_EPOCH, self.ack_epoch);
+        put_u32(&mut b, nc_dev::COMPR_HEAD, self.compr_head);
+        let c = crc32(&b[4..]);
+        put_u32(&mut b, nc_dev::CRC, c);
+        b
+    }
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < 16 || get_u32(b, 0) != crc32(&b[4..16]) {
+            return None;
+        }
+        Some(Self {
+            ack_epoch: get_u32(b, nc_dev::ACK_EPOCH),
+            compr_head: get_u32(b, nc_dev::COMPR_HEAD),
+        })
+    }
+}
+
+/// Read a control line into private memory (invalidating first) and decode it.
+pub fn read_host_line<M: SharedMem + ?Sized>(
+    shm: Shm<'_, M>,
+    g: &ChannelGeom,
+    invalidate: bool,
+) -> ShmResult<Option<HostLine>> {
+    let mut b = [0u8; NC_LINE_USED];
+    if invalidate {
+        shm.invalidate(g.host_line, NC_LINE_USED as u64)?;
+    }
+    shm.read(g.host_line, &mut b)?;
+    Ok(HostLine::decode(&b))
+}
+pub fn read_dev_line<M: SharedMem + ?Sized>(
+    shm: Shm<'_, M>,
+    g: &ChannelGeom,
+    invalidate: bool,
+) -> ShmResult<Option<DevLine>> {
+    let mut b = [0u8; 16];
+    if invalidate {
+        shm.invalidate(g.dev_line, 16)?;
+    }
+    shm.read(g.dev_line, &mut b)?;
+    Ok(DevLine::decode(&b))
+}
+/// Store a line, write it back, fence: the publication step of the non-coherent mode.
+pub fn publish_line<M: SharedMem + ?Sized>(
+    shm: Shm<'_, M>,
+    off: u64,
+    bytes: &[u8],
+    write_back: bool,
+) -> ShmResult<()> {
+    shm.write(off, bytes)?;
+    if write_back {
+        shm.write_back(off, bytes.len() as u64)?;
+    }
+    shm.store_fence();
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The backend's local storage, behind a trait so the kernel can plug in its
+//! virtio-blk driver and tests a RAM disk.
+
+/// Errors a media implementation reports; the engine turns them into `-EIO` CEs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaError {
+    Io,
+    OutOfRange,
+    Unsupported,
+}
+
+/// Byte-addressed block storage. The engine only calls it with ranges it has
+/// validated against [`Media::size`], 512-byte aligned.
+pub trait Media {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), MediaError>;
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), MediaError>;
+    /// Make every completed write durable.
+    fn flush(&mut self) -> Result<(), MediaError>;
+    /// Write zeroes (default: plain zero writes in 4 KiB pieces).
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), MediaError> {
+        let zero = [0u8; 4096];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(4096) as usize;
+            self.write(offset + done, &zero[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+    /// Discard (default: same as write_zeroes, so reads after discard return zeroes).
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), MediaError> {
+        self.write_zeroes(offset, len)
+    }
+}
+
+impl<T: Media + ?Sized> Media for &mut T {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), MediaError> {
+        (**self).read(offset, buf)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), MediaError> {
+        (**self).write(offset, data)
+    }
+    fn flush(&mut self) -> Result<(), MediaError> {
+        (**self).flush()
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), MediaError> {
+        (**self).write_zeroes(offset, len)
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), MediaError> {
+        (**self).discard(offset, len)
+    }
+}
+
+/// A RAM disk over a caller-provided buffer (no allocation).
+pub struct SliceMedia<'a> {
+    pub data: &'a mut [u8],
+    pub flushes: u64,
+}
+
+impl<'a> SliceMedia<'a> {
+    pub fn new(data: &'a mut [u8]) -> Self {
+        Self { data, flushes: 0 }
+    }
+    fn range(&self, offset: u64, len: usize) -> Result<core::ops::Range<usize>, MediaError> {
+        let end = offset
+            .checked_add(len as u64)
+            .ok_or(MediaError::OutOfRange)?;
+        if end > self.data.len() as u64 {
+            return Err(MediaError::OutOfRange);
+        }
+        Ok(offset as usize..end as usize)
+    }
+}
+
+impl Media for SliceMedia<'_> {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), MediaError> {
+        let r = self.range(offset, buf.len())?;
+        buf.copy_from_slice(&self.data[r]);
+        Ok(())
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), MediaError> {
+        let r = self.range(offset, data.len())?;
+        self.data[r].copy_from_slice(data);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), MediaError> {
+        self.flushes += 1;
+        Ok(())
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), MediaError> {
+        let r = self.range(offset, len as usize)?;
+        self.data[r].fill(0);
+        Ok(())
+    }
+}
