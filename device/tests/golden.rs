@@ -152,7 +152,7 @@ fn golden_image_parses_and_reencodes() {
         assert!(se.op <= op::FLUSH);
         if se.op != op::FLUSH {
             assert_eq!(se.data_off % 4096, 0);
-            assert!(se.data_off as u64 + 0 < chan::DATA_SIZE);
+            assert!((se.data_off as u64) < chan::DATA_SIZE);
             assert_eq!(se.len, se.data_len);
         }
         let mut b = [0u8; 40];
