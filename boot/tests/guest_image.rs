@@ -236,3 +236,76 @@ fn host_on_cxl_devdax_without_backend_fails_clearly() {
     );
     assert_ok(&console, "host-cxl");
 }
+
+/// The whole system: the cbdfw device kernel (backend mode, `transport=wait`) in one VM, the
+/// Linux guest in another, both on one shared file through ivshmem. In the guest, cbd-host
+/// formats the transport, waits for the backend, dev-starts 2 channels and serves /dev/ublkb0;
+/// the script writes/reads raw data and runs mkfs/mount/fsck on it. Then the device stops cleanly.
+#[test]
+fn linux_guest_uses_the_device_kernel_over_ivshmem() {
+    use boot::device_vm::DeviceVm;
+    use boot::qemu::{Echo, Firmware, Input, Vm};
+    use boot::status::KernelStatus;
+    use boot::topology::{self, SharedFile};
+
+    let img = image();
+    let mut layer = Layer::new();
+    guest::add_host_binary(&mut layer, &host_binary()).unwrap();
+    layer
+        .add_test_script("host-cbd", &script("host-cbd"))
+        .unwrap();
+
+    let path = format!("/dev/shm/cbdfw-test-guest-e2e-{}.raw", std::process::id());
+    let _ = std::fs::remove_file(&path);
+    let size_mib = 512;
+    let t = topology::load(
+        "ivshmem",
+        &SharedFile {
+            path: path.clone().into(),
+            size_mib,
+        },
+    )
+    .unwrap();
+    t.prepare_files().unwrap();
+    let vm = DeviceVm::default()
+        .option("mode", "backend")
+        .option("transport", "wait")
+        .option("wait-secs", "900")
+        .option("disk-mib", "64")
+        .option("channels", "2")
+        .topology(t);
+    let kimg = boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image");
+    let mut dev =
+        Vm::spawn_with_input("device", &vm.command(&kimg), Echo::Quiet, Input::Piped).unwrap();
+
+    let ivshmem = [
+        "-object".to_string(),
+        format!("memory-backend-file,id=ivmem,share=on,mem-path={path},size={size_mib}M"),
+        "-device".to_string(),
+        "ivshmem-plain,memdev=ivmem".to_string(),
+    ];
+    let console = boot(&img, "host-cbd", &layer, &ivshmem, false);
+    let ok = std::panic::catch_unwind(|| assert_ok(&console, "host-cbd"));
+
+    dev.send_line("stop").unwrap();
+    let out = dev.wait(Duration::from_secs(300));
+    let _ = std::fs::remove_file(&path);
+    if let Err(e) = ok {
+        eprintln!("device console:\n{}", out.output);
+        std::panic::resume_unwind(e);
+    }
+    assert_eq!(
+        out.status,
+        KernelStatus::Success,
+        "{}\n{}",
+        out.status.describe(),
+        out.output
+    );
+    let line = out
+        .output
+        .lines()
+        .find(|l| l.contains("serve: stopped:"))
+        .expect("device summary line");
+    assert!(line.contains("errors=0"), "{line}");
+    assert!(!line.contains("requests=0 "), "{line}");
+}
