@@ -141,7 +141,7 @@ fn heartbeat_loop(mut dev: Blkdev<'static, MappedMem>, stop: &AtomicBool, clock:
     // dev-stop: the queues left with the ublk threads; the record is cleared here.
     match dev.stop() {
         Ok(()) => log::info!("dev-stop: blkdev record cleared"),
-        Err((_, e)) => log::error!("dev-stop: {e:?}"),
+        Err(e) => log::error!("dev-stop: {e:?}"),
     }
 }
 
