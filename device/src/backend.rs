@@ -846,7 +846,15 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
 
     /// Clean stop (backend-stop): refuse while a running, alive blkdev references
     /// this backend; then clear the channel segment infos and the backend record.
-    pub fn stop(&mut self, now_ns: u64) -> Result<(), BackendError> {
+    #[allow(clippy::result_large_err)]
+    pub fn stop(mut self, now_ns: u64) -> Result<D, (Self, BackendError)> {
+        match self.try_stop(now_ns) {
+            Ok(()) => Ok(self.media),
+            Err(e) => Err((self, e)),
+        }
+    }
+
+    fn try_stop(&mut self, now_ns: u64) -> Result<(), BackendError> {
         for id in 0..self.tp.info.blkdev_num {
             if let Some(b) = self.tp.blkdev(id)?
                 && b.rec.state == STATE_RUNNING
@@ -860,7 +868,6 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             self.tp.clear(SlotKind::Segment, c.seg_id)?;
         }
         self.tp.clear(SlotKind::Backend, self.backend_id)?;
-        self.chans.clear();
         Ok(())
     }
 }
