@@ -5,6 +5,7 @@ pub mod device_vm;
 pub mod guest;
 pub mod image;
 pub mod ktest;
+pub mod pair;
 pub mod qemu;
 pub mod status;
 pub mod topology;

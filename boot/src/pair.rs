@@ -1,0 +1,183 @@
+//! Paired VMs: the device VM (our kernel, backend mode) and a Linux VM (the host,
+//! running `cbd-host` and a workload script) on one shared backing file, both
+//! under TCG. Used by the paired-VM tests (`tests/`), the demo (`cargo run`) and
+//! the benchmark.
+//!
+//! ```text
+//!  device VM (cbdfw kernel)            Linux VM (Debian 6.12 guest)
+//!   mode=backend ─┐                  ┌─ cbd-host → /dev/ublkb0 ← mkfs / fio / dd
+//!                 └── /dev/shm/… ────┘   (ivshmem BAR2, or CXL type-3 + devdax)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::device_vm::DeviceVm;
+use crate::guest;
+use crate::qemu::{Echo, Firmware, Input, Outcome, QemuCmd, Vm};
+use crate::topology::{self, SharedFile, Topology};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct PairSpec {
+    /// A name for logs and files.
+    pub name: String,
+    /// `ivshmem` (fast path) or `cxl`.
+    pub topology: String,
+    /// Shared backing file size (a CBD transport needs ≥ 512 MiB).
+    pub shm_mib: u64,
+    /// The device's RAM disk.
+    pub disk_mib: u64,
+    pub channels: u32,
+    /// Shell script run in the Linux guest (`/tests/NAME.sh`); it should print
+    /// `RESULT NAME OK …` or `RESULT NAME FAIL …`.
+    pub script: String,
+    /// Extra device options (fw_cfg).
+    pub device_opts: Vec<(String, String)>,
+    /// Start the device at all (case (d): host with no device).
+    pub with_device: bool,
+    pub timeout: Duration,
+    pub echo: Echo,
+}
+
+impl PairSpec {
+    pub fn new(name: &str, topology: &str, script: &str) -> PairSpec {
+        PairSpec {
+            name: name.into(),
+            topology: topology.into(),
+            shm_mib: 512,
+            disk_mib: 64,
+            channels: 2,
+            script: script.into(),
+            device_opts: Vec::new(),
+            with_device: true,
+            timeout: Duration::from_secs(600),
+            echo: Echo::Quiet,
+        }
+    }
+}
+
+/// How a paired run ended.
+#[derive(Debug)]
+pub struct PairOutcome {
+    pub device: Option<Outcome>,
+    pub linux: Outcome,
+    /// Where both consoles were saved.
+    pub logs: PathBuf,
+}
+
+impl PairOutcome {
+    /// The guest script's `RESULT NAME …` line.
+    pub fn result_line(&self, name: &str) -> Option<String> {
+        let tag = format!("RESULT {name} ");
+        self.linux.output.lines().find(|l| l.contains(&tag)).map(|l| l.trim().to_string())
+    }
+
+    pub fn guest_ok(&self, name: &str) -> bool {
+        self.result_line(name).is_some_and(|l| l.contains(&format!("RESULT {name} OK")))
+    }
+}
+
+/// The statically linked host program: `CBDFW_HOST_BIN` (set by `boot test`, which
+/// builds it before cargo test holds the build lock) or built now.
+pub fn host_binary() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("CBDFW_HOST_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    guest::build_host_binary().map_err(|e| e.to_string())
+}
+
+fn kernel_image() -> Result<PathBuf, String> {
+    crate::image::kernel_image_for_tests(Firmware::Bios).map_err(|e| e.to_string())
+}
+
+/// The Linux VM's command line for a topology.
+pub fn linux_command(img: &guest::GuestImage, initrd: &Path, append: &str, topo: &Topology) -> QemuCmd {
+    let cxl = topo.machine.as_deref().is_some_and(|m| m.contains("cxl=on"));
+    let mut q = QemuCmd::new();
+    q.args(guest::qemu_args(&img.kernel, initrd, append, cxl));
+    topo.apply(&mut q);
+    q
+}
+
+/// Save a console log next to the other run products.
+fn save(dir: &Path, file: &str, text: &str) {
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::write(dir.join(file), text);
+}
+
+/// Run the device VM and the Linux VM on one shared file until the guest script ends.
+pub fn run_pair(spec: &PairSpec) -> Result<PairOutcome, String> {
+    let root = crate::image::workspace_root();
+    let work = root.join("target").join("pairs").join(&spec.name);
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+
+    // Linux side: base image + a layer with cbd-host and the script.
+    let img = guest::ensure_image(&guest::default_cache_dir()).map_err(|e| e.to_string())?;
+    let mut layer = guest::Layer::new();
+    guest::add_host_binary(&mut layer, &host_binary()?).map_err(|e| e.to_string())?;
+    layer.add_test_script(&spec.name, &spec.script).map_err(|e| e.to_string())?;
+    let layer_path = work.join("layer.cpio.gz");
+    layer.write(&layer_path).map_err(|e| e.to_string())?;
+    let initrd = work.join("initrd.img");
+    img.initrd_with(&[&layer_path], &initrd).map_err(|e| e.to_string())?;
+
+    // One shared file for both VMs, fresh for every run.
+    let shm = PathBuf::from(format!("/dev/shm/cbdfw-pair-{}-{}.raw", spec.name, std::process::id()));
+    let _ = std::fs::remove_file(&shm);
+    let _ = std::fs::remove_file(format!("{}.lsa", shm.display()));
+    let topo = topology::load(&spec.topology, &SharedFile { path: shm.clone(), size_mib: spec.shm_mib })?;
+    topo.prepare_files()?;
+    let cleanup = Cleanup(shm.clone());
+
+    let mut device = None;
+    if spec.with_device {
+        let mut d = DeviceVm {
+            memory_mib: 256 + spec.disk_mib,
+            ..Default::default()
+        }
+        .option("mode", "backend")
+        .option("disk-mib", &spec.disk_mib.to_string())
+        .option("channels", &spec.channels.to_string())
+        .topology(topo.clone());
+        if spec.topology.starts_with("cxl") {
+            // Linux puts devdax metadata first and formats the transport inside it.
+            d = d.option("transport", "wait");
+        }
+        for (k, v) in &spec.device_opts {
+            d = d.option(k, v);
+        }
+        let mut vm = Vm::spawn_with_input("device", &d.command(&kernel_image()?), spec.echo, Input::Piped)
+            .map_err(|e| e.to_string())?;
+        if !vm.wait_for("serve: ", Duration::from_secs(240)) {
+            let out = vm.wait(Duration::from_secs(1));
+            save(&work, "device.log", &out.output);
+            return Err(format!("device VM never started serving (log: {})", work.join("device.log").display()));
+        }
+        device = Some(vm);
+    }
+
+    let append = format!("quiet test={}", spec.name);
+    let linux = Vm::spawn("linux", &linux_command(&img, &initrd, &append, &topo), spec.echo).map_err(|e| e.to_string())?;
+    let linux_out = linux.wait(spec.timeout);
+
+    let device_out = device.map(|mut vm| {
+        let _ = vm.send_line("stop");
+        vm.wait(Duration::from_secs(120))
+    });
+    save(&work, "linux.log", &linux_out.output);
+    if let Some(d) = &device_out {
+        save(&work, "device.log", &d.output);
+    }
+    drop(cleanup);
+    Ok(PairOutcome { device: device_out, linux: linux_out, logs: work })
+}
+
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(format!("{}.lsa", self.0.display()));
+    }
+}

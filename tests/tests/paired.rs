@@ -1,0 +1,74 @@
+//! Paired-VM tests: the cbdfw device VM and a Linux VM (Debian 6.12, `cbd-host` →
+//! ublk) on one shared backing file, both under TCG. Each case runs a script in the
+//! guest that prints `RESULT NAME OK|FAIL`; both consoles are kept under
+//! `target/pairs/NAME/` and printed on failure.
+
+use std::time::Duration;
+
+use boot::pair::{PairSpec, run_pair};
+use boot::status::KernelStatus;
+
+fn case(name: &str, topo: &str, with_device: bool, tweak: impl FnOnce(&mut PairSpec)) {
+    let body = format!("TOPO={topo}\n{}\n{}", vmtests::script("lib"), vmtests::script(name));
+    let run_name = format!("{name}-{topo}");
+    let body = body.replace(&format!("T={name}"), &format!("T={run_name}"));
+    let mut spec = PairSpec::new(&run_name, topo, &body);
+    spec.with_device = with_device;
+    if topo == "cxl" {
+        // devdax metadata comes first; the transport still needs ≥ 512 MiB after it.
+        spec.shm_mib = 1024;
+    }
+    tweak(&mut spec);
+    let out = run_pair(&spec).unwrap_or_else(|e| panic!("{run_name}: {e}"));
+    let ok = out.guest_ok(&run_name);
+    let dev_ok = out.device.as_ref().is_none_or(|d| d.status == KernelStatus::Success);
+    if !ok || !dev_ok {
+        eprintln!("==== linux console ({run_name}) ====\n{}", out.linux.output);
+        if let Some(d) = &out.device {
+            eprintln!("==== device console ({run_name}): {} ====\n{}", d.status.describe(), d.output);
+        }
+        panic!(
+            "{run_name}: guest {:?}, device {:?} (logs in {})",
+            out.result_line(&run_name),
+            out.device.as_ref().map(|d| d.status.describe()),
+            out.logs.display()
+        );
+    }
+    if let Some(d) = &out.device {
+        let summary = d.output.lines().find(|l| l.contains("serve: stopped:")).unwrap_or_default();
+        assert!(summary.contains("errors=0"), "device reported errors: {summary}");
+        eprintln!("{run_name}: {} | device {summary}", out.result_line(&run_name).unwrap_or_default());
+    }
+}
+
+#[test]
+fn ivshmem_dd_patterns() {
+    case("pair-dd", "ivshmem", true, |_| {});
+}
+
+#[test]
+fn ivshmem_ext4_mkfs_fsck_remount() {
+    case("pair-ext4", "ivshmem", true, |_| {});
+}
+
+#[test]
+fn ivshmem_fio_verify_qd16_two_channels() {
+    case("pair-fio", "ivshmem", true, |_| {});
+}
+
+#[test]
+fn ivshmem_host_without_device_fails_clearly() {
+    case("pair-nodevice", "ivshmem", false, |s| s.timeout = Duration::from_secs(300));
+}
+
+#[test]
+fn cxl_dd_patterns() {
+    case("pair-dd", "cxl", true, |_| {});
+}
+
+#[test]
+fn cxl_fio_verify_small() {
+    case("pair-fio", "cxl", true, |s| {
+        s.script = s.script.replace("${FIO_SIZE:-16M}", "2M");
+    });
+}
