@@ -155,11 +155,26 @@ pub fn find_transport(region: &SharedRegion) -> Option<u64> {
 pub fn serve(region: SharedRegion) -> ExitCode {
     TRACER.set_print(opt_on("trace"));
     let explicit = fwcfg::option("transport-offset").and_then(|s| s.parse::<u64>().ok());
-    let found = if explicit.is_none() {
+    let wait = fwcfg::option("transport").as_deref() == Some("wait");
+    let mut found = if explicit.is_none() {
         find_transport(&region)
     } else {
         None
     };
+    if wait && found.is_none() && explicit.is_none() {
+        let limit = opt_u64("wait-secs", 300) * 1_000_000_000;
+        let t0 = wall_clock_ns();
+        log::info!("serve: waiting for a host to format a CBD v3 transport (scanning every 2 MiB)");
+        let mut console = crate::serial::LineReader::default();
+        while found.is_none() {
+            if wall_clock_ns() - t0 > limit || console.poll().as_deref() == Some("stop") {
+                log::error!("serve: no CBD v3 transport appeared in the shared region");
+                return ExitCode::NoCxl;
+            }
+            crate::arch::time::delay_us(100_000);
+            found = find_transport(&region);
+        }
+    }
     let offset = explicit.or(found).unwrap_or(0);
     if offset >= region.len() {
         log::error!(
@@ -175,6 +190,10 @@ pub fn serve(region: SharedRegion) -> ExitCode {
     match found.or(explicit) {
         Some(_) if Transport::open(shm, noncoherent).is_ok() => {
             log::info!("serve: CBD v3 transport found at region offset {offset:#x}")
+        }
+        _ if wait => {
+            log::error!("serve: the transport at {offset:#x} does not validate");
+            return ExitCode::Failed;
         }
         _ => {
             log::info!(
