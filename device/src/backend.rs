@@ -318,10 +318,20 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         let (tail, compr_head, compr_tail) = match nc_line {
             Some(h) if h.epoch != 0 => {
                 ch.mode = Mode::Nc;
-                ch.epoch = h.epoch;
-                let d = read_dev_line(shm, &g, true)?
-                    .filter(|d| d.ack_epoch == h.epoch)
-                    .unwrap_or_default();
+                // Our epoch is the one we acknowledged; if the host has moved on (a
+                // RESET we never answered) the next poll performs that reset.
+                let d = read_dev_line(shm, &g, true)?.unwrap_or_default();
+                ch.epoch = d.ack_epoch;
+                if d.ack_epoch != h.epoch {
+                    shm.tracer.event(&TraceEvent::Reattached {
+                        chan: idx,
+                        cursor: 0,
+                    });
+                    return Ok(ch);
+                }
+                // Non-coherent mode never accepts an arbitrary first tid: a stale or
+                // not-yet-landed SE (even an all-zero one, whose CRC is 0) must not run.
+                ch.expect_tid = Some(h.tail_tid);
                 (h.submr_tail, d.compr_head, h.compr_tail)
             }
             _ => {
@@ -377,6 +387,10 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
     }
     pub fn into_media(self) -> D {
         self.media
+    }
+    /// Give back the media and the scratch buffer (e.g. to re-attach after a crash).
+    pub fn into_parts(self) -> (D, &'a mut [u8]) {
+        (self.media, self.scratch)
     }
 
     /// One round: heartbeat if due (≤ 5 s), management plane, data plane.

@@ -18,7 +18,7 @@ pub struct ChannelGeom {
 }
 
 /// Non-coherent line size that carries a CRC (the rest of the 64-byte line is reserved).
-pub const NC_LINE_USED: usize = 40;
+pub const NC_LINE_USED: usize = 48;
 
 impl ChannelGeom {
     /// `shared_line`: **sabotage for adversary tests only** — put the device line in
@@ -150,6 +150,7 @@ pub struct HostLine {
     pub submr_tail: u32,
     pub compr_tail: u32,
     pub base_tid: u64,
+    pub tail_tid: u64,
 }
 /// Device-owned line (non-coherent mode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -166,6 +167,7 @@ impl HostLine {
         put_u32(&mut b, nc_host::SUBMR_TAIL, self.submr_tail);
         put_u32(&mut b, nc_host::COMPR_TAIL, self.compr_tail);
         put_u64(&mut b, nc_host::BASE_TID, self.base_tid);
+        put_u64(&mut b, nc_host::TAIL_TID, self.tail_tid);
         let c = crc32(&b[4..]);
         put_u32(&mut b, nc_host::CRC, c);
         b
@@ -181,6 +183,7 @@ impl HostLine {
             submr_tail: get_u32(b, nc_host::SUBMR_TAIL),
             compr_tail: get_u32(b, nc_host::COMPR_TAIL),
             base_tid: get_u64(b, nc_host::BASE_TID),
+            tail_tid: get_u64(b, nc_host::TAIL_TID),
         })
     }
 }

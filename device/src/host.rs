@@ -22,7 +22,7 @@ pub const RESET_TIMEOUT_NS: u64 = 30_000_000_000;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostSabotage {
     /// Publish `submr_head` before writing back the WRITE payload (the write-back
-    /// happens at the next host call, as if the thread were preempted).
+    /// happens at the next submission, as if the thread were preempted).
     pub publish_before_payload_write_back: bool,
     /// Keep the device line inside the host's cache line (must match the backend).
     pub shared_ctrl_line: bool,
@@ -312,6 +312,7 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
             submr_tail: self.submr_tail,
             compr_tail: self.compr_tail,
             base_tid: self.base_tid,
+            tail_tid: self.inflight.front().map_or(self.next_tid, |f| f.tid),
         }
         .encode();
         publish_line(self.shm, self.g.host_line, &line, true)?;
@@ -493,7 +494,6 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
     /// Poll for one completion. READ data lands in `read_buf[..len]` (`read_buf`
     /// must hold the largest READ in flight; 1 MiB always suffices).
     pub fn poll(&mut self, read_buf: &mut [u8]) -> Result<Option<Completion>, HostError> {
-        self.flush_deferred()?;
         if self.state != QState::Ready {
             return Ok(None);
         }

@@ -675,8 +675,10 @@ pub mod nc_host {
     pub const COMPR_TAIL: usize = 16;
     /// First req_tid of this epoch (host tids are monotonic across resets).
     pub const BASE_TID: usize = 24;
+    /// req_tid of the SE at `submr_tail` (what a re-attaching device expects first).
+    pub const TAIL_TID: usize = 32;
     /// Reserved: power window (durability tokens, later issue).
-    pub const RESERVED_POWER_WINDOW: usize = 32;
+    pub const RESERVED_POWER_WINDOW: usize = 40;
 }
 /// Device-owned control line of the non-coherent mode (CRC over bytes 4..64).
 pub mod nc_dev {

@@ -29,4 +29,6 @@ pub mod trace;
 pub mod transport;
 
 #[cfg(feature = "std")]
+pub mod adversary;
+#[cfg(feature = "std")]
 pub mod native;
