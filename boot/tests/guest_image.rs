@@ -20,12 +20,14 @@ use boot::guest::{self, GuestImage, Layer};
 static QEMU_LOCK: Mutex<()> = Mutex::new(());
 static HOST_BIN: OnceLock<PathBuf> = OnceLock::new();
 
-/// The static `cbd-host` binary (built once per test process).
+/// The static `cbd-host` binary: `$CBDFW_HOST_BIN` if set (the runner builds it before the
+/// tests), else built once per test process.
 fn host_binary() -> PathBuf {
     HOST_BIN
-        .get_or_init(|| {
-            guest::build_host_binary()
-                .unwrap_or_else(|e| panic!("building the host binary failed: {e}"))
+        .get_or_init(|| match std::env::var_os("CBDFW_HOST_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => guest::build_host_binary()
+                .unwrap_or_else(|e| panic!("building the host binary failed: {e}")),
         })
         .clone()
 }
