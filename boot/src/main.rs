@@ -16,11 +16,12 @@ use std::time::Duration;
 use boot::device_vm::DeviceVm;
 use boot::image::{self, KernelElf};
 use boot::ktest::Expectation;
+use boot::pair::{PairSpec, run_pair};
 use boot::qemu::{Echo, Firmware, Input, Vm};
 use boot::status::KernelStatus;
 use boot::topology::{self, SharedFile, Topology};
 
-const USAGE: &str = "usage: boot [run|ktest|test] [--uefi] [--release] [--timeout SECS] [--log LEVEL] [--memory MIB]
+const USAGE: &str = "usage: boot [demo|device|shell|ktest|test] [--trace] [--uefi] [--release] [--timeout SECS] [--log LEVEL] [--memory MIB]
             [--topology cxl|cxl2rp|ivshmem] [--shm PATH] [--shm-size MIB] [--mode MODE] [--opt KEY=VALUE]... [FILTER] [-- QEMU-ARGS...]";
 
 #[derive(Debug)]
@@ -37,12 +38,19 @@ struct Opts {
     shm_size_mib: Option<u64>,
     mode: Option<String>,
     opts: Vec<(String, String)>,
+    trace: bool,
     qemu_extra: Vec<String>,
 }
 
 fn parse_args(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
-        cmd: "run".into(),
+        // No arguments at all: the demo. Options alone: the device by itself.
+        cmd: if args.is_empty() {
+            "demo".into()
+        } else {
+            "run".into()
+        },
+        trace: false,
         firmware: Firmware::Bios,
         release: false,
         timeout: Duration::from_secs(120),
@@ -60,7 +68,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     let mut first = true;
     while let Some(a) = it.next() {
         match a.as_str() {
-            "run" | "ktest" | "test" if first => o.cmd = a.clone(),
+            "run" | "device" if first => o.cmd = "run".into(),
+            "demo" | "shell" | "ktest" | "test" if first => o.cmd = a.clone(),
+            "--trace" => o.trace = true,
             "--uefi" => o.firmware = Firmware::Uefi,
             "--bios" => o.firmware = Firmware::Bios,
             "--release" => o.release = true,
@@ -268,6 +278,103 @@ fn cmd_test(o: &Opts) -> Result<bool, String> {
     Ok(ok)
 }
 
+/// The guest script of the demo and the interactive shell's helper.
+fn guest_script(name: &str) -> Result<String, String> {
+    boot::pair::script(name)
+}
+
+/// Both VMs, a short workload in Linux, the device's summary, clean shutdown.
+fn cmd_demo(o: &Opts) -> Result<i32, String> {
+    let topo = o.topology.clone().unwrap_or_else(|| "ivshmem".into());
+    eprintln!(
+        "demo: device VM (cbdfw) + Linux VM (cbd-host -> /dev/ublkb0) on one shared file ({topo})"
+    );
+    let body = format!(
+        "TOPO={topo}\n{}\n{}",
+        guest_script("lib")?,
+        guest_script("demo")?
+    );
+    let mut spec = PairSpec::new("demo", &topo, &body);
+    spec.echo = Echo::Lines;
+    if topo.starts_with("cxl") {
+        spec.shm_mib = 1024;
+    }
+    if o.trace {
+        spec.device_opts.push(("trace".into(), "on".into()));
+    }
+    spec.device_opts.extend(o.opts.iter().cloned());
+    let out = run_pair(&spec)?;
+    let dev = out.device.as_ref().ok_or("device VM missing")?;
+    let summary = dev
+        .output
+        .lines()
+        .find(|l| l.contains("serve: stopped:"))
+        .unwrap_or_default()
+        .to_string();
+    let field = |k: &str| -> Option<u64> {
+        summary
+            .split(&format!("{k}="))
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let (reqs, bytes, errors) = (field("requests"), field("bytes"), field("errors"));
+    if out.guest_ok("demo") && dev.status == KernelStatus::Success && errors == Some(0) {
+        eprintln!(
+            "demo: guest: {}",
+            out.result_line("demo").unwrap_or_default()
+        );
+        eprintln!("demo: device: {}", summary.trim());
+        println!(
+            "demo: ok requests={} bytes={} errors=0",
+            reqs.unwrap_or(0),
+            bytes.unwrap_or(0)
+        );
+        Ok(0)
+    } else {
+        println!(
+            "demo: FAILED guest={:?} device={} errors={errors:?} (consoles in {})",
+            out.result_line("demo"),
+            dev.status.describe(),
+            out.logs.display()
+        );
+        Ok(1)
+    }
+}
+
+/// The device VM plus an interactive Linux shell on the same shared memory.
+fn cmd_shell(o: &Opts) -> Result<i32, String> {
+    let topo = o.topology.clone().unwrap_or_else(|| "ivshmem".into());
+    let mut spec = PairSpec::new("shell", &topo, &guest_script("lib")?);
+    spec.echo = Echo::Quiet;
+    spec.interactive = true;
+    if topo.starts_with("cxl") {
+        spec.shm_mib = 1024;
+    }
+    eprintln!(
+        "shell: in the guest, run `cbd-host --transport {} --queues 2 &` then use /dev/ublkb0; `poweroff -f` ends it",
+        if topo.starts_with("cxl") {
+            "/dev/dax0.0 --format (after cxl create-region / ndctl create-namespace)"
+        } else {
+            "ivshmem"
+        }
+    );
+    let out = run_pair(&spec)?;
+    if let Some(d) = &out.device {
+        eprintln!(
+            "shell: device {}",
+            d.output
+                .lines()
+                .find(|l| l.contains("serve: stopped:"))
+                .unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let o = match parse_args(&args) {
@@ -282,6 +389,8 @@ fn main() -> ExitCode {
     };
     let result = match o.cmd.as_str() {
         "run" => cmd_run(&o).map(|s| s.exit_code()),
+        "demo" => cmd_demo(&o),
+        "shell" => cmd_shell(&o),
         "ktest" => cmd_ktest(&o).map(|ok| if ok { 0 } else { 1 }),
         "test" => cmd_test(&o).map(|ok| if ok { 0 } else { 1 }),
         _ => unreachable!("parse_args only accepts known commands"),

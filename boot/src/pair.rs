@@ -38,6 +38,8 @@ pub struct PairSpec {
     pub with_device: bool,
     pub timeout: Duration,
     pub echo: Echo,
+    /// Give the Linux console to the user (no test script is run).
+    pub interactive: bool,
 }
 
 impl PairSpec {
@@ -53,6 +55,7 @@ impl PairSpec {
             with_device: true,
             timeout: Duration::from_secs(600),
             echo: Echo::Quiet,
+            interactive: false,
         }
     }
 }
@@ -70,12 +73,26 @@ impl PairOutcome {
     /// The guest script's `RESULT NAME …` line.
     pub fn result_line(&self, name: &str) -> Option<String> {
         let tag = format!("RESULT {name} ");
-        self.linux.output.lines().find(|l| l.contains(&tag)).map(|l| l.trim().to_string())
+        self.linux
+            .output
+            .lines()
+            .find(|l| l.contains(&tag))
+            .map(|l| l.trim().to_string())
     }
 
     pub fn guest_ok(&self, name: &str) -> bool {
-        self.result_line(name).is_some_and(|l| l.contains(&format!("RESULT {name} OK")))
+        self.result_line(name)
+            .is_some_and(|l| l.contains(&format!("RESULT {name} OK")))
     }
+}
+
+/// A guest-side script from `qemu/scripts/NAME.sh`.
+pub fn script(name: &str) -> Result<String, String> {
+    let p = crate::image::workspace_root()
+        .join("qemu")
+        .join("scripts")
+        .join(format!("{name}.sh"));
+    std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
 /// The statically linked host program: `CBDFW_HOST_BIN` (set by `boot test`, which
@@ -92,8 +109,16 @@ fn kernel_image() -> Result<PathBuf, String> {
 }
 
 /// The Linux VM's command line for a topology.
-pub fn linux_command(img: &guest::GuestImage, initrd: &Path, append: &str, topo: &Topology) -> QemuCmd {
-    let cxl = topo.machine.as_deref().is_some_and(|m| m.contains("cxl=on"));
+pub fn linux_command(
+    img: &guest::GuestImage,
+    initrd: &Path,
+    append: &str,
+    topo: &Topology,
+) -> QemuCmd {
+    let cxl = topo
+        .machine
+        .as_deref()
+        .is_some_and(|m| m.contains("cxl=on"));
     let mut q = QemuCmd::new();
     q.args(guest::qemu_args(&img.kernel, initrd, append, cxl));
     topo.apply(&mut q);
@@ -116,17 +141,30 @@ pub fn run_pair(spec: &PairSpec) -> Result<PairOutcome, String> {
     let img = guest::ensure_image(&guest::default_cache_dir()).map_err(|e| e.to_string())?;
     let mut layer = guest::Layer::new();
     guest::add_host_binary(&mut layer, &host_binary()?).map_err(|e| e.to_string())?;
-    layer.add_test_script(&spec.name, &spec.script).map_err(|e| e.to_string())?;
+    layer
+        .add_test_script(&spec.name, &spec.script)
+        .map_err(|e| e.to_string())?;
     let layer_path = work.join("layer.cpio.gz");
     layer.write(&layer_path).map_err(|e| e.to_string())?;
     let initrd = work.join("initrd.img");
-    img.initrd_with(&[&layer_path], &initrd).map_err(|e| e.to_string())?;
+    img.initrd_with(&[&layer_path], &initrd)
+        .map_err(|e| e.to_string())?;
 
     // One shared file for both VMs, fresh for every run.
-    let shm = PathBuf::from(format!("/dev/shm/cbdfw-pair-{}-{}.raw", spec.name, std::process::id()));
+    let shm = PathBuf::from(format!(
+        "/dev/shm/cbdfw-pair-{}-{}.raw",
+        spec.name,
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&shm);
     let _ = std::fs::remove_file(format!("{}.lsa", shm.display()));
-    let topo = topology::load(&spec.topology, &SharedFile { path: shm.clone(), size_mib: spec.shm_mib })?;
+    let topo = topology::load(
+        &spec.topology,
+        &SharedFile {
+            path: shm.clone(),
+            size_mib: spec.shm_mib,
+        },
+    )?;
     topo.prepare_files()?;
     let cleanup = Cleanup(shm.clone());
 
@@ -147,19 +185,47 @@ pub fn run_pair(spec: &PairSpec) -> Result<PairOutcome, String> {
         for (k, v) in &spec.device_opts {
             d = d.option(k, v);
         }
-        let mut vm = Vm::spawn_with_input("device", &d.command(&kernel_image()?), spec.echo, Input::Piped)
-            .map_err(|e| e.to_string())?;
+        let mut vm = Vm::spawn_with_input(
+            "device",
+            &d.command(&kernel_image()?),
+            spec.echo,
+            Input::Piped,
+        )
+        .map_err(|e| e.to_string())?;
         if !vm.wait_for("serve: ", Duration::from_secs(240)) {
             let out = vm.wait(Duration::from_secs(1));
             save(&work, "device.log", &out.output);
-            return Err(format!("device VM never started serving (log: {})", work.join("device.log").display()));
+            return Err(format!(
+                "device VM never started serving (log: {})",
+                work.join("device.log").display()
+            ));
         }
         device = Some(vm);
     }
 
-    let append = format!("quiet test={}", spec.name);
-    let linux = Vm::spawn("linux", &linux_command(&img, &initrd, &append, &topo), spec.echo).map_err(|e| e.to_string())?;
-    let linux_out = linux.wait(spec.timeout);
+    let (append, input, echo, timeout) = if spec.interactive {
+        (
+            "quiet".to_string(),
+            Input::Inherit,
+            Echo::Lines,
+            Duration::from_secs(24 * 3600),
+        )
+    } else {
+        (
+            format!("quiet test={}", spec.name),
+            Input::Null,
+            spec.echo,
+            spec.timeout,
+        )
+    };
+    let linux = Vm::spawn_with_input(
+        "linux",
+        &linux_command(&img, &initrd, &append, &topo),
+        echo,
+        input,
+    )
+    .map_err(|e| e.to_string())?;
+    let linux_out = linux.wait(timeout);
 
     let device_out = device.map(|mut vm| {
         let _ = vm.send_line("stop");
@@ -170,7 +236,11 @@ pub fn run_pair(spec: &PairSpec) -> Result<PairOutcome, String> {
         save(&work, "device.log", &d.output);
     }
     drop(cleanup);
-    Ok(PairOutcome { device: device_out, linux: linux_out, logs: work })
+    Ok(PairOutcome {
+        device: device_out,
+        linux: linux_out,
+        logs: work,
+    })
 }
 
 struct Cleanup(PathBuf);

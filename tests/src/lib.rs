@@ -1,8 +1,7 @@
-//! Paired-VM tests live in `tests/tests/`; the guest-side scripts in `tests/scripts/`.
-//! The pairing machinery itself is `boot::pair` (shared with the demo and the bench).
+//! Paired-VM tests live in `tests/tests/`; the guest-side scripts they run are in
+//! `qemu/scripts/` (shared with the demo); the pairing machinery is `boot::pair`.
 
-/// The text of `tests/scripts/NAME.sh`.
+/// The text of `qemu/scripts/NAME.sh`.
 pub fn script(name: &str) -> String {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(format!("{name}.sh"));
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    boot::pair::script(name).unwrap_or_else(|e| panic!("{e}"))
 }

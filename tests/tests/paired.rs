@@ -9,7 +9,11 @@ use boot::pair::{PairSpec, run_pair};
 use boot::status::KernelStatus;
 
 fn case(name: &str, topo: &str, with_device: bool, tweak: impl FnOnce(&mut PairSpec)) {
-    let body = format!("TOPO={topo}\n{}\n{}", vmtests::script("lib"), vmtests::script(name));
+    let body = format!(
+        "TOPO={topo}\n{}\n{}",
+        vmtests::script("lib"),
+        vmtests::script(name)
+    );
     let run_name = format!("{name}-{topo}");
     let body = body.replace(&format!("T={name}"), &format!("T={run_name}"));
     let mut spec = PairSpec::new(&run_name, topo, &body);
@@ -21,11 +25,18 @@ fn case(name: &str, topo: &str, with_device: bool, tweak: impl FnOnce(&mut PairS
     tweak(&mut spec);
     let out = run_pair(&spec).unwrap_or_else(|e| panic!("{run_name}: {e}"));
     let ok = out.guest_ok(&run_name);
-    let dev_ok = out.device.as_ref().is_none_or(|d| d.status == KernelStatus::Success);
+    let dev_ok = out
+        .device
+        .as_ref()
+        .is_none_or(|d| d.status == KernelStatus::Success);
     if !ok || !dev_ok {
         eprintln!("==== linux console ({run_name}) ====\n{}", out.linux.output);
         if let Some(d) = &out.device {
-            eprintln!("==== device console ({run_name}): {} ====\n{}", d.status.describe(), d.output);
+            eprintln!(
+                "==== device console ({run_name}): {} ====\n{}",
+                d.status.describe(),
+                d.output
+            );
         }
         panic!(
             "{run_name}: guest {:?}, device {:?} (logs in {})",
@@ -35,9 +46,19 @@ fn case(name: &str, topo: &str, with_device: bool, tweak: impl FnOnce(&mut PairS
         );
     }
     if let Some(d) = &out.device {
-        let summary = d.output.lines().find(|l| l.contains("serve: stopped:")).unwrap_or_default();
-        assert!(summary.contains("errors=0"), "device reported errors: {summary}");
-        eprintln!("{run_name}: {} | device {summary}", out.result_line(&run_name).unwrap_or_default());
+        let summary = d
+            .output
+            .lines()
+            .find(|l| l.contains("serve: stopped:"))
+            .unwrap_or_default();
+        assert!(
+            summary.contains("errors=0"),
+            "device reported errors: {summary}"
+        );
+        eprintln!(
+            "{run_name}: {} | device {summary}",
+            out.result_line(&run_name).unwrap_or_default()
+        );
     }
 }
 
@@ -58,7 +79,9 @@ fn ivshmem_fio_verify_qd16_two_channels() {
 
 #[test]
 fn ivshmem_host_without_device_fails_clearly() {
-    case("pair-nodevice", "ivshmem", false, |s| s.timeout = Duration::from_secs(300));
+    case("pair-nodevice", "ivshmem", false, |s| {
+        s.timeout = Duration::from_secs(300)
+    });
 }
 
 #[test]
