@@ -676,7 +676,10 @@ impl<'a, M: SharedMem + ?Sized> Host<'a, M> {
         if b.state != STATE_RUNNING || !is_alive(b.alive_ts, now_ns) {
             return Err(HostError::NoBackend);
         }
-        if self.cfg.noncoherent && b.features & features::NONCOHERENT == 0 {
+        let crcs = tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
+        if self.cfg.noncoherent
+            && (b.features & features::NONCOHERENT == 0 || tp.info.flags & crcs != crcs)
+        {
             return Err(HostError::Unsupported);
         }
         let queues = if queues == 0 { b.n_handlers } else { queues };
