@@ -158,7 +158,7 @@ fn device_kernel_serves_a_native_host_over_ivshmem() {
             blk.heartbeat(now_ns()).unwrap();
         }
     }
-    blk.stop().map_err(|(_, e)| e).expect("blkdev stop");
+    blk.stop().expect("blkdev stop");
     dev.send_line("stop").unwrap();
     let out = dev.wait(Duration::from_secs(120));
     assert_eq!(
