@@ -260,11 +260,14 @@ fn cmd_ktest(o: &Opts) -> Result<bool, String> {
 fn cmd_test(o: &Opts) -> Result<bool, String> {
     // Integration tests boot the device kernel; build its image once, up front.
     let elf = image::build_kernel(false).map_err(|e| e.to_string())?;
-    eprintln!("== native and integration tests ==");
+    // …and the guest's host program, for the guest and paired-VM tests.
+    let host_bin = boot::guest::build_host_binary().map_err(|e| e.to_string())?;
+    eprintln!("== native, integration and paired-VM tests ==");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = std::process::Command::new(cargo)
         .current_dir(image::workspace_root())
         .env("CBDFW_KERNEL_ELF", &elf.path)
+        .env("CBDFW_HOST_BIN", &host_bin)
         .args(["test", "--workspace", "--exclude", "kernel"])
         .status()
         .map_err(|e| format!("cannot run cargo test: {e}"))?;
