@@ -166,7 +166,9 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         let host_id = tp.register_host(cfg.hostname, now_ns)?;
         let path = path_field(cfg.path);
         let dev_sectors = media.size() / 512;
-        let mut features = if cfg.noncoherent {
+        // Non-coherent mode relies on entry and payload CRCs: only offer it with both.
+        let crcs = tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
+        let mut features = if cfg.noncoherent && tp.info.flags & crcs == crcs {
             features::NONCOHERENT
         } else {
             0
