@@ -31,6 +31,12 @@ impl Mmio {
         })
     }
 
+    /// Virtual address of register `off` (for code that must reach it without a
+    /// Rust reference, e.g. an interrupt stub).
+    pub fn virt_addr(&self, off: usize) -> u64 {
+        self.base.as_ptr() as u64 + off.min(self.len) as u64
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

@@ -59,10 +59,8 @@ impl LineReader {
     pub fn poll(&mut self) -> Option<heapless::String<64>> {
         while let Some(b) = try_read_byte() {
             match b {
-                b'\r' | b'\n' => {
-                    if !self.buf.is_empty() {
-                        return Some(core::mem::take(&mut self.buf));
-                    }
+                b'\r' | b'\n' if !self.buf.is_empty() => {
+                    return Some(core::mem::take(&mut self.buf));
                 }
                 b if b.is_ascii_graphic() || b == b' ' => {
                     let _ = self.buf.push(b as char);

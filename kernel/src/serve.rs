@@ -13,7 +13,9 @@
 //! * `channels` (default 2) — handler channels;
 //! * `noncoherent` (`on`/`off`, default off) — offer the non-coherent mode;
 //! * `trace` (`on`/`off`) — print every protocol event;
-//! * `serve-secs` — stop by itself after this many seconds (0 = never).
+//! * `serve-secs` — stop by itself after this many seconds (0 = never);
+//! * `idle-us` (default 20) — when the rings have been quiet for a while, halt this
+//!   long between polls (LAPIC timer) instead of spinning; 0 = always spin.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -241,10 +243,23 @@ pub fn serve(region: SharedRegion) -> ExitCode {
     let mut console = crate::serial::LineReader::default();
     let mut stopping = false;
     let mut last_err: Option<BackendError> = None;
+    // Idle policy: after IDLE_AFTER empty polls, halt ~IDLE_US between polls (LAPIC
+    // one-shot timer) so a quiet device gives its host CPU back; any work resets it.
+    const IDLE_AFTER: u32 = 256;
+    let idle_us = opt_u64("idle-us", 20);
+    let can_idle = idle_us > 0 && crate::arch::apic::init().is_some();
+    let mut empty_polls: u32 = 0;
     loop {
         let now = wall_clock_ns();
         match backend.poll(now) {
-            Ok(_) => last_err = None,
+            Ok(st) => {
+                last_err = None;
+                if st.ses == 0 && st.resets == 0 {
+                    empty_polls = empty_polls.saturating_add(1);
+                } else {
+                    empty_polls = 0;
+                }
+            }
             // Per-channel problems (a stale entry, a bad pointer from the peer) are
             // logged by the engine; the channel is retried on the next poll.
             Err(e) => {
@@ -290,7 +305,11 @@ pub fn serve(region: SharedRegion) -> ExitCode {
                 }
             }
         }
-        core::hint::spin_loop();
+        if can_idle && empty_polls >= IDLE_AFTER {
+            crate::arch::apic::idle_us(idle_us);
+        } else {
+            core::hint::spin_loop();
+        }
     }
     TRACER.summary("serve: stopped");
     ExitCode::Success

@@ -212,6 +212,8 @@ static IDT: LazyLock<InterruptDescriptorTable> = LazyLock::new(|| {
         idt.hv_injection_exception.set_handler_addr(addr(v28));
         idt.vmm_communication_exception.set_handler_addr(addr(v29));
         idt.security_exception.set_handler_addr(addr(v30));
+        idt[super::apic::TIMER_VECTOR].set_handler_addr(addr(super::apic::timer_entry));
+        idt[0xff].set_handler_addr(addr(super::apic::spurious_entry));
     }
     idt
 });

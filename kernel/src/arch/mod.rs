@@ -1,5 +1,6 @@
 //! x86_64 architecture primitives: descriptor tables, exceptions, CPU features, time.
 
+pub mod apic;
 pub mod cache;
 pub mod cpu;
 pub mod gdt;

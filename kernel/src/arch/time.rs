@@ -26,7 +26,10 @@ pub fn rdtsc() -> u64 {
 /// only be inflated (the vCPU preempted while the PIT keeps counting, as happens
 /// under TCG on a loaded host), never deflated, so the minimum is the best estimate.
 fn calibrate_tsc() -> u64 {
-    (0..5).map(|_| calibrate_tsc_once()).min().unwrap_or(1_000_000_000)
+    (0..5)
+        .map(|_| calibrate_tsc_once())
+        .min()
+        .unwrap_or(1_000_000_000)
 }
 
 /// Measure TSC ticks during `PIT_TICKS` of the 1.193182 MHz PIT (channel 2, gate
