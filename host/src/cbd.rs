@@ -25,6 +25,8 @@ pub struct CbdOptions {
     pub backend_id: u32,
     /// Number of channels (= ublk queues).
     pub queues: u16,
+    /// Requests in flight per channel (the ublk queue depth; at most device::host::MAX_DEPTH).
+    pub depth: u16,
     /// Write back / invalidate around every shared record access (non-coherent memory, e.g.
     /// two machines on a CXL switch). Off for coherent sharing (one machine, ivshmem).
     pub noncoherent: bool,
@@ -267,6 +269,7 @@ mod tests {
             hostname: "guest".into(),
             backend_id: 0,
             queues: 1,
+            depth: 8,
             noncoherent: false,
             format: false,
             wait_backend_ns: 0,

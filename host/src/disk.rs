@@ -39,10 +39,27 @@ impl fmt::Display for Errno {
     }
 }
 
+/// Where [`QueueIo::finish`] delivers completions: tag, result, and for a successful READ the
+/// data (`req.len` bytes) to copy into that tag's buffer.
+pub type Sink<'a> = dyn FnMut(u16, Result<(), Errno>, &[u8]) + 'a;
+
 /// One queue's I/O path. Used from that queue's thread only.
+///
+/// Two ways to use it: [`QueueIo::submit`] runs one request to completion; or
+/// [`QueueIo::start`] several (one per ublk tag) and then [`QueueIo::finish`] them together,
+/// so that they are in flight at the same time.
 pub trait QueueIo {
     /// Executes `req`; `buf` holds the write data / receives the read data (at least `len` long).
     fn submit(&mut self, req: &Req, buf: &mut [u8]) -> Result<(), Errno>;
+
+    /// Starts `req` for ublk tag `tag`. `Some(result)`: done already (READ data is in `buf`);
+    /// `None`: in flight, reported by the next [`QueueIo::finish`]. The default runs it now.
+    fn start(&mut self, _tag: u16, req: &Req, buf: &mut [u8]) -> Option<Result<(), Errno>> {
+        Some(self.submit(req, buf))
+    }
+
+    /// Waits for every started request and reports each once to `sink`.
+    fn finish(&mut self, _sink: &mut Sink<'_>) {}
 }
 
 /// A disk with `nr_queues()` independent queues.

@@ -20,7 +20,7 @@ use device::trace::NoTrace;
 use device::transport::{Transport, is_alive};
 
 use crate::cbd::{CbdError, CbdOptions, Registered};
-use crate::disk::{Disk, Errno, Op, QueueIo, Req, Stats};
+use crate::disk::{Disk, Errno, Op, QueueIo, Req, Sink, Stats};
 use crate::mem::MappedMem;
 
 /// How often (in clock time) a waiting request re-checks the backend's liveness...
@@ -69,7 +69,7 @@ impl CbdDisk {
         let cfg = HostConfig {
             hostname,
             noncoherent: opts.noncoherent,
-            queue_depth: 1,
+            queue_depth: opts.depth.clamp(1, device::host::MAX_DEPTH as u16) as usize,
             ..HostConfig::default()
         };
         let shm = Shm::new(mem, &TRACE);
@@ -163,6 +163,8 @@ impl Disk for CbdDisk {
             clock: Arc::clone(&self.clock),
             stats: Arc::clone(&self.stats),
             read_buf: vec![0; chan::MAX_IO as usize],
+            inflight: std::collections::HashMap::new(),
+            early: Vec::new(),
         }))
     }
     fn describe(&self) -> String {
@@ -197,6 +199,18 @@ pub struct CbdQueue {
     clock: Clock,
     stats: Arc<Stats>,
     read_buf: Vec<u8>,
+    /// Started requests by CBD tid: the ublk tag, and whether a FUA write still needs its
+    /// FLUSH (false once the FLUSH itself is in flight).
+    inflight: std::collections::HashMap<u64, Started>,
+    /// Completions taken while starting (a full ring): tag, result, READ data.
+    early: Vec<(u16, Result<(), Errno>, Vec<u8>)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Started {
+    tag: u16,
+    op: Op,
+    fua_flush_pending: bool,
 }
 
 impl CbdQueue {
@@ -262,6 +276,104 @@ impl CbdQueue {
     }
 }
 
+impl CbdQueue {
+    fn to_request(req: &Req) -> Request {
+        Request {
+            op: match req.op {
+                Op::Read => op::READ,
+                Op::Write => op::WRITE,
+                Op::Flush => op::FLUSH,
+                Op::Discard => op::DISCARD,
+                Op::WriteZeroes => op::WRITE_ZEROES,
+            },
+            offset: req.offset,
+            len: req.len,
+        }
+    }
+
+    /// Handles one completion of a started request: a FUA write gets its FLUSH; everything
+    /// else is reported through `sink`.
+    fn on_completion(
+        &mut self,
+        c: device::host::Completion,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), Errno> {
+        let Some(st) = self.inflight.remove(&c.req_tid) else {
+            log::warn!("completion for unknown tid {}", c.req_tid);
+            return Ok(());
+        };
+        if c.result < 0 {
+            self.stats
+                .errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            sink(st.tag, Err(Errno(-c.result)), &[]);
+            return Ok(());
+        }
+        if st.fua_flush_pending {
+            let flush = Request {
+                op: op::FLUSH,
+                offset: 0,
+                len: 0,
+            };
+            let tid = self.submit_blocking(flush, &[], sink)?;
+            self.inflight.insert(
+                tid,
+                Started {
+                    fua_flush_pending: false,
+                    ..st
+                },
+            );
+            return Ok(());
+        }
+        let len = c.req.len as usize;
+        let data: &[u8] = if st.op == Op::Read {
+            &self.read_buf[..len]
+        } else {
+            &[]
+        };
+        sink(st.tag, Ok(()), data);
+        Ok(())
+    }
+
+    /// Submits, polling completions (into `sink`) while the channel is full.
+    fn submit_blocking(
+        &mut self,
+        r: Request,
+        payload: &[u8],
+        sink: &mut Sink<'_>,
+    ) -> Result<u64, Errno> {
+        let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
+        let mut polls = 0u32;
+        loop {
+            match self.q.submit(r, payload) {
+                Ok(t) => return Ok(t),
+                Err(HostError::Busy) => match self.q.poll(&mut self.read_buf) {
+                    Ok(Some(c)) => self.on_completion(c, sink)?,
+                    Ok(None) => self.check_alive(&mut next_check, &mut polls)?,
+                    Err(e) => {
+                        log::error!("poll: {e:?}");
+                        return Err(Errno(libc::EIO));
+                    }
+                },
+                Err(e) => {
+                    log::error!("submit {r:?}: {e:?}");
+                    return Err(Errno(libc::EIO));
+                }
+            }
+        }
+    }
+
+    /// Fails everything in flight (dead backend / broken channel).
+    fn fail_all(&mut self, sink: &mut Sink<'_>) {
+        for (_, st) in self.inflight.drain() {
+            self.stats
+                .errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            sink(st.tag, Err(Errno(libc::EIO)), &[]);
+        }
+    }
+}
+
 impl QueueIo for CbdQueue {
     fn submit(&mut self, req: &Req, buf: &mut [u8]) -> Result<(), Errno> {
         self.stats.count(req);
@@ -308,5 +420,63 @@ impl QueueIo for CbdQueue {
             }
         }
         Ok(())
+    }
+
+    fn start(&mut self, tag: u16, req: &Req, buf: &mut [u8]) -> Option<Result<(), Errno>> {
+        self.stats.count(req);
+        let len = req.len as usize;
+        if matches!(req.op, Op::Read | Op::Write) && (len > buf.len() || req.len > chan::MAX_IO) {
+            return Some(Err(Errno(libc::EINVAL)));
+        }
+        let payload: &[u8] = if req.op == Op::Write {
+            &buf[..len]
+        } else {
+            &[]
+        };
+        // Completions that arrive while waiting for room are kept for `finish` (with a copy of
+        // their READ data: the sink that owns the buffers is not available here).
+        let mut early = std::mem::take(&mut self.early);
+        let res = self.submit_blocking(Self::to_request(req), payload, &mut |t, r, d| {
+            early.push((t, r, d.to_vec()))
+        });
+        self.early = early;
+        match res {
+            Ok(tid) => {
+                self.inflight.insert(
+                    tid,
+                    Started {
+                        tag,
+                        op: req.op,
+                        fua_flush_pending: req.fua && req.op == Op::Write,
+                    },
+                );
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn finish(&mut self, sink: &mut Sink<'_>) {
+        for (t, r, d) in std::mem::take(&mut self.early) {
+            sink(t, r, &d);
+        }
+        let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
+        let mut polls = 0u32;
+        while !self.inflight.is_empty() {
+            let step = match self.q.poll(&mut self.read_buf) {
+                Ok(Some(c)) => self.on_completion(c, sink),
+                Ok(None) => {
+                    std::hint::spin_loop();
+                    self.check_alive(&mut next_check, &mut polls)
+                }
+                Err(e) => {
+                    log::error!("poll: {e:?}");
+                    Err(Errno(libc::EIO))
+                }
+            };
+            if step.is_err() {
+                self.fail_all(sink);
+            }
+        }
     }
 }

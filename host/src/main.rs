@@ -85,6 +85,7 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 hostname: args.hostname.clone().unwrap_or_else(hostname),
                 backend_id: args.backend_id,
                 queues: args.ublk.queues,
+                depth: args.ublk.depth,
                 noncoherent: args.noncoherent,
                 format: args.format,
                 wait_backend_ns: args.wait_backend_secs.saturating_mul(1_000_000_000),

@@ -75,27 +75,44 @@ fn queue_thread(qid: u16, dev: &UblkDev, disk: &dyn Disk) {
         }
     };
     log::debug!("queue {qid}: serving");
-    queue.wait_and_handle_io(move |q: &UblkQueue, tag: u16, _ctx: &UblkIOCtx| {
+    // Requests of one batch of ublk completions are started together and finished when the
+    // batch's last entry has been handled, so a queue has up to a batch in flight at once.
+    queue.wait_and_handle_io(move |q: &UblkQueue, tag: u16, ctx: &UblkIOCtx| {
         let iod = q.get_iod(tag);
-        let buf = bufs[tag as usize].as_mut_slice();
-        let res = match decode(iod.op_flags, iod.start_sector, iod.nr_sectors) {
-            Some(req) => match io.submit(&req, buf) {
-                Ok(()) => req.len as i32,
-                Err(Errno(e)) => {
-                    log::debug!("queue {qid} tag {tag}: {req:?} failed: errno {e}");
-                    -e
-                }
-            },
-            None => -libc::EOPNOTSUPP,
+        let len = iod.nr_sectors << 9;
+        let started = match decode(iod.op_flags, iod.start_sector, iod.nr_sectors) {
+            Some(req) => io.start(tag, &req, bufs[tag as usize].as_mut_slice()),
+            None => Some(Err(Errno(libc::EOPNOTSUPP))),
         };
-        let buf = bufs[tag as usize].as_slice();
-        if let Err(e) =
-            q.complete_io_cmd_unified(tag, BufDesc::Slice(buf), Ok(UblkIORes::Result(res)))
-        {
-            log::error!("queue {qid} tag {tag}: completing failed: {e}");
+        if let Some(res) = started {
+            complete(q, qid, tag, bufs[tag as usize].as_slice(), res, len);
+        }
+        if ctx.is_last_cqe() {
+            io.finish(&mut |t: u16, res: Result<(), Errno>, data: &[u8]| {
+                let buf = bufs[t as usize].as_mut_slice();
+                if res.is_ok() && !data.is_empty() {
+                    buf[..data.len()].copy_from_slice(data);
+                }
+                let len = q.get_iod(t).nr_sectors << 9;
+                complete(q, qid, t, bufs[t as usize].as_slice(), res, len);
+            });
         }
     });
     log::debug!("queue {qid}: done");
+}
+
+/// Completes `tag` with `res` (bytes transferred, or -errno).
+fn complete(q: &UblkQueue, qid: u16, tag: u16, buf: &[u8], res: Result<(), Errno>, len: u32) {
+    let r = match res {
+        Ok(()) => len as i32,
+        Err(Errno(e)) => {
+            log::debug!("queue {qid} tag {tag}: errno {e}");
+            -e
+        }
+    };
+    if let Err(e) = q.complete_io_cmd_unified(tag, BufDesc::Slice(buf), Ok(UblkIORes::Result(r))) {
+        log::error!("queue {qid} tag {tag}: completing failed: {e}");
+    }
 }
 
 /// Creates the ublk device for `disk`, serves it until the device is stopped (`stop` below, a

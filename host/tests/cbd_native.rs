@@ -58,6 +58,7 @@ fn cbd_disk_against_the_backend_engine() {
         hostname: "guest".into(),
         backend_id: 0,
         queues: 2,
+        depth: 16,
         noncoherent: false,
         format: false,
         wait_backend_ns: 0,
@@ -119,6 +120,45 @@ fn cbd_disk_against_the_backend_engine() {
                 .is_err()
         );
 
+        // A batch: 24 writes (every third FUA) started together on channel 1, then finished;
+        // then 24 reads the same way. Every tag is reported exactly once, with its data.
+        let chunk = 64 * 1024usize;
+        let mut bufs: Vec<Vec<u8>> = (0..24).map(|t| vec![t as u8 ^ 0xa5; chunk]).collect();
+        for (t, b) in bufs.iter_mut().enumerate() {
+            let r = req(
+                Op::Write,
+                (4 << 20) + (t * chunk) as u64,
+                chunk as u32,
+                t % 3 == 0,
+            );
+            assert!(q1.start(t as u16, &r, b).is_none(), "started, not done");
+        }
+        let mut done = vec![0u32; 24];
+        q1.finish(&mut |t, r, d| {
+            r.unwrap();
+            assert!(d.is_empty());
+            done[t as usize] += 1;
+        });
+        assert_eq!(done, vec![1; 24]);
+        let mut got = vec![Vec::new(); 24];
+        for t in 0..24u16 {
+            let r = req(
+                Op::Read,
+                (4 << 20) + t as u64 * chunk as u64,
+                chunk as u32,
+                false,
+            );
+            let mut b = vec![0u8; chunk];
+            assert!(q1.start(t, &r, &mut b).is_none());
+        }
+        q1.finish(&mut |t, r, d| {
+            r.unwrap();
+            got[t as usize] = d.to_vec();
+        });
+        for (t, g) in got.iter().enumerate() {
+            assert_eq!(*g, vec![t as u8 ^ 0xa5; chunk], "tag {t}");
+        }
+
         // The backend dies (stops polling, record left behind); 60 s pass. A request must fail
         // with EIO rather than wait forever.
         stop.store(true, SeqCst);
@@ -135,11 +175,11 @@ fn cbd_disk_against_the_backend_engine() {
             &media.data[(1 << 20) + 4096..(1 << 20) + data.len()],
             &data[4096..]
         );
-        // One flush for the FUA write, one explicit.
-        assert!(media.flushes >= 2, "flushes: {}", media.flushes);
+        // One flush per FUA write (1 + 8), one explicit.
+        assert!(media.flushes >= 10, "flushes: {}", media.flushes);
         let st = disk.stats();
         assert!(
-            st.contains("fua_writes=1") && st.contains("flushes=1"),
+            st.contains("fua_writes=9") && st.contains("flushes=1"),
             "{st}"
         );
     });
