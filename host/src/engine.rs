@@ -1,10 +1,11 @@
 //! [`CbdDisk`]: the ublk-facing [`Disk`] over the `device` crate's host (blkdev) engine.
 //!
 //! * dev-start gives one [`HostQueue`] per channel; each moves into its ublk queue thread.
-//! * A request is submitted and its completion polled in that thread (one request in flight
-//!   per queue for now). While waiting, the backend record is re-read every
-//!   [`LIVENESS_CHECK_NS`] (or [`LIVENESS_CHECK_POLLS`] empty polls): a backend that stopped or whose heartbeat is older than the 30 s
-//!   timeout fails the request with `EIO` instead of hanging it.
+//! * Requests are submitted and their completions polled in that thread: one at a time
+//!   ([`QueueIo::submit`]), or a ublk batch together ([`QueueIo::start`] + [`QueueIo::finish`]).
+//!   While waiting, the backend record is re-read every [`LIVENESS_CHECK_NS`] (or
+//!   [`LIVENESS_CHECK_POLLS`] empty polls): a backend that stopped or whose heartbeat is older
+//!   than the 30 s timeout fails the requests with `EIO` instead of hanging them.
 //! * FLUSH → CBD FLUSH. A FUA write is followed by a CBD FLUSH before it completes.
 //! * A heartbeat thread owns the [`Blkdev`] record and rewrites it (and the host record) every
 //!   5 s; [`Disk::shutdown`] stops it and clears the blkdev record (dev-stop).
