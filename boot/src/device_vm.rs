@@ -14,6 +14,8 @@ pub struct DeviceVm {
     /// fw_cfg options (`opt/cbdfw/<key>`): log, mode, region, min-region-mib, …
     pub options: Vec<(String, String)>,
     pub topology: Option<Topology>,
+    /// A raw image attached as a virtio-blk disk: the device's non-volatile media.
+    pub media: Option<std::path::PathBuf>,
     pub extra: Vec<String>,
 }
 
@@ -24,6 +26,7 @@ impl Default for DeviceVm {
             memory_mib: 512,
             options: Vec::new(),
             topology: None,
+            media: None,
             extra: Vec::new(),
         }
     }
@@ -62,6 +65,9 @@ impl DeviceVm {
         }
         if let Some(t) = &self.topology {
             t.apply(&mut q);
+        }
+        if let Some(m) = &self.media {
+            q.virtio_blk("media", m);
         }
         q.args(self.extra.iter().cloned());
         q

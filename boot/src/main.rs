@@ -7,6 +7,7 @@
 //! OPTIONS: --uefi  --release  --timeout SECS  --log LEVEL  --memory MIB
 //!          --topology NAME (qemu/topologies/NAME.args)  --shm PATH  --shm-size MIB
 //!          --mode MODE (what the device does this boot; see kernel/src/main.rs)
+//!          --media PATH[:MIB] (virtio-blk disk image: the device's durable media)
 //!          --opt KEY=VALUE (any other device option, e.g. serve-secs=10; docs/kernel.md)
 //! ```
 
@@ -38,6 +39,7 @@ struct Opts {
     shm_size_mib: Option<u64>,
     mode: Option<String>,
     opts: Vec<(String, String)>,
+    media: Option<(std::path::PathBuf, u64)>,
     trace: bool,
     qemu_extra: Vec<String>,
 }
@@ -62,6 +64,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         shm_size_mib: None,
         mode: None,
         opts: Vec::new(),
+        media: None,
         qemu_extra: Vec::new(),
     };
     let mut it = args.iter();
@@ -106,6 +109,18 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 );
             }
             "--mode" => o.mode = Some(it.next().ok_or("--mode needs a value")?.clone()),
+            "--media" => {
+                let v = it.next().ok_or("--media needs PATH[:SIZE_MIB]")?;
+                let (p, size) = match v.rsplit_once(':') {
+                    Some((p, n)) => (
+                        p,
+                        n.parse()
+                            .map_err(|_| format!("--media: {n:?} is not a size in MiB"))?,
+                    ),
+                    None => (v.as_str(), 256),
+                };
+                o.media = Some((p.into(), size));
+            }
             "--opt" => {
                 let v = it.next().ok_or("--opt needs KEY=VALUE")?;
                 let (k, val) = v
@@ -156,6 +171,7 @@ fn device_vm(o: &Opts, topo: Option<&Topology>) -> DeviceVm {
     for (k, v) in &o.opts {
         d = d.option(k, v);
     }
+    d.media = o.media.as_ref().map(|(p, _)| p.clone());
     d.topology = topo.cloned();
     d.extra = o.qemu_extra.clone();
     d
@@ -170,6 +186,9 @@ fn cmd_run(o: &Opts) -> Result<KernelStatus, String> {
         .map(|n| resolve_topology(o, n))
         .transpose()?;
     // The console is ours: type `stop`, `stats`, `trace on` in backend mode.
+    if let Some((p, mib)) = &o.media {
+        boot::topology::ensure_file(p, mib << 20)?;
+    }
     let vm = Vm::spawn_with_input(
         "device",
         &device_vm(o, topo.as_ref()).command(&img),

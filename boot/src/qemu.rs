@@ -113,6 +113,17 @@ impl QemuCmd {
         self.arg("-drive").arg(d)
     }
 
+    /// A raw image as a modern-only virtio-blk PCI disk.
+    pub fn virtio_blk(&mut self, id: &str, image: &Path) -> &mut Self {
+        let mut d = OsString::from("format=raw,if=none,id=");
+        d.push(id);
+        d.push(",file=");
+        d.push(image);
+        self.arg("-drive").arg(d);
+        self.arg("-device")
+            .arg(format!("virtio-blk-pci,drive={id},disable-legacy=on"))
+    }
+
     /// A fw_cfg string option the kernel reads as `opt/cbdfw/<key>`.
     pub fn fw_opt(&mut self, key: &str, value: &str) -> &mut Self {
         self.arg("-fw_cfg")

@@ -163,7 +163,8 @@ impl Topology {
     }
 }
 
-fn ensure_file(p: &Path, size: u64) -> Result<(), String> {
+/// Create `p` sparse with at least `size` bytes (never shrinks it).
+pub fn ensure_file(p: &Path, size: u64) -> Result<(), String> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -17,6 +17,7 @@ pub mod region;
 pub mod serial;
 pub mod serve;
 pub mod testing;
+pub mod virtio;
 
 use bootloader_api::BootInfo;
 use bootloader_api::config::{BootloaderConfig, Mapping};

@@ -197,6 +197,11 @@ pub unsafe fn init(phys_offset: u64, regions: &'static MemoryRegions) {
 /// Take `len` bytes of contiguous usable RAM for the device's own use (RAM media,
 /// bounce buffers), zeroed, through the physical-memory map. Never freed.
 pub fn reserve(len: u64) -> Option<&'static mut [u8]> {
+    reserve_phys(len).map(|(_, s)| s)
+}
+
+/// Like [`reserve`], also returning the physical address (for DMA).
+pub fn reserve_phys(len: u64) -> Option<(u64, &'static mut [u8])> {
     let mut guard = MM.lock();
     let mm = guard.as_mut()?;
     let phys = mm.frames.reserve(len)?;
@@ -207,7 +212,17 @@ pub fn reserve(len: u64) -> Option<&'static mut [u8]> {
     let s = unsafe { core::slice::from_raw_parts_mut(virt as *mut u8, len as usize) };
     s.fill(0);
     log::debug!("mm: reserved {len:#x} bytes of RAM at {phys:#x}");
-    Some(s)
+    Some((phys, s))
+}
+
+/// Physical address of a kernel virtual address (page-table walk).
+pub fn virt_to_phys(virt: u64) -> Option<u64> {
+    use x86_64::structures::paging::Translate;
+    let guard = MM.lock();
+    let mm = guard.as_ref()?;
+    mm.mapper
+        .translate_addr(VirtAddr::try_new(virt).ok()?)
+        .map(|p| p.as_u64())
 }
 
 /// The bootloader's physical-memory offset (RAM and ACPI tables only).

@@ -24,6 +24,10 @@ impl ConfigSpace for Function {
 }
 
 impl Function {
+    /// Read a dword at any offset (rounded down to 4).
+    pub fn read32_raw(&self, offset: u16) -> u32 {
+        self.cfg.read32(offset as usize & 0xffc)
+    }
     pub fn write32(&self, offset: u16, v: u32) {
         self.cfg.write32(offset as usize & 0xffc, v)
     }
@@ -79,6 +83,30 @@ impl PciDevice {
 pub const MAX_DEVICES: usize = 64;
 
 static DEVICES: Mutex<Vec<PciDevice, MAX_DEVICES>> = Mutex::new(Vec::new());
+
+/// ECAM windows mapped by [`enumerate`]: (first bus, last bus, mapping).
+static ECAMS: Mutex<Vec<(u8, u8, Mmio), 4>> = Mutex::new(Vec::new());
+
+/// Config space of any function (present or not) through the mapped ECAM.
+pub fn config(bus: u8, dev: u8, func: u8) -> Option<Function> {
+    if dev >= 32 || func >= 8 {
+        return None;
+    }
+    ECAMS
+        .lock()
+        .iter()
+        .find(|(s, e, _)| (*s..=*e).contains(&bus))
+        .map(|&(s, _, w)| {
+            let off =
+                (((bus - s) as usize) << 20) | ((dev as usize) << 15) | ((func as usize) << 12);
+            Function {
+                bus,
+                dev,
+                func,
+                cfg: w.slice(off, 4096),
+            }
+        })
+}
 
 fn size_bars(f: &Function, count: u8) -> Vec<Bar, 6> {
     let mut out = Vec::new();
@@ -155,6 +183,7 @@ pub fn enumerate(ecams: &[Ecam]) -> usize {
                 continue;
             }
         };
+        let _ = ECAMS.lock().push((e.bus_start, e.bus_end, window));
         for bus in e.bus_start..=e.bus_end {
             for dev in 0..32u8 {
                 for func in 0..8u8 {

@@ -9,6 +9,8 @@
 //! * `transport` — `auto` (default, as above) or `wait`: never format, keep scanning
 //!   until a host has formatted one (CXL + devdax: the host owns the layout), at most
 //!   `wait-secs` (default 300);
+//! * `media` — `auto` (default: the virtio-blk disk if the VM has one, else RAM),
+//!   `virtio`, `ram`;
 //! * `disk-mib` (default 64) — size of the RAM disk;
 //! * `channels` (default 2) — handler channels;
 //! * `noncoherent` (`on`/`off`, default off) — offer the non-coherent mode;
@@ -21,7 +23,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use device::backend::{Backend, BackendConfig, BackendError};
 use device::layout::{TRANSPORT_MAGIC, tflags};
-use device::media::SliceMedia;
+use device::media::{Media, SliceMedia};
 use device::shm::{SharedMem, Shm};
 use device::trace::{TraceEvent, Tracer};
 use device::transport::Transport;
@@ -208,11 +210,6 @@ pub fn serve(region: SharedRegion) -> ExitCode {
             }
         }
     }
-    let disk_mib = opt_u64("disk-mib", 64);
-    let Some(disk) = crate::memory::reserve(disk_mib << 20) else {
-        log::error!("serve: cannot reserve a {disk_mib} MiB RAM disk (give the VM more memory)");
-        return ExitCode::Failed;
-    };
     let Some(scratch) = crate::memory::reserve(device::layout::chan::MAX_IO as u64) else {
         log::error!("serve: cannot reserve the bounce buffer");
         return ExitCode::Failed;
@@ -222,7 +219,45 @@ pub fn serve(region: SharedRegion) -> ExitCode {
         noncoherent,
         ..BackendConfig::default()
     };
-    let mut backend = match Backend::start(shm, cfg, SliceMedia::new(disk), scratch, now) {
+    // Media: the virtio-blk disk when there is one (or when asked), else a RAM disk.
+    let want = fwcfg::option("media");
+    let virtio = match want.as_deref() {
+        Some("ram") => None,
+        _ => crate::virtio::find_blk(),
+    };
+    match (virtio, want.as_deref()) {
+        (Some(v), _) => {
+            let desc = "virtio-blk disk";
+            run(shm, cfg, v, scratch, desc)
+        }
+        (None, Some("virtio")) => {
+            log::error!("serve: media=virtio asked for, but there is no usable virtio-blk disk");
+            ExitCode::Failed
+        }
+        (None, _) => {
+            let disk_mib = opt_u64("disk-mib", 64);
+            let Some(disk) = crate::memory::reserve(disk_mib << 20) else {
+                log::error!(
+                    "serve: cannot reserve a {disk_mib} MiB RAM disk (give the VM more memory)"
+                );
+                return ExitCode::Failed;
+            };
+            run(shm, cfg, SliceMedia::new(disk), scratch, "RAM disk")
+        }
+    }
+}
+
+/// Start the backend engine on `media` and serve until stopped.
+fn run<D: Media>(
+    shm: Shm<'_, SharedRegion>,
+    cfg: BackendConfig<'_>,
+    media: D,
+    scratch: &'static mut [u8],
+    media_desc: &str,
+) -> ExitCode {
+    let size_mib = media.size() >> 20;
+    let now = wall_clock_ns();
+    let mut backend = match Backend::start(shm, cfg, media, scratch, now) {
         Ok(b) => b,
         Err(e) => {
             log::error!("serve: backend-start failed: {e:?}");
@@ -231,7 +266,7 @@ pub fn serve(region: SharedRegion) -> ExitCode {
     };
     let chans: heapless::Vec<u32, 16> = backend.channel_segments().collect();
     log::info!(
-        "serve: backend {} (host {}) ready: RAM disk {disk_mib} MiB, channel segments {:?}, features {:#x}; type 'stop' to stop",
+        "serve: backend {} (host {}) ready: {media_desc} {size_mib} MiB, channel segments {:?}, features {:#x}; type 'stop' to stop",
         backend.backend_id,
         backend.host_id,
         &chans[..],
