@@ -40,7 +40,32 @@ impl Rng {
 
 #[test]
 fn device_kernel_serves_a_native_host_over_ivshmem() {
-    let path = format!("/dev/shm/cbdfw-test-serve-{}.raw", std::process::id());
+    serve_workload("ram", None);
+}
+
+/// The same with a virtio-blk disk as the device's media: afterwards the image file
+/// holds exactly what the host wrote.
+#[test]
+fn device_kernel_stores_writes_on_its_virtio_disk() {
+    let img = std::env::temp_dir().join(format!("cbdfw-test-media-{}.img", std::process::id()));
+    let _ = std::fs::remove_file(&img);
+    boot::topology::ensure_file(&img, 16 << 20).unwrap();
+    let model = serve_workload("virtio", Some(&img));
+    let on_disk = std::fs::read(&img).unwrap();
+    let _ = std::fs::remove_file(&img);
+    assert_eq!(on_disk.len(), model.len());
+    assert!(
+        on_disk == model,
+        "the media image differs from what the host wrote"
+    );
+}
+
+/// Run the verified workload; returns the model disk.
+fn serve_workload(name: &str, media: Option<&std::path::Path>) -> Vec<u8> {
+    let path = format!(
+        "/dev/shm/cbdfw-test-serve-{name}-{}.raw",
+        std::process::id()
+    );
     let _ = std::fs::remove_file(&path);
     let size_mib = 512;
     let t = topology::load(
@@ -53,11 +78,15 @@ fn device_kernel_serves_a_native_host_over_ivshmem() {
     .unwrap();
     t.prepare_files().unwrap();
     let disk_mib = 16u64;
-    let vm = DeviceVm::default()
+    let mut vm = DeviceVm::default()
         .option("mode", "backend")
         .option("disk-mib", &disk_mib.to_string())
         .option("channels", "2")
         .topology(t);
+    vm.media = media.map(|p| p.to_path_buf());
+    if media.is_some() {
+        vm = vm.option("media", "virtio");
+    }
     let img = boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image");
     let mut dev =
         Vm::spawn_with_input("device", &vm.command(&img), Echo::Quiet, Input::Piped).unwrap();
@@ -187,5 +216,15 @@ fn device_kernel_serves_a_native_host_over_ivshmem() {
         "device counted {reqs} requests, host completed {completed}"
     );
     assert!(line.contains("errors=0"), "{line}");
+    let media_desc = if media.is_some() {
+        "virtio-blk disk 16 MiB"
+    } else {
+        "RAM disk 16 MiB"
+    };
+    assert!(
+        out.output.contains(media_desc),
+        "device did not use its {media_desc}"
+    );
     let _ = std::fs::remove_file(&path);
+    model
 }
