@@ -1,6 +1,7 @@
 //! `boot`: host-side tooling of cbdfw — kernel and boot-image builds, the QEMU
 //! runner, kernel-test judging, and the Linux guest image.
 
+pub mod bench;
 pub mod device_vm;
 pub mod guest;
 pub mod image;

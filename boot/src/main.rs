@@ -8,6 +8,7 @@
 //!          --topology NAME (qemu/topologies/NAME.args)  --shm PATH  --shm-size MIB
 //!          --mode MODE (what the device does this boot; see kernel/src/main.rs)
 //!          --media PATH[:MIB] (virtio-blk disk image: the device's durable media)
+//!          --runtime SECS (bench: fio seconds per job, default 5)
 //!          --opt KEY=VALUE (any other device option, e.g. serve-secs=10; docs/kernel.md)
 //! ```
 
@@ -22,7 +23,7 @@ use boot::qemu::{Echo, Firmware, Input, Vm};
 use boot::status::KernelStatus;
 use boot::topology::{self, SharedFile, Topology};
 
-const USAGE: &str = "usage: boot [demo|device|shell|ktest|test] [--trace] [--uefi] [--release] [--timeout SECS] [--log LEVEL] [--memory MIB]
+const USAGE: &str = "usage: boot [demo|device|shell|bench|ktest|test] [--trace] [--uefi] [--release] [--timeout SECS] [--log LEVEL] [--memory MIB]
             [--topology cxl|cxl2rp|ivshmem] [--shm PATH] [--shm-size MIB] [--mode MODE] [--opt KEY=VALUE]... [FILTER] [-- QEMU-ARGS...]";
 
 #[derive(Debug)]
@@ -40,6 +41,8 @@ struct Opts {
     mode: Option<String>,
     opts: Vec<(String, String)>,
     media: Option<(std::path::PathBuf, u64)>,
+    /// bench: fio seconds per job.
+    runtime: Option<u32>,
     trace: bool,
     qemu_extra: Vec<String>,
 }
@@ -65,6 +68,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         mode: None,
         opts: Vec::new(),
         media: None,
+        runtime: None,
         qemu_extra: Vec::new(),
     };
     let mut it = args.iter();
@@ -72,7 +76,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "run" | "device" if first => o.cmd = "run".into(),
-            "demo" | "shell" | "ktest" | "test" if first => o.cmd = a.clone(),
+            "demo" | "shell" | "bench" | "ktest" | "test" if first => o.cmd = a.clone(),
             "--trace" => o.trace = true,
             "--uefi" => o.firmware = Firmware::Uefi,
             "--bios" => o.firmware = Firmware::Bios,
@@ -109,6 +113,13 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 );
             }
             "--mode" => o.mode = Some(it.next().ok_or("--mode needs a value")?.clone()),
+            "--runtime" => {
+                let v = it.next().ok_or("--runtime needs seconds")?;
+                let n: u32 = v
+                    .parse()
+                    .map_err(|_| format!("--runtime: {v:?} is not a number of seconds"))?;
+                o.runtime = Some(n.clamp(1, 300));
+            }
             "--media" => {
                 let v = it.next().ok_or("--media needs PATH[:SIZE_MIB]")?;
                 let (p, size) = match v.rsplit_once(':') {
@@ -413,6 +424,10 @@ fn main() -> ExitCode {
         "run" => cmd_run(&o).map(|s| s.exit_code()),
         "demo" => cmd_demo(&o),
         "shell" => cmd_shell(&o),
+        "bench" => boot::bench::run(o.runtime.unwrap_or(5)).map(|s| {
+            println!("{}", boot::bench::table(&s));
+            0
+        }),
         "ktest" => cmd_ktest(&o).map(|ok| if ok { 0 } else { 1 }),
         "test" => cmd_test(&o).map(|ok| if ok { 0 } else { 1 }),
         _ => unreachable!("parse_args only accepts known commands"),

@@ -40,6 +40,10 @@ pub struct PairSpec {
     pub echo: Echo,
     /// Give the Linux console to the user (no test script is run).
     pub interactive: bool,
+    /// Extra QEMU arguments for the Linux VM (e.g. a virtio-blk disk).
+    pub linux_extra: Vec<String>,
+    /// Extra files for the guest: (path in the guest, file on the build machine).
+    pub linux_files: Vec<(String, PathBuf)>,
 }
 
 impl PairSpec {
@@ -56,6 +60,8 @@ impl PairSpec {
             timeout: Duration::from_secs(600),
             echo: Echo::Quiet,
             interactive: false,
+            linux_extra: Vec::new(),
+            linux_files: Vec::new(),
         }
     }
 }
@@ -144,6 +150,11 @@ pub fn run_pair(spec: &PairSpec) -> Result<PairOutcome, String> {
     layer
         .add_test_script(&spec.name, &spec.script)
         .map_err(|e| e.to_string())?;
+    for (guest_path, src) in &spec.linux_files {
+        layer
+            .add_file(guest_path, src, 0o755)
+            .map_err(|e| e.to_string())?;
+    }
     let layer_path = work.join("layer.cpio.gz");
     layer.write(&layer_path).map_err(|e| e.to_string())?;
     let initrd = work.join("initrd.img");
@@ -218,13 +229,10 @@ pub fn run_pair(spec: &PairSpec) -> Result<PairOutcome, String> {
             spec.timeout,
         )
     };
-    let linux = Vm::spawn_with_input(
-        "linux",
-        &linux_command(&img, &initrd, &append, &topo),
-        echo,
-        input,
-    )
-    .map_err(|e| e.to_string())?;
+    let mut linux_cmd = linux_command(&img, &initrd, &append, &topo);
+    linux_cmd.args(spec.linux_extra.iter().cloned());
+    let linux =
+        Vm::spawn_with_input("linux", &linux_cmd, echo, input).map_err(|e| e.to_string())?;
     let linux_out = linux.wait(timeout);
 
     let device_out = device.map(|mut vm| {
