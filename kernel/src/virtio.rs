@@ -35,7 +35,7 @@ unsafe impl Hal for KernelHal {
     }
 
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
-        match Mmio::map(paddr as u64, size as u64) {
+        match Mmio::map(paddr, size as u64) {
             Ok(m) => NonNull::new(m.virt_addr(0) as *mut u8).expect("mapped address is non-null"),
             Err(e) => panic!("virtio: cannot map BAR range {paddr:#x}+{size:#x}: {e}"),
         }
@@ -132,7 +132,7 @@ pub fn find_blk() -> Option<VirtioMedia> {
 }
 
 fn check(offset: u64, len: usize, size: u64) -> Result<usize, MediaError> {
-    if offset % SECTOR_SIZE as u64 != 0 || len % SECTOR_SIZE != 0 {
+    if !offset.is_multiple_of(SECTOR_SIZE as u64) || !len.is_multiple_of(SECTOR_SIZE) {
         return Err(MediaError::Unsupported);
     }
     match offset.checked_add(len as u64) {
