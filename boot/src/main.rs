@@ -43,6 +43,8 @@ struct Opts {
     media: Option<(std::path::PathBuf, u64)>,
     /// bench: fio seconds per job.
     runtime: Option<u32>,
+    /// demo: run qemu/scripts/NAME.sh instead of demo.sh.
+    script: Option<String>,
     trace: bool,
     qemu_extra: Vec<String>,
 }
@@ -69,6 +71,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         opts: Vec::new(),
         media: None,
         runtime: None,
+        script: None,
         qemu_extra: Vec::new(),
     };
     let mut it = args.iter();
@@ -113,6 +116,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 );
             }
             "--mode" => o.mode = Some(it.next().ok_or("--mode needs a value")?.clone()),
+            "--script" => o.script = Some(it.next().ok_or("--script needs a name from qemu/scripts")?.clone()),
             "--runtime" => {
                 let v = it.next().ok_or("--runtime needs seconds")?;
                 let n: u32 = v
@@ -322,11 +326,10 @@ fn cmd_demo(o: &Opts) -> Result<i32, String> {
     eprintln!(
         "demo: device VM (cbdfw) + Linux VM (cbd-host -> /dev/ublkb0) on one shared file ({topo})"
     );
-    let body = format!(
-        "TOPO={topo}\n{}\n{}",
-        guest_script("lib")?,
-        guest_script("demo")?
-    );
+    let name = o.script.as_deref().unwrap_or("demo");
+    // The script reports `RESULT $T …`; the harness looks for the run's name.
+    let body = format!("TOPO={topo}\n{}\n{}", guest_script("lib")?, guest_script(name)?)
+        .replace(&format!("T={name}\n"), "T=demo\n");
     let mut spec = PairSpec::new("demo", &topo, &body);
     spec.echo = Echo::Lines;
     if topo.starts_with("cxl") {
