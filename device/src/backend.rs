@@ -5,6 +5,7 @@
 //! can call it from its busy-poll loop and tests can interleave it with a host.
 
 use crate::channel::*;
+use crate::durable::{DurableConfig, Intent, Stager, StagerStats};
 use crate::layout::*;
 use crate::media::Media;
 use crate::meta;
@@ -44,6 +45,8 @@ pub struct BackendConfig<'a> {
     pub batch: u32,
     /// Non-coherent mode: re-reads of a stale entry/payload before giving up.
     pub nc_retries: u32,
+    /// Durability tokens: offer, and the staging / write-back policy.
+    pub durable: DurableConfig,
     pub sabotage: Sabotage,
 }
 
@@ -57,6 +60,7 @@ impl Default for BackendConfig<'_> {
             discard_wz: true,
             batch: 64,
             nc_retries: 512,
+            durable: DurableConfig::default(),
             sabotage: Sabotage::default(),
         }
     }
@@ -82,6 +86,9 @@ pub enum BackendError {
     BadPointer {
         chan: u32,
     },
+    /// The media failed a write-back or flush: nothing new is declared durable
+    /// (writes stay pending and are retried at the next deadline, FLUSH, CRITICAL).
+    Media,
 }
 impl From<TransportError> for BackendError {
     fn from(e: TransportError) -> Self {
@@ -114,6 +121,12 @@ struct Chan {
     epoch: u32,
     /// Re-attach: SEs with tid <= this were already completed (CE published).
     skip_upto: Option<u64>,
+    /// The blkdev accepted DURABLE_TOKENS for this channel (else plain v3).
+    durable: bool,
+    /// Watermark last published in the durability line (exclusive).
+    dur_pub: u64,
+    /// Host's power window (µs, 0 = none), read from its durability line.
+    power_us: u64,
 }
 
 /// Work done by one `poll`.
@@ -130,8 +143,11 @@ pub struct Backend<'a, M: SharedMem + ?Sized, D: Media> {
     cfg: BackendConfig<'a>,
     pub host_id: u32,
     pub backend_id: u32,
-    media: D,
+    st: Stager<'a, D>,
     scratch: &'a mut [u8],
+    /// Backend incarnation published in the durability lines.
+    incarnation: u32,
+    now: u64,
     chans: heapless::Vec<Chan, MAX_CHANNELS>,
     last_hb: u64,
     rec: BackendInfo,
@@ -187,13 +203,18 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
                 break;
             }
         }
+        if cfg.durable.offer {
+            features |= features::DURABLE_TOKENS;
+        }
         let mut me = Self {
             tp: tp.clone(),
             cfg,
             host_id,
             backend_id: 0,
-            media,
+            st: Stager::new(media, &mut []),
             scratch,
+            incarnation: 1,
+            now: now_ns,
             chans: heapless::Vec::new(),
             last_hb: now_ns,
             rec: BackendInfo::default(),
@@ -264,6 +285,9 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
                     compr_head: 0,
                     epoch: 0,
                     skip_upto: None,
+                    durable: false,
+                    dur_pub: 0,
+                    power_us: 0,
                 });
                 shm.tracer
                     .event(&TraceEvent::ChannelProvisioned { chan: i, seg_id });
@@ -281,6 +305,23 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             };
         }
         tp.write_backend(me.backend_id, &me.rec)?;
+        // Durability lines: a new incarnation (hosts learn that staged writes of
+        // the previous one may be lost); re-attached channels keep their watermark.
+        if cfg.durable.offer {
+            for i in 0..me.chans.len() {
+                let mut ch = me.chans[i];
+                if let Some(l) = read_dur_dev(shm, &ch.g, cfg.noncoherent)? {
+                    me.incarnation = me.incarnation.max(l.incarnation.wrapping_add(1)).max(1);
+                    ch.dur_pub = l.durable_tid;
+                }
+                me.chans[i] = ch;
+            }
+            for i in 0..me.chans.len() {
+                let mut ch = me.chans[i];
+                me.refresh_durable(&mut ch)?;
+                me.chans[i] = ch;
+            }
+        }
         shm.tracer.event(&TraceEvent::Heartbeat {
             kind: RecordKind::Backend,
             id: me.backend_id,
@@ -311,6 +352,9 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             compr_head: 0,
             epoch: 0,
             skip_upto: None,
+            durable: false,
+            dur_pub: 0,
+            power_us: 0,
         };
         let nc_line = if self.cfg.noncoherent {
             read_host_line(shm, &g, true)?
@@ -385,14 +429,41 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         self.chans.iter().map(|c| c.seg_id)
     }
     pub fn media(&mut self) -> &mut D {
-        &mut self.media
+        self.st.media()
     }
+    /// Give back the media. Anything still staged is dropped (like a power loss):
+    /// call [`Backend::sync`] first for a clean hand-over.
     pub fn into_media(self) -> D {
-        self.media
+        self.st.into_parts().0
     }
     /// Give back the media and the scratch buffer (e.g. to re-attach after a crash).
+    /// Staged writes are lost, as in a power loss.
     pub fn into_parts(self) -> (D, &'a mut [u8]) {
-        (self.media, self.scratch)
+        (self.st.into_parts().0, self.scratch)
+    }
+    /// [`Backend::into_parts`] plus the staging buffer.
+    pub fn into_parts_staged(self) -> (D, &'a mut [u8], &'a mut [u8]) {
+        let (m, s) = self.st.into_parts();
+        (m, self.scratch, s)
+    }
+    /// Give the engine a RAM staging budget (default: none, i.e. write-through to
+    /// the media; still durable only after the next media flush). Whatever was
+    /// staged in the previous buffer is written back first.
+    pub fn set_staging(&mut self, buf: &'a mut [u8]) -> Result<(), BackendError> {
+        self.st.set_buffer(buf).map_err(|_| BackendError::Media)
+    }
+    /// Staging / write-back counters.
+    pub fn stager_stats(&self) -> StagerStats {
+        self.st.stats
+    }
+    /// Writes completed but not yet durable.
+    pub fn pending_writes(&self) -> usize {
+        self.st.pending()
+    }
+    /// Write everything back, flush the media, publish the watermarks.
+    pub fn sync(&mut self) -> Result<(), BackendError> {
+        self.st.sync().map_err(|_| BackendError::Media)?;
+        self.publish_watermarks()
     }
 
     /// One round: heartbeat if due (≤ 5 s), management plane, data plane.
@@ -402,6 +473,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             self.heartbeat(now_ns)?;
             st.heartbeats += 1;
         }
+        self.now = now_ns;
         let mut first_err = None;
         for i in 0..self.chans.len() {
             let mut ch = self.chans[i];
@@ -411,6 +483,18 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
                 log::warn!("cbd backend: channel {}: {:?}", ch.idx, e);
                 first_err.get_or_insert(e);
             }
+        }
+        // ---- durability: write back + flush once a deadline passed, then publish
+        // the watermarks (after every compr_head of this poll: a watermark never
+        // runs ahead of the CE it covers).
+        if self.st.due(now_ns)
+            && let Err(e) = self.st.sync()
+        {
+            log::warn!("cbd backend: write-back/flush failed: {e:?}");
+            first_err.get_or_insert(BackendError::Media);
+        }
+        if let Err(e) = self.publish_watermarks() {
+            first_err.get_or_insert(e);
         }
         match first_err {
             Some(e) => Err(e),
@@ -434,6 +518,80 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         };
         self.shm().tracer.event(&ev);
         Ok(())
+    }
+
+    /// Does the blkdev using this backend accept DURABLE_TOKENS on `ch`? Non-coherent
+    /// mode: the host line says so (it travels with the epoch); v3 mode: the blkdev
+    /// record (written before the RESET, ordered in coherent memory).
+    fn accepts_durable(&self, ch: &Chan) -> Result<bool, BackendError> {
+        if !self.cfg.durable.offer {
+            return Ok(false);
+        }
+        let bit = features::DURABLE_TOKENS;
+        if ch.mode == Mode::Nc {
+            let h = read_host_line(self.shm(), &ch.g, true)?;
+            return Ok(h.is_some_and(|h| h.features as u64 & bit != 0));
+        }
+        for id in 0..self.tp.info.blkdev_num {
+            if let Some(b) = self.tp.blkdev(id)?
+                && b.rec.state == STATE_RUNNING
+                && b.rec.backend_id == self.backend_id
+            {
+                return Ok(b.rec.features & bit != 0);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Re-read the negotiation for `ch` and (if on) publish its durability line.
+    fn refresh_durable(&mut self, ch: &mut Chan) -> Result<(), BackendError> {
+        ch.durable = self.accepts_durable(ch)?;
+        ch.power_us = 0;
+        if ch.durable {
+            self.publish_dur_line(ch)?;
+        }
+        Ok(())
+    }
+
+    fn publish_dur_line(&self, ch: &Chan) -> Result<(), BackendError> {
+        let line = DurDevLine {
+            incarnation: self.incarnation,
+            durable_tid: ch.dur_pub,
+        }
+        .encode();
+        publish_line(
+            self.shm(),
+            ch.g.ctrl(ctrl::DUR_DEV_LINE),
+            &line,
+            self.cfg.noncoherent,
+        )?;
+        Ok(())
+    }
+
+    /// Publish every durable channel's watermark that moved.
+    fn publish_watermarks(&mut self) -> Result<(), BackendError> {
+        for i in 0..self.chans.len() {
+            let mut ch = self.chans[i];
+            if !ch.durable {
+                continue;
+            }
+            let Some(next) = ch.expect_tid else { continue };
+            let w = self.st.watermark(ch.idx as u8, next);
+            if w > ch.dur_pub {
+                ch.dur_pub = w;
+                self.publish_dur_line(&ch)?;
+                self.chans[i] = ch;
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a RESET is answered: every write completed so far becomes durable.
+    fn sync_for_reset(&mut self, ch: &Chan) {
+        if self.st.sync().is_err() {
+            log::warn!("cbd backend: channel {}: flush before RESET failed", ch.idx);
+            self.st.forget_chan(ch.idx as u8);
+        }
     }
 
     fn poll_channel(&mut self, ch: &mut Chan, st: &mut PollStats) -> Result<(), BackendError> {
@@ -469,6 +627,10 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         };
         if !g.valid_se_pos(head) || !g.valid_ce_pos(compr_tail) {
             return Err(BackendError::BadPointer { chan: ch.idx });
+        }
+        if ch.durable && ch.cursor != head {
+            ch.power_us =
+                read_dur_host(shm, &g, self.cfg.noncoherent)?.map_or(0, |l| l.power_window_us);
         }
         let mut done = 0;
         let mut result = Ok(());
@@ -535,6 +697,11 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         });
         let ret = if cmd.rec.cmd_op == MGMT_OP_RESET {
             // Our handler is synchronous: nothing is ever in flight between polls.
+            // Completed-but-staged writes become durable before the RESET is
+            // answered; v3 tids restart at 0, so the watermark restarts too.
+            self.sync_for_reset(ch);
+            self.st.forget_chan(ch.idx as u8);
+            ch.dur_pub = 0;
             ch.cursor = 0;
             ch.expect_tid = None;
             ch.skip_upto = None;
@@ -552,6 +719,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             shm.fill(g.ce(0), g.el.compr_size() + g.el.submr_size(), 0)?;
             shm.write_back(g.ce(0), g.el.compr_size() + g.el.submr_size())?;
             shm.full_fence();
+            self.refresh_durable(ch)?;
             MGMT_RET_OK
         } else {
             MGMT_RET_EIO
@@ -585,12 +753,20 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             cmd_seq: h.epoch,
             op: MGMT_OP_RESET,
         });
+        // Tids are monotonic across epochs: the watermark carries over.
+        self.sync_for_reset(ch);
         ch.mode = Mode::Nc;
         ch.epoch = h.epoch;
         ch.cursor = 0;
         ch.compr_head = 0;
         ch.expect_tid = Some(h.base_tid);
         ch.skip_upto = None;
+        ch.durable = self.cfg.durable.offer && h.features as u64 & features::DURABLE_TOKENS != 0;
+        ch.power_us = 0;
+        if ch.durable {
+            ch.dur_pub = ch.dur_pub.max(self.st.watermark(ch.idx as u8, h.base_tid));
+            self.publish_dur_line(ch)?;
+        }
         // The CE ring is device-owned: zero it and write it back. The SE ring is
         // host-owned and never touched (stale SEs are rejected by tid + CRC).
         shm.fill(g.ce(0), g.el.compr_size(), 0)?;
@@ -703,7 +879,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             });
             ce.result = errno::EINVAL;
         } else {
-            ce.result = self.execute(ch, &se, &mut ce.data_crc)?;
+            ce.result = self.execute(ch, &se, &mut ce)?;
         }
         ch.expect_tid = Some(se.req_tid.wrapping_add(1));
         self.post_ce(ch, &mut ce)?;
@@ -712,7 +888,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
     }
 
     /// Validate the SE's op and ranges, then run it against the media.
-    fn execute(&mut self, ch: &Chan, se: &Se, data_crc_out: &mut u32) -> Result<i32, BackendError> {
+    fn execute(&mut self, ch: &Chan, se: &Se, ce: &mut Ce) -> Result<i32, BackendError> {
         let shm = self.shm();
         let g = ch.g;
         let reject = |why| {
@@ -722,7 +898,16 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
                 why,
             });
         };
-        let size = self.media.size();
+        let size = self.st.size();
+        // Intent bits count only when durability tokens were negotiated.
+        let intent = if ch.durable {
+            Intent::from_se_flags(se.flags)
+        } else {
+            Intent::Standard
+        };
+        let due = self.cfg.durable.due(intent, ch.power_us, self.now);
+        let (chan, tid) = (ch.idx as u8, se.req_tid);
+        let durable_flag = if ch.durable { CE_FLAG_DURABLE } else { 0 };
         let range_ok = |off: u64, len: u64| {
             off.is_multiple_of(512)
                 && len.is_multiple_of(512)
@@ -731,17 +916,30 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         let media_op =
             |r: Result<(), crate::media::MediaError>| if r.is_ok() { 0 } else { errno::EIO };
         let res = match se.op {
-            op::FLUSH => media_op(self.media.flush()),
+            // v3 FLUSH: every previously completed write is durable when it completes.
+            op::FLUSH => {
+                let r = media_op(self.st.sync());
+                if r == 0 {
+                    ce.flags |= durable_flag;
+                }
+                r
+            }
             op::DISCARD | op::WRITE_ZEROES if self.cfg.discard_wz => {
                 if !range_ok(se.offset, se.len as u64) {
                     reject(Reject::BadRange);
                     return Ok(errno::EINVAL);
                 }
-                media_op(if se.op == op::DISCARD {
-                    self.media.discard(se.offset, se.len as u64)
-                } else {
-                    self.media.write_zeroes(se.offset, se.len as u64)
-                })
+                let discard = se.op == op::DISCARD;
+                let mut r =
+                    media_op(
+                        self.st
+                            .zero(chan, tid, se.offset, se.len as u64, discard, due),
+                    );
+                if r == 0 && intent == Intent::Critical {
+                    r = media_op(self.st.sync());
+                    ce.flags |= durable_flag;
+                }
+                r
             }
             op::READ | op::WRITE => {
                 if se.len == 0 || se.len > chan::MAX_IO || !range_ok(se.offset, se.len as u64) {
@@ -760,13 +958,24 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
                     if !self.fetch_payload(ch, se)? {
                         return Ok(errno::EIO);
                     }
-                    media_op(self.media.write(se.offset, &self.scratch[..len]))
+                    let mut r =
+                        media_op(
+                            self.st
+                                .write(chan, tid, se.offset, &self.scratch[..len], due),
+                        );
+                    if r == 0 && intent == Intent::Critical {
+                        r = media_op(self.st.sync());
+                        if r == 0 {
+                            ce.flags |= durable_flag;
+                        }
+                    }
+                    r
                 } else {
-                    let r = media_op(self.media.read(se.offset, &mut self.scratch[..len]));
+                    let r = media_op(self.st.read(se.offset, &mut self.scratch[..len]));
                     if r == 0 {
                         copy_to_data(shm, &g, se.data_off, &self.scratch[..len])?;
                         if g.el.data_crc {
-                            *data_crc_out = payload_crc(&self.scratch[..len]);
+                            ce.data_crc = payload_crc(&self.scratch[..len]);
                         }
                         if ch.mode == Mode::Nc {
                             data_cache_op(shm, &g, se.data_off, se.len, true)?;
@@ -865,7 +1074,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
     #[allow(clippy::result_large_err)]
     pub fn stop(mut self, now_ns: u64) -> Result<D, (Self, BackendError)> {
         match self.try_stop(now_ns) {
-            Ok(()) => Ok(self.media),
+            Ok(()) => Ok(self.st.into_parts().0),
             Err(e) => Err((self, e)),
         }
     }

@@ -151,6 +151,8 @@ pub struct HostLine {
     pub compr_tail: u32,
     pub base_tid: u64,
     pub tail_tid: u64,
+    /// Accepted features (low 32 bits of `features::*`), see `nc_host::FEATURES`.
+    pub features: u32,
 }
 /// Device-owned line (non-coherent mode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,6 +170,7 @@ impl HostLine {
         put_u32(&mut b, nc_host::COMPR_TAIL, self.compr_tail);
         put_u64(&mut b, nc_host::BASE_TID, self.base_tid);
         put_u64(&mut b, nc_host::TAIL_TID, self.tail_tid);
+        put_u32(&mut b, nc_host::FEATURES, self.features);
         let c = crc32(&b[4..]);
         put_u32(&mut b, nc_host::CRC, c);
         b
@@ -184,6 +187,7 @@ impl HostLine {
             compr_tail: get_u32(b, nc_host::COMPR_TAIL),
             base_tid: get_u64(b, nc_host::BASE_TID),
             tail_tid: get_u64(b, nc_host::TAIL_TID),
+            features: get_u32(b, nc_host::FEATURES),
         })
     }
 }
@@ -245,4 +249,84 @@ pub fn publish_line<M: SharedMem + ?Sized>(
     }
     shm.store_fence();
     Ok(())
+}
+
+/// Device-owned durability line (`ctrl::DUR_DEV_LINE`, both modes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DurDevLine {
+    pub incarnation: u32,
+    /// Exclusive watermark: writes with `req_tid < durable_tid` are durable.
+    pub durable_tid: u64,
+}
+/// Host-owned durability line (`ctrl::DUR_HOST_LINE`, both modes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DurHostLine {
+    pub power_window_us: u64,
+}
+
+impl DurDevLine {
+    pub fn encode(&self) -> [u8; dur_dev::SIZE] {
+        let mut b = [0u8; dur_dev::SIZE];
+        put_u32(&mut b, dur_dev::GEN, self.incarnation);
+        put_u64(&mut b, dur_dev::DURABLE_TID, self.durable_tid);
+        let c = crc32(&b[4..]);
+        put_u32(&mut b, dur_dev::CRC, c);
+        b
+    }
+    /// `None` if the CRC does not verify (torn, stale half, never written).
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < dur_dev::SIZE || get_u32(b, 0) != crc32(&b[4..dur_dev::SIZE]) {
+            return None;
+        }
+        Some(Self {
+            incarnation: get_u32(b, dur_dev::GEN),
+            durable_tid: get_u64(b, dur_dev::DURABLE_TID),
+        })
+    }
+}
+impl DurHostLine {
+    pub fn encode(&self) -> [u8; dur_host::SIZE] {
+        let mut b = [0u8; dur_host::SIZE];
+        put_u64(&mut b, dur_host::POWER_WINDOW_US, self.power_window_us);
+        let c = crc32(&b[4..]);
+        put_u32(&mut b, dur_host::CRC, c);
+        b
+    }
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < dur_host::SIZE || get_u32(b, 0) != crc32(&b[4..dur_host::SIZE]) {
+            return None;
+        }
+        Some(Self {
+            power_window_us: get_u64(b, dur_host::POWER_WINDOW_US),
+        })
+    }
+}
+
+/// Read (invalidating first in non-coherent mode) and decode the device's durability line.
+pub fn read_dur_dev<M: SharedMem + ?Sized>(
+    shm: Shm<'_, M>,
+    g: &ChannelGeom,
+    invalidate: bool,
+) -> ShmResult<Option<DurDevLine>> {
+    let mut b = [0u8; dur_dev::SIZE];
+    let off = g.ctrl(ctrl::DUR_DEV_LINE);
+    if invalidate {
+        shm.invalidate(off, b.len() as u64)?;
+    }
+    shm.read(off, &mut b)?;
+    Ok(DurDevLine::decode(&b))
+}
+/// Read and decode the host's durability line.
+pub fn read_dur_host<M: SharedMem + ?Sized>(
+    shm: Shm<'_, M>,
+    g: &ChannelGeom,
+    invalidate: bool,
+) -> ShmResult<Option<DurHostLine>> {
+    let mut b = [0u8; dur_host::SIZE];
+    let off = g.ctrl(ctrl::DUR_HOST_LINE);
+    if invalidate {
+        shm.invalidate(off, b.len() as u64)?;
+    }
+    shm.read(off, &mut b)?;
+    Ok(DurHostLine::decode(&b))
 }

@@ -6,6 +6,7 @@
 //! return immediately (`Busy` / `None` when there is nothing to do).
 
 use crate::channel::*;
+pub use crate::durable::Intent;
 use crate::layout::*;
 use crate::meta;
 use crate::shm::{OutOfBounds, SharedMem, Shm};
@@ -15,6 +16,9 @@ use crate::transport::{SlotKind, Transport, TransportError, is_alive};
 /// Most queues (channels) per blkdev and most requests in flight per queue.
 pub const MAX_QUEUES: usize = 16;
 pub const MAX_DEPTH: usize = 128;
+/// Completed, not yet confirmed durable write tokens tracked one by one per queue
+/// (older ones are still counted, without their latency).
+pub const MAX_TOKENS: usize = 256;
 /// v3 waits 30 s for a RESET answer.
 pub const RESET_TIMEOUT_NS: u64 = 30_000_000_000;
 
@@ -36,6 +40,8 @@ pub struct HostConfig<'a> {
     pub queue_depth: usize,
     /// Non-coherent mode: re-reads of a stale CE/payload before giving up.
     pub nc_retries: u32,
+    /// Accept durability tokens when the backend offers them.
+    pub durable_tokens: bool,
     pub sabotage: HostSabotage,
 }
 impl Default for HostConfig<'_> {
@@ -45,6 +51,7 @@ impl Default for HostConfig<'_> {
             noncoherent: false,
             queue_depth: MAX_DEPTH,
             nc_retries: 512,
+            durable_tokens: true,
             sabotage: HostSabotage::default(),
         }
     }
@@ -107,6 +114,62 @@ pub struct Completion {
     pub req: Request,
     /// 0 or a negative errno.
     pub result: i32,
+    /// Already durable at completion (CE flag DURABLE, or covered by the watermark).
+    pub durable: bool,
+}
+
+/// Durability-token counters of one queue (copy them out while running).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenStats {
+    /// Modifying requests (WRITE, WRITE_ZEROES, DISCARD) submitted.
+    pub issued: u64,
+    /// Of those, completed successfully.
+    pub completed: u64,
+    /// Confirmed durable (at completion or later by the watermark).
+    pub confirmed: u64,
+    /// Confirmed by the CE itself (CRITICAL).
+    pub confirmed_at_completion: u64,
+    /// Completed but never confirmed: the backend restarted (new incarnation)
+    /// while they were staged.
+    pub lost: u64,
+    /// Completion → confirmation latency over the tokens confirmed by the watermark.
+    pub latency_sum_ns: u64,
+    pub latency_max_ns: u64,
+    pub latency_samples: u64,
+    /// Last watermark read (exclusive) and the backend incarnation it belongs to.
+    pub watermark: u64,
+    pub incarnation: u32,
+}
+impl TokenStats {
+    pub fn mean_latency_ns(&self) -> u64 {
+        self.latency_sum_ns
+            .checked_div(self.latency_samples)
+            .unwrap_or(0)
+    }
+    /// Completed, not yet confirmed (nor lost).
+    pub fn outstanding(&self) -> u64 {
+        self.completed - self.confirmed - self.lost
+    }
+}
+
+/// What one [`HostQueue::poll_durable`] learnt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DurableUpdate {
+    pub watermark: u64,
+    pub confirmed: u64,
+    pub lost: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Tokens {
+    /// (req_tid, completed at) of completed, unconfirmed tokens, in tid order.
+    q: heapless::Deque<(u64, u64), MAX_TOKENS>,
+    /// Tokens evicted from `q` (a prefix): how many and the largest tid.
+    evicted: u64,
+    evicted_max: u64,
+    /// Highest tid of a completed write (for the flush-without-command wait).
+    last_write: Option<u64>,
+    incarnation: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -145,6 +208,12 @@ pub struct HostQueue<'a, M: SharedMem + ?Sized> {
     inflight: heapless::Deque<InFlight, MAX_DEPTH>,
     deferred_wb: Option<(u32, u32)>,
     pub stats: QueueStats,
+    /// Durability tokens negotiated for this queue.
+    durable: bool,
+    tok: Tokens,
+    pub tokens: TokenStats,
+    power_window_us: u64,
+    now_ns: u64,
 }
 
 /// Counters of one queue (tests use them to prove wrap-around happened).
@@ -179,7 +248,131 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
             inflight: heapless::Deque::new(),
             deferred_wb: None,
             stats: QueueStats::default(),
+            durable: false,
+            tok: Tokens::default(),
+            tokens: TokenStats::default(),
+            power_window_us: 0,
+            now_ns: 0,
         }
+    }
+
+    /// Durability tokens are on for this queue (backend offered, we accepted).
+    pub fn durable_tokens(&self) -> bool {
+        self.durable
+    }
+
+    /// Advertise the power window (µs the host guarantees power; 0 = none).
+    pub fn set_power_window_us(&mut self, us: u64) -> Result<(), HostError> {
+        self.power_window_us = us;
+        if self.durable {
+            let line = DurHostLine {
+                power_window_us: us,
+            }
+            .encode();
+            publish_line(self.shm, self.g.ctrl(ctrl::DUR_HOST_LINE), &line, self.nc)?;
+        }
+        Ok(())
+    }
+
+    /// Read the device's durability line and confirm every token below the
+    /// watermark (or declare the unconfirmed ones lost if the backend restarted).
+    /// `now_ns` stamps confirmation latencies.
+    pub fn poll_durable(&mut self, now_ns: u64) -> Result<DurableUpdate, HostError> {
+        self.now_ns = now_ns;
+        let mut up = DurableUpdate {
+            watermark: self.tokens.watermark,
+            ..DurableUpdate::default()
+        };
+        if !self.durable || self.state != QState::Ready {
+            return Ok(up);
+        }
+        let Some(l) = read_dur_dev(self.shm, &self.g, self.nc)? else {
+            return Ok(up); // torn or stale: keep the last value
+        };
+        if self.tok.incarnation.is_some_and(|g| g != l.incarnation) {
+            // Backend restarted: staged writes of the old incarnation may be gone.
+            let n = self.tok.q.len() as u64 + self.tok.evicted;
+            self.tok.q.clear();
+            self.tok.evicted = 0;
+            self.tokens.lost += n;
+            up.lost = n;
+            self.tokens.watermark = 0;
+        }
+        self.tok.incarnation = Some(l.incarnation);
+        self.tokens.incarnation = l.incarnation;
+        let w = l.durable_tid.max(self.tokens.watermark);
+        self.tokens.watermark = w;
+        up.watermark = w;
+        up.confirmed = self.confirm_below(w, now_ns);
+        Ok(up)
+    }
+
+    fn confirm_below(&mut self, w: u64, now_ns: u64) -> u64 {
+        let mut n = 0;
+        if self.tok.evicted > 0 && self.tok.evicted_max < w {
+            n += self.tok.evicted;
+            self.tok.evicted = 0;
+        }
+        while let Some(&(tid, t)) = self.tok.q.front() {
+            if tid >= w {
+                break;
+            }
+            self.tok.q.pop_front();
+            let lat = now_ns.saturating_sub(t);
+            self.tokens.latency_sum_ns += lat;
+            self.tokens.latency_max_ns = self.tokens.latency_max_ns.max(lat);
+            self.tokens.latency_samples += 1;
+            n += 1;
+        }
+        self.tokens.confirmed += n;
+        n
+    }
+
+    /// Is the write `req_tid` (completed on this queue) known durable?
+    pub fn is_durable(&self, req_tid: u64) -> bool {
+        req_tid < self.tokens.watermark
+            && !self.tok.q.iter().any(|&(t, _)| t == req_tid)
+            && !(self.tok.evicted > 0 && req_tid <= self.tok.evicted_max)
+    }
+
+    /// Flush without a command: true once every write completed so far is durable
+    /// (call [`HostQueue::poll_durable`] to make progress). A v3 FLUSH gives the same.
+    pub fn all_completed_durable(&self) -> bool {
+        self.tok.q.is_empty() && self.tok.evicted == 0
+    }
+    /// Highest req_tid of a write completed on this queue.
+    pub fn last_completed_write(&self) -> Option<u64> {
+        self.tok.last_write
+    }
+
+    fn token_completed(&mut self, tid: u64, durable: bool) {
+        self.tokens.completed += 1;
+        self.tok.last_write = Some(tid);
+        if durable {
+            self.tokens.confirmed += 1;
+            self.tokens.confirmed_at_completion += 1;
+            return;
+        }
+        // Without negotiated tokens the entry waits for a FLUSH (`confirm_all`).
+        if self.tok.q.is_full() {
+            self.evict_one();
+        }
+        let _ = self.tok.q.push_back((tid, self.now_ns));
+    }
+
+    fn evict_one(&mut self) {
+        if let Some((t, _)) = self.tok.q.pop_front() {
+            self.tok.evicted += 1;
+            self.tok.evicted_max = self.tok.evicted_max.max(t);
+        }
+    }
+
+    /// Every token completed so far is durable (a FLUSH completed, or a RESET answer).
+    fn confirm_all(&mut self) {
+        let n = self.tok.q.len() as u64 + self.tok.evicted;
+        self.tok.q.clear();
+        self.tok.evicted = 0;
+        self.tokens.confirmed += n;
     }
 
     pub fn is_ready(&self) -> bool {
@@ -288,7 +481,10 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
                 self.data_tail = 0;
                 if !self.nc {
                     self.next_tid = 0;
+                    self.tokens.watermark = 0;
                 }
+                // The device makes every completed write durable before answering.
+                self.confirm_all();
                 self.state = QState::Ready;
                 self.stats.resets += 1;
                 Ok(true)
@@ -313,6 +509,11 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
             compr_tail: self.compr_tail,
             base_tid: self.base_tid,
             tail_tid: self.inflight.front().map_or(self.next_tid, |f| f.tid),
+            features: if self.durable {
+                features::DURABLE_TOKENS as u32
+            } else {
+                0
+            },
         }
         .encode();
         publish_line(self.shm, self.g.host_line, &line, true)?;
@@ -334,6 +535,26 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
 
     /// Submit a request; `payload` must be `req.len` bytes for WRITE. Returns req_tid.
     pub fn submit(&mut self, req: Request, payload: &[u8]) -> Result<u64, HostError> {
+        self.submit_intent(req, payload, Intent::Standard)
+    }
+
+    /// Submit with a durability intent. CRITICAL completes only once durable;
+    /// without negotiated tokens it is refused (`Unsupported`: chain a FLUSH), and
+    /// EPHEMERAL is sent as STANDARD.
+    pub fn submit_intent(
+        &mut self,
+        req: Request,
+        payload: &[u8],
+        intent: Intent,
+    ) -> Result<u64, HostError> {
+        let intent = match intent {
+            Intent::Critical if !self.durable => return Err(HostError::Unsupported),
+            i if !self.durable => {
+                let _ = i;
+                Intent::Standard
+            }
+            i => i,
+        };
         self.flush_deferred()?;
         if self.state != QState::Ready {
             return Err(HostError::NotReady);
@@ -371,6 +592,7 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
         let tid = self.next_tid;
         let mut se = Se {
             op: req.op,
+            flags: intent.se_flags(),
             req_tid: tid,
             offset: req.offset,
             len: req.len,
@@ -428,6 +650,9 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
         self.next_tid = tid.wrapping_add(1);
         self.data_head += span as u64;
         self.stats.submitted += 1;
+        if matches!(req.op, op::WRITE | op::WRITE_ZEROES | op::DISCARD) {
+            self.tokens.issued += 1;
+        }
         self.stats.se_wraps += (self.submr_head == 0) as u64;
         self.stats.data_wraps += (data_off as u64 + span as u64 > chan::DATA_SIZE) as u64;
         let _ = self.inflight.push_back(InFlight {
@@ -494,6 +719,17 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
     /// Poll for one completion. READ data lands in `read_buf[..len]` (`read_buf`
     /// must hold the largest READ in flight; 1 MiB always suffices).
     pub fn poll(&mut self, read_buf: &mut [u8]) -> Result<Option<Completion>, HostError> {
+        let now = self.now_ns;
+        self.poll_at(read_buf, now)
+    }
+
+    /// [`HostQueue::poll`] with the current time (stamps token completions).
+    pub fn poll_at(
+        &mut self,
+        read_buf: &mut [u8],
+        now_ns: u64,
+    ) -> Result<Option<Completion>, HostError> {
+        self.now_ns = now_ns;
         if self.state != QState::Ready {
             return Ok(None);
         }
@@ -605,10 +841,26 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
             });
         }
         self.stats.completed += 1;
+        let mut durable = self.durable && ce.flags & CE_FLAG_DURABLE != 0;
+        if result == 0 && f.req.op == op::FLUSH && !self.durable {
+            durable = true;
+        }
+        if result == 0 {
+            match f.req.op {
+                op::WRITE | op::WRITE_ZEROES | op::DISCARD => {
+                    durable |= self.durable && ce.req_tid < self.tokens.watermark;
+                    self.token_completed(ce.req_tid, durable);
+                }
+                // v3: a completed FLUSH covers every write completed before it.
+                op::FLUSH if durable => self.confirm_all(),
+                _ => {}
+            }
+        }
         Ok(Some(Completion {
             req_tid: ce.req_tid,
             req: f.req,
             result,
+            durable,
         }))
     }
 
@@ -699,7 +951,52 @@ impl<'a, M: SharedMem + ?Sized> Host<'a, M> {
             }
         }
         let blkdev_id = tp.find_free(SlotKind::Blkdev, 0)?;
+        let durable = self.cfg.durable_tokens && b.features & features::DURABLE_TOKENS != 0;
+        let mut features = if self.cfg.noncoherent {
+            features::NONCOHERENT
+        } else {
+            0
+        };
+        if durable {
+            features |= features::DURABLE_TOKENS;
+        }
+        // The record (with the accepted features) goes first: a v3-mode backend
+        // reads the acceptance when it answers the RESET.
+        let rec = BlkdevInfo {
+            state: STATE_RUNNING,
+            alive_ts: now_ns,
+            backend_id,
+            host_id: self.host_id,
+            mapped_id: blkdev_id,
+            features,
+        };
+        tp.write_blkdev(blkdev_id, &rec)?;
         let mut qs = heapless::Vec::new();
+        if let Err(e) = self.start_queues(&b, backend_id, queues, durable, now_ns, &mut qs) {
+            let _ = tp.clear(SlotKind::Blkdev, blkdev_id);
+            return Err(e);
+        }
+        Ok(Blkdev {
+            tp: tp.clone(),
+            host_id: self.host_id,
+            blkdev_id,
+            backend_id,
+            queues: qs,
+            rec,
+            last_hb: now_ns,
+        })
+    }
+
+    fn start_queues(
+        &self,
+        b: &BackendInfo,
+        backend_id: u32,
+        queues: u32,
+        durable: bool,
+        now_ns: u64,
+        qs: &mut heapless::Vec<HostQueue<'a, M>, MAX_QUEUES>,
+    ) -> Result<(), HostError> {
+        let tp = &self.tp;
         for q in 0..queues {
             let seg_id = b.handler_channels[q as usize];
             let seg = tp.segment(seg_id)?.ok_or(HostError::NoBackend)?.rec;
@@ -712,32 +1009,15 @@ impl<'a, M: SharedMem + ?Sized> Host<'a, M> {
                 self.cfg.sabotage.shared_ctrl_line,
             );
             let mut hq = HostQueue::new(tp.shm, q, g, self.cfg.noncoherent, self.cfg);
+            hq.durable = durable;
+            hq.now_ns = now_ns;
+            if durable {
+                hq.set_power_window_us(0)?;
+            }
             hq.start_reset(now_ns)?;
             let _ = qs.push(hq);
         }
-        let features = if self.cfg.noncoherent {
-            features::NONCOHERENT
-        } else {
-            0
-        };
-        let rec = BlkdevInfo {
-            state: STATE_RUNNING,
-            alive_ts: now_ns,
-            backend_id,
-            host_id: self.host_id,
-            mapped_id: blkdev_id,
-            features,
-        };
-        tp.write_blkdev(blkdev_id, &rec)?;
-        Ok(Blkdev {
-            tp: tp.clone(),
-            host_id: self.host_id,
-            blkdev_id,
-            backend_id,
-            queues: qs,
-            rec,
-            last_hb: now_ns,
-        })
+        Ok(())
     }
 }
 

@@ -304,7 +304,8 @@ pub mod ext {
 pub mod features {
     /// Non-coherent channel mode (extensions §1): own lines, write-back/invalidate, CRCs.
     pub const NONCOHERENT: u64 = 1 << 0;
-    /// Reserved for durability tokens (not implemented yet).
+    /// Durability tokens (issue 6, `docs/durability.md`): per-channel `durable_tid`
+    /// watermark line, CE flag DURABLE, SE intent bits, host power window.
     pub const DURABLE_TOKENS: u64 = 1 << 1;
     /// DISCARD (op 3) and WRITE_ZEROES (op 4) accepted by the backend.
     pub const DISCARD_WZ: u64 = 1 << 2;
@@ -655,6 +656,10 @@ pub mod ctrl {
     pub const NC_HOST_LINE: u64 = 0x100;
     /// Non-coherent mode: device-owned line (only the device ever stores here).
     pub const NC_DEV_LINE: u64 = 0x140;
+    /// Durability tokens, both modes: device-owned line ([`super::dur_dev`]).
+    pub const DUR_DEV_LINE: u64 = 0x180;
+    /// Durability tokens, both modes: host-owned line ([`super::dur_host`]).
+    pub const DUR_HOST_LINE: u64 = 0x1C0;
 }
 const _: () = {
     use ctrl::*;
@@ -664,6 +669,38 @@ const _: () = {
     assert!(NC_HOST_LINE >= V3_END && NC_HOST_LINE.is_multiple_of(LINE as u64));
     assert!(NC_DEV_LINE >= NC_HOST_LINE + LINE as u64 && NC_DEV_LINE.is_multiple_of(LINE as u64));
     assert!(NC_DEV_LINE + (LINE as u64) <= PAGE as u64);
+    assert!(DUR_DEV_LINE >= NC_DEV_LINE + LINE as u64 && DUR_DEV_LINE.is_multiple_of(LINE as u64));
+    assert!(DUR_HOST_LINE >= DUR_DEV_LINE + LINE as u64);
+    assert!(
+        DUR_HOST_LINE.is_multiple_of(LINE as u64) && DUR_HOST_LINE + LINE as u64 <= PAGE as u64
+    );
+};
+
+/// Device-owned durability line at `ctrl::DUR_DEV_LINE` (CRC over bytes 4..SIZE).
+/// Written only when the blkdev accepted `features::DURABLE_TOKENS`.
+pub mod dur_dev {
+    pub const CRC: usize = 0;
+    /// Backend incarnation: bumped at every backend start / re-attach. A host that
+    /// sees it change knows staged (completed, unconfirmed) writes may be lost.
+    pub const GEN: usize = 4;
+    /// Watermark, exclusive: every WRITE/WRITE_ZEROES/DISCARD of this channel with
+    /// `req_tid < durable_tid` is on non-volatile media. 0 = nothing confirmed yet.
+    pub const DURABLE_TID: usize = 8;
+    pub const SIZE: usize = 16;
+}
+/// Host-owned durability line at `ctrl::DUR_HOST_LINE` (CRC over bytes 4..SIZE).
+pub mod dur_host {
+    pub const CRC: usize = 0;
+    /// Reserved (0).
+    pub const RSVD: usize = 4;
+    /// Microseconds the host guarantees power after a completion (0 = none).
+    pub const POWER_WINDOW_US: usize = 8;
+    pub const SIZE: usize = 16;
+}
+const _: () = {
+    assert!(dur_dev::GEN == dur_dev::CRC + 4 && dur_dev::DURABLE_TID == 8);
+    assert!(dur_dev::DURABLE_TID + 8 == dur_dev::SIZE && dur_dev::SIZE <= LINE);
+    assert!(dur_host::POWER_WINDOW_US + 8 == dur_host::SIZE && dur_host::SIZE <= LINE);
 };
 
 /// Host-owned control line of the non-coherent mode (CRC over bytes 4..64).
@@ -677,19 +714,20 @@ pub mod nc_host {
     pub const BASE_TID: usize = 24;
     /// req_tid of the SE at `submr_tail` (what a re-attaching device expects first).
     pub const TAIL_TID: usize = 32;
-    /// Reserved: power window (durability tokens, later issue).
-    pub const RESERVED_POWER_WINDOW: usize = 40;
+    /// Features this host accepted for the channel (u32, e.g. DURABLE_TOKENS); it
+    /// travels with the epoch bump because nothing orders the blkdev record before it.
+    /// (Was reserved for the power window, which lives in `ctrl::DUR_HOST_LINE`.)
+    pub const FEATURES: usize = 40;
 }
 /// Device-owned control line of the non-coherent mode (CRC over bytes 4..64).
 pub mod nc_dev {
     pub const CRC: usize = 0;
     pub const ACK_EPOCH: usize = 4;
     pub const COMPR_HEAD: usize = 8;
-    /// Reserved: durable_tid watermark (durability tokens, later issue).
+    /// Reserved (unused: the watermark lives in `ctrl::DUR_DEV_LINE` in both modes).
     pub const RESERVED_DURABLE_TID: usize = 16;
 }
-const _: () =
-    assert!(nc_host::RESERVED_POWER_WINDOW + 8 <= LINE && nc_dev::RESERVED_DURABLE_TID + 8 <= LINE);
+const _: () = assert!(nc_host::FEATURES + 4 <= 48 && nc_dev::RESERVED_DURABLE_TID + 8 <= LINE);
 
 /// SE/CE opcodes. 0..=2 are CBD v3; 3 and 4 are our extension.
 pub mod op {
@@ -701,6 +739,17 @@ pub mod op {
 }
 /// SE flag: set by the host once it consumed the completion.
 pub const SE_FLAG_DONE: u32 = 1;
+/// SE intent bits (durability tokens; ignored unless DURABLE_TOKENS was accepted).
+/// Neither bit = STANDARD (what a plain v3 host sends).
+pub const SE_FLAG_EPHEMERAL: u32 = 1 << 1;
+/// CRITICAL (= FUA): complete only once durable.
+pub const SE_FLAG_CRITICAL: u32 = 1 << 2;
+/// CE flag: the request was durable when it completed (CRITICAL writes, FLUSH).
+pub const CE_FLAG_DURABLE: u32 = 1;
+const _: () = assert!(
+    SE_FLAG_DONE & (SE_FLAG_EPHEMERAL | SE_FLAG_CRITICAL) == 0
+        && SE_FLAG_EPHEMERAL & SE_FLAG_CRITICAL == 0
+);
 
 /// Geometry of SE and CE for one set of transport CRC flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

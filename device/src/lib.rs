@@ -20,6 +20,7 @@ pub mod hw;
 pub mod backend;
 pub mod channel;
 pub mod crc;
+pub mod durable;
 pub mod host;
 pub mod layout;
 pub mod media;

@@ -90,6 +90,7 @@ fn schedule(seed: u64, f: Faults) -> Vec<String> {
         noncoherent: true,
         queue_depth: 6,
         nc_retries: 256,
+        durable_tokens: true,
         sabotage: HostSabotage {
             shared_ctrl_line: bc.sabotage.shared_ctrl_line,
             ..f.host

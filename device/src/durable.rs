@@ -1,0 +1,402 @@
+//! Staged completion and asynchronous durability (issue 6, `docs/durability.md`).
+//!
+//! [`Stager`] sits between the backend engine and its [`Media`]: a WRITE is
+//! *completed* once its payload is staged in device RAM (a caller-provided buffer,
+//! no heap); staged data is written back to the media **in order** and then the
+//! media is flushed; only after that flush is a write *durable*. The engine asks
+//! the stager for each channel's watermark (`durable_tid`, exclusive) and
+//! publishes it.
+//!
+//! Without a staging buffer (or when it is full) writes go straight to the media
+//! (write-through) and are still only durable after the next media flush.
+//!
+//! Policy (the engine calls [`Stager::due`] from `poll` with the current time):
+//! every pending write carries a deadline (`staged_at + bound / 2`, so the other
+//! half of the bound is left for the write-back and the flush); once any deadline
+//! has passed, everything is written back and flushed in one go (group commit).
+//! CRITICAL writes and FLUSH call [`Stager::sync`] synchronously.
+
+use crate::media::{Media, MediaError};
+
+/// Most writes pending (staged or written but not yet flushed) at once. When full,
+/// the next write forces a write-back + flush.
+pub const MAX_PENDING: usize = 256;
+/// `Pending::chan` of a write whose channel forgot it (v3 RESET): still written
+/// back and flushed, but no longer counted in any watermark.
+const NO_CHAN: u8 = u8::MAX;
+const NOT_STAGED: u32 = u32::MAX;
+
+/// Write intent (SE bits `SE_FLAG_EPHEMERAL` / `SE_FLAG_CRITICAL`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Intent {
+    /// Complete when staged; durable within the power window / device bound.
+    #[default]
+    Standard,
+    /// Complete when staged; may stay staged up to the (larger) ephemeral bound.
+    Ephemeral,
+    /// Complete only when durable (FUA).
+    Critical,
+}
+
+impl Intent {
+    pub fn from_se_flags(flags: u32) -> Self {
+        if flags & crate::layout::SE_FLAG_CRITICAL != 0 {
+            Self::Critical
+        } else if flags & crate::layout::SE_FLAG_EPHEMERAL != 0 {
+            Self::Ephemeral
+        } else {
+            Self::Standard
+        }
+    }
+    pub fn se_flags(self) -> u32 {
+        match self {
+            Self::Standard => 0,
+            Self::Ephemeral => crate::layout::SE_FLAG_EPHEMERAL,
+            Self::Critical => crate::layout::SE_FLAG_CRITICAL,
+        }
+    }
+}
+
+/// Durability policy of the backend (all bounds in nanoseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurableConfig {
+    /// Advertise `features::DURABLE_TOKENS` in the backend record.
+    pub offer: bool,
+    /// Device bound for STANDARD writes: durable within this time after completion
+    /// when the host gives no power window (and at most this when it gives one).
+    pub standard_bound_ns: u64,
+    /// Bound for EPHEMERAL writes (the power window does not shorten it).
+    pub ephemeral_bound_ns: u64,
+}
+
+impl Default for DurableConfig {
+    fn default() -> Self {
+        Self {
+            offer: true,
+            standard_bound_ns: 10_000_000,   // 10 ms
+            ephemeral_bound_ns: 200_000_000, // 200 ms
+        }
+    }
+}
+
+impl DurableConfig {
+    /// Deadline by which the write-back of a write completed at `now_ns` starts.
+    pub fn due(&self, intent: Intent, power_window_us: u64, now_ns: u64) -> u64 {
+        let bound = match intent {
+            Intent::Critical => 0,
+            Intent::Ephemeral => self.ephemeral_bound_ns.max(self.standard_bound_ns),
+            Intent::Standard if power_window_us > 0 => self
+                .standard_bound_ns
+                .min(power_window_us.saturating_mul(1000)),
+            Intent::Standard => self.standard_bound_ns,
+        };
+        now_ns.saturating_add(bound / 2)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    chan: u8,
+    tid: u64,
+    offset: u64,
+    len: u32,
+    /// Offset in the staging buffer, or `NOT_STAGED` once on the media.
+    pos: u32,
+    /// Bytes of the staging buffer this entry holds (payload + wrap waste).
+    span: u32,
+}
+
+/// Counters (the kernel prints them; the bench reads them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StagerStats {
+    pub staged: u64,
+    pub write_through: u64,
+    pub written_back: u64,
+    pub flushes: u64,
+    /// Write-backs forced by a full staging buffer or pending list.
+    pub pressure: u64,
+    pub media_errors: u64,
+}
+
+/// RAM staging + in-order write-back + media flush over any [`Media`].
+pub struct Stager<'a, D: Media> {
+    media: D,
+    buf: &'a mut [u8],
+    head: usize,
+    used: usize,
+    q: heapless::Deque<Pending, MAX_PENDING>,
+    /// The first `written` entries of `q` are on the media (not yet flushed).
+    written: usize,
+    min_due: u64,
+    pub stats: StagerStats,
+}
+
+impl<'a, D: Media> Stager<'a, D> {
+    /// `buf` is the staging budget (may be empty: write-through). Capped at 4 GiB.
+    pub fn new(media: D, buf: &'a mut [u8]) -> Self {
+        let n = buf.len().min(u32::MAX as usize - 1);
+        Self {
+            media,
+            buf: &mut buf[..n],
+            head: 0,
+            used: 0,
+            q: heapless::Deque::new(),
+            written: 0,
+            min_due: u64::MAX,
+            stats: StagerStats::default(),
+        }
+    }
+    /// Replace the staging buffer (what was staged is written back first).
+    pub fn set_buffer(&mut self, buf: &'a mut [u8]) -> Result<(), MediaError> {
+        self.write_back()?;
+        let n = buf.len().min(u32::MAX as usize - 1);
+        self.buf = &mut buf[..n];
+        self.head = 0;
+        self.used = 0;
+        Ok(())
+    }
+    pub fn media(&mut self) -> &mut D {
+        &mut self.media
+    }
+    pub fn media_ref(&self) -> &D {
+        &self.media
+    }
+    /// Drop everything staged (power loss) and give back media and buffer.
+    pub fn into_parts(self) -> (D, &'a mut [u8]) {
+        (self.media, self.buf)
+    }
+    pub fn size(&self) -> u64 {
+        self.media.size()
+    }
+    /// Writes not yet durable (staged or written back but not flushed).
+    pub fn pending(&self) -> usize {
+        self.q.len()
+    }
+    /// Bytes of the staging buffer in use.
+    pub fn staged_bytes(&self) -> usize {
+        self.used
+    }
+
+    fn alloc(&mut self, len: usize) -> Option<(u32, u32)> {
+        let cap = self.buf.len();
+        if len > cap {
+            return None;
+        }
+        let (pos, waste) = if self.head + len <= cap {
+            (self.head, 0)
+        } else {
+            (0, cap - self.head)
+        };
+        if self.used + waste + len > cap {
+            return None;
+        }
+        self.used += waste + len;
+        self.head = pos + len;
+        Some((pos as u32, (waste + len) as u32))
+    }
+
+    /// Complete a WRITE: stage it (or write it through). Not durable yet.
+    pub fn write(
+        &mut self,
+        chan: u8,
+        tid: u64,
+        offset: u64,
+        data: &[u8],
+        due_ns: u64,
+    ) -> Result<(), MediaError> {
+        if self.q.is_full() {
+            self.stats.pressure += 1;
+            self.sync()?;
+        }
+        let mut slot = self.alloc(data.len());
+        if slot.is_none() && !self.buf.is_empty() {
+            // Staging pressure: write back what is staged (in order) to make room.
+            self.stats.pressure += 1;
+            self.write_back()?;
+            slot = self.alloc(data.len());
+        }
+        let (pos, span) = match slot {
+            Some((pos, span)) => {
+                self.buf[pos as usize..pos as usize + data.len()].copy_from_slice(data);
+                self.stats.staged += 1;
+                (pos, span)
+            }
+            None => {
+                // Only reached with nothing staged: order with the media is kept.
+                self.media.write(offset, data)?;
+                self.stats.write_through += 1;
+                (NOT_STAGED, 0)
+            }
+        };
+        let p = Pending {
+            chan,
+            tid,
+            offset,
+            len: data.len() as u32,
+            pos,
+            span,
+        };
+        if pos == NOT_STAGED && self.written == self.q.len() {
+            self.written += 1;
+        }
+        let _ = self.q.push_back(p);
+        self.min_due = self.min_due.min(due_ns);
+        Ok(())
+    }
+
+    /// DISCARD / WRITE_ZEROES: ordered after everything staged, durable after a flush.
+    pub fn zero(
+        &mut self,
+        chan: u8,
+        tid: u64,
+        offset: u64,
+        len: u64,
+        discard: bool,
+        due_ns: u64,
+    ) -> Result<(), MediaError> {
+        if self.q.is_full() {
+            self.stats.pressure += 1;
+            self.sync()?;
+        }
+        self.write_back()?;
+        if discard {
+            self.media.discard(offset, len)?;
+        } else {
+            self.media.write_zeroes(offset, len)?;
+        }
+        let _ = self.q.push_back(Pending {
+            chan,
+            tid,
+            offset,
+            len: 0,
+            pos: NOT_STAGED,
+            span: 0,
+        });
+        self.written = self.q.len();
+        self.min_due = self.min_due.min(due_ns);
+        Ok(())
+    }
+
+    /// READ: the media, overlaid with staged data (oldest first, newest wins).
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), MediaError> {
+        self.media.read(offset, buf)?;
+        let end = offset + buf.len() as u64;
+        for p in self.q.iter().skip(self.written) {
+            if p.pos == NOT_STAGED {
+                continue;
+            }
+            let (ps, pe) = (p.offset, p.offset + p.len as u64);
+            let (s, e) = (ps.max(offset), pe.min(end));
+            if s < e {
+                let src = p.pos as usize + (s - ps) as usize;
+                buf[(s - offset) as usize..(e - offset) as usize]
+                    .copy_from_slice(&self.buf[src..src + (e - s) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Write every staged payload to the media, in order (no flush).
+    pub fn write_back(&mut self) -> Result<(), MediaError> {
+        while self.written < self.q.len() {
+            let Some(p) = self.q.iter().nth(self.written).copied() else {
+                break;
+            };
+            if p.pos != NOT_STAGED {
+                let s = p.pos as usize;
+                if let Err(e) = self.media.write(p.offset, &self.buf[s..s + p.len as usize]) {
+                    self.stats.media_errors += 1;
+                    return Err(e);
+                }
+                self.used -= p.span as usize;
+                if self.used == 0 {
+                    self.head = 0;
+                }
+                self.stats.written_back += 1;
+                if let Some(x) = self.q.iter_mut().nth(self.written) {
+                    x.pos = NOT_STAGED;
+                }
+            }
+            self.written += 1;
+        }
+        Ok(())
+    }
+
+    /// Write back everything and flush the media: afterwards every write accepted
+    /// so far is durable. On error nothing is declared durable.
+    pub fn sync(&mut self) -> Result<(), MediaError> {
+        self.write_back()?;
+        if let Err(e) = self.media.flush() {
+            self.stats.media_errors += 1;
+            return Err(e);
+        }
+        self.stats.flushes += 1;
+        self.q.clear();
+        self.written = 0;
+        self.min_due = u64::MAX;
+        Ok(())
+    }
+
+    /// True if some pending write's write-back deadline has passed.
+    pub fn due(&self, now_ns: u64) -> bool {
+        !self.q.is_empty() && now_ns >= self.min_due
+    }
+
+    /// Exclusive watermark of `chan`: the first pending tid, else `next_tid` (the
+    /// tid the channel expects next; everything before it has been executed).
+    pub fn watermark(&self, chan: u8, next_tid: u64) -> u64 {
+        self.q
+            .iter()
+            .find(|p| p.chan == chan)
+            .map_or(next_tid, |p| p.tid)
+    }
+
+    /// v3 RESET of `chan`: its tids restart; keep its writes pending but anonymous.
+    pub fn forget_chan(&mut self, chan: u8) {
+        for p in self.q.iter_mut() {
+            if p.chan == chan {
+                p.chan = NO_CHAN;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::SliceMedia;
+
+    #[test]
+    fn staged_reads_overlay_and_write_back_keeps_order() {
+        let mut disk = [0u8; 16384];
+        let mut sbuf = [0u8; 8192];
+        let mut s = Stager::new(SliceMedia::new(&mut disk), &mut sbuf);
+        s.write(0, 0, 0, &[1u8; 4096], 100).unwrap();
+        s.write(0, 1, 2048, &[2u8; 4096], 100).unwrap();
+        let mut r = [0u8; 8192];
+        s.read(0, &mut r).unwrap();
+        assert!(r[..2048].iter().all(|&b| b == 1) && r[2048..6144].iter().all(|&b| b == 2));
+        assert_eq!(s.watermark(0, 2), 0);
+        assert!(!s.due(99) && s.due(100));
+        // Third write does not fit: pressure writes the first two back, in order.
+        s.write(1, 7, 8192, &[3u8; 4096], 50).unwrap();
+        assert_eq!(s.stats.pressure, 1);
+        assert_eq!(s.watermark(1, 8), 7);
+        s.sync().unwrap();
+        assert_eq!((s.watermark(0, 2), s.watermark(1, 8)), (2, 8));
+        let (m, _) = s.into_parts();
+        assert!(m.data[..2048].iter().all(|&b| b == 1));
+        assert!(m.data[2048..6144].iter().all(|&b| b == 2));
+        assert!(m.data[8192..12288].iter().all(|&b| b == 3));
+    }
+
+    #[test]
+    fn policy_bounds() {
+        let c = DurableConfig::default();
+        assert_eq!(c.due(Intent::Critical, 0, 5), 5);
+        assert_eq!(c.due(Intent::Standard, 0, 0), 5_000_000);
+        assert_eq!(c.due(Intent::Standard, 2000, 0), 1_000_000);
+        assert_eq!(c.due(Intent::Standard, 1_000_000, 0), 5_000_000);
+        assert_eq!(c.due(Intent::Ephemeral, 1, 0), 100_000_000);
+    }
+}
