@@ -127,6 +127,10 @@ struct Chan {
     dur_pub: u64,
     /// Host's power window (µs, 0 = none), read from its durability line.
     power_us: u64,
+    /// Re-attached after an unclean stop: writes the previous incarnation completed
+    /// may have been lost with its staging RAM, so this channel's next FLUSH
+    /// reports -EIO (once), like a disk that lost its write cache.
+    flush_eio: bool,
 }
 
 /// Work done by one `poll`.
@@ -288,6 +292,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
                     durable: false,
                     dur_pub: 0,
                     power_us: 0,
+                    flush_eio: false,
                 });
                 shm.tracer
                     .event(&TraceEvent::ChannelProvisioned { chan: i, seg_id });
@@ -355,6 +360,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             durable: false,
             dur_pub: 0,
             power_us: 0,
+            flush_eio: true,
         };
         let nc_line = if self.cfg.noncoherent {
             read_host_line(shm, &g, true)?
@@ -702,6 +708,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             self.sync_for_reset(ch);
             self.st.forget_chan(ch.idx as u8);
             ch.dur_pub = 0;
+            ch.flush_eio = false;
             ch.cursor = 0;
             ch.expect_tid = None;
             ch.skip_upto = None;
@@ -755,6 +762,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         });
         // Tids are monotonic across epochs: the watermark carries over.
         self.sync_for_reset(ch);
+        ch.flush_eio = false;
         ch.mode = Mode::Nc;
         ch.epoch = h.epoch;
         ch.cursor = 0;
@@ -888,7 +896,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
     }
 
     /// Validate the SE's op and ranges, then run it against the media.
-    fn execute(&mut self, ch: &Chan, se: &Se, ce: &mut Ce) -> Result<i32, BackendError> {
+    fn execute(&mut self, ch: &mut Chan, se: &Se, ce: &mut Ce) -> Result<i32, BackendError> {
         let shm = self.shm();
         let g = ch.g;
         let reject = |why| {
@@ -918,7 +926,11 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         let res = match se.op {
             // v3 FLUSH: every previously completed write is durable when it completes.
             op::FLUSH => {
-                let r = media_op(self.st.sync());
+                let mut r = media_op(self.st.sync());
+                if ch.flush_eio {
+                    ch.flush_eio = false;
+                    r = errno::EIO;
+                }
                 if r == 0 {
                     ce.flags |= durable_flag;
                 }

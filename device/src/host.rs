@@ -170,6 +170,9 @@ struct Tokens {
     /// Highest tid of a completed write (for the flush-without-command wait).
     last_write: Option<u64>,
     incarnation: Option<u32>,
+    /// After a new incarnation: tids below this may have been completed by the old
+    /// one (staging lost), so they are never confirmed.
+    lost_below: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -297,6 +300,7 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
             self.tokens.lost += n;
             up.lost = n;
             self.tokens.watermark = 0;
+            self.tok.lost_below = self.next_tid;
         }
         self.tok.incarnation = Some(l.incarnation);
         self.tokens.incarnation = l.incarnation;
@@ -331,6 +335,7 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
     /// Is the write `req_tid` (completed on this queue) known durable?
     pub fn is_durable(&self, req_tid: u64) -> bool {
         req_tid < self.tokens.watermark
+            && req_tid >= self.tok.lost_below
             && !self.tok.q.iter().any(|&(t, _)| t == req_tid)
             && !(self.tok.evicted > 0 && req_tid <= self.tok.evicted_max)
     }
@@ -348,6 +353,10 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
     fn token_completed(&mut self, tid: u64, durable: bool) {
         self.tokens.completed += 1;
         self.tok.last_write = Some(tid);
+        if tid < self.tok.lost_below && !durable {
+            self.tokens.lost += 1;
+            return;
+        }
         if durable {
             self.tokens.confirmed += 1;
             self.tokens.confirmed_at_completion += 1;
@@ -482,6 +491,7 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
                 if !self.nc {
                     self.next_tid = 0;
                     self.tokens.watermark = 0;
+                    self.tok.lost_below = 0;
                 }
                 // The device makes every completed write durable before answering.
                 self.confirm_all();

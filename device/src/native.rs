@@ -238,3 +238,147 @@ impl RecordingTracer {
         std::mem::take(&mut *self.events.lock().unwrap())
     }
 }
+
+/// Simulated media cost (the journal bench): a write costs `write_ns_per_4k` per
+/// 4 KiB, a flush `flush_ns`. Costs are paid by sleeping once at least 50 µs are
+/// owed (so a busy device does not burn a shared core spinning).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MediaCost {
+    pub write_ns_per_4k: u64,
+    pub flush_ns: u64,
+}
+
+/// A media with a volatile write cache: everything not yet flushed may be lost
+/// in a crash, in any combination, 4 KiB block by block (each block ends up
+/// holding its last flushed content or any one version written since).
+pub struct CrashMedia {
+    cur: Vec<u8>,
+    durable: Vec<u8>,
+    /// (block, content) of every write since the last flush, in order.
+    unflushed: Vec<(usize, Box<[u8]>)>,
+    pub writes: u64,
+    pub flushes: u64,
+    pub cost: MediaCost,
+    debt_ns: u64,
+    /// Take a crash image at each media call with this probability (per mille):
+    /// crash points *inside* a write-back sequence, checked by the caller.
+    pub snapshot_per_mille: u64,
+    pub snapshots: Vec<Vec<u8>>,
+    rng: u64,
+}
+
+pub const CRASH_BLOCK: usize = 4096;
+
+impl CrashMedia {
+    pub fn new(len: usize, seed: u64) -> Self {
+        assert!(len.is_multiple_of(CRASH_BLOCK));
+        Self {
+            cur: vec![0; len],
+            durable: vec![0; len],
+            unflushed: Vec::new(),
+            writes: 0,
+            flushes: 0,
+            cost: MediaCost::default(),
+            debt_ns: 0,
+            snapshot_per_mille: 0,
+            snapshots: Vec::new(),
+            rng: seed,
+        }
+    }
+    fn next(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// What reads see (every completed write).
+    pub fn current(&self) -> &[u8] {
+        &self.cur
+    }
+    /// Writes not yet flushed.
+    pub fn unflushed(&self) -> usize {
+        self.unflushed.len()
+    }
+    /// One possible media content after a power loss now.
+    pub fn crash_image(&mut self) -> Vec<u8> {
+        let mut img = self.durable.clone();
+        // For each touched block pick uniformly among "flushed" and each version.
+        let mut seen: std::collections::HashMap<usize, u64> = Default::default();
+        for (b, _) in &self.unflushed {
+            *seen.entry(*b).or_default() += 1;
+        }
+        let mut pick: std::collections::HashMap<usize, u64> = Default::default();
+        let mut blocks: Vec<_> = seen.into_iter().collect();
+        blocks.sort_unstable();
+        for (b, n) in blocks {
+            let k = self.next() % (n + 1); // 0 = keep flushed content
+            pick.insert(b, k);
+        }
+        let mut count: std::collections::HashMap<usize, u64> = Default::default();
+        for (b, data) in &self.unflushed {
+            let c = count.entry(*b).or_default();
+            *c += 1;
+            if pick.get(b) == Some(c) {
+                img[b * CRASH_BLOCK..][..CRASH_BLOCK].copy_from_slice(data);
+            }
+        }
+        img
+    }
+    /// Power loss: the media now holds one possible crash image (returned too).
+    pub fn crash(&mut self) -> Vec<u8> {
+        let img = self.crash_image();
+        self.cur.copy_from_slice(&img);
+        self.durable.copy_from_slice(&img);
+        self.unflushed.clear();
+        img
+    }
+    fn maybe_snapshot(&mut self) {
+        if self.snapshot_per_mille > 0 && self.next() % 1000 < self.snapshot_per_mille {
+            let img = self.crash_image();
+            self.snapshots.push(img);
+        }
+    }
+    fn pay(&mut self, ns: u64) {
+        self.debt_ns += ns;
+        if self.debt_ns >= 50_000 {
+            let t = std::time::Instant::now();
+            std::thread::sleep(std::time::Duration::from_nanos(self.debt_ns));
+            self.debt_ns = self.debt_ns.saturating_sub(t.elapsed().as_nanos() as u64);
+        }
+    }
+}
+
+impl crate::media::Media for CrashMedia {
+    fn size(&self) -> u64 {
+        self.cur.len() as u64
+    }
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), crate::media::MediaError> {
+        crate::media::SliceMedia::new(&mut self.cur).read(offset, buf)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), crate::media::MediaError> {
+        self.maybe_snapshot();
+        crate::media::SliceMedia::new(&mut self.cur).write(offset, data)?;
+        let (first, end) = (
+            offset as usize / CRASH_BLOCK,
+            (offset as usize + data.len()).div_ceil(CRASH_BLOCK),
+        );
+        for b in first..end {
+            let blk = self.cur[b * CRASH_BLOCK..][..CRASH_BLOCK].into();
+            self.unflushed.push((b, blk));
+        }
+        self.writes += 1;
+        let c = self.cost.write_ns_per_4k * data.len().div_ceil(CRASH_BLOCK) as u64;
+        self.pay(c);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), crate::media::MediaError> {
+        self.maybe_snapshot();
+        for (b, data) in self.unflushed.drain(..) {
+            self.durable[b * CRASH_BLOCK..][..CRASH_BLOCK].copy_from_slice(&data);
+        }
+        self.flushes += 1;
+        self.pay(self.cost.flush_ns);
+        Ok(())
+    }
+}

@@ -181,6 +181,7 @@ fn schedule(seed: u64, f: Faults) -> Vec<String> {
             // Backend dies: its cache (dirty lines never written back) is lost; after
             // the 30 s liveness timeout everything in flight has landed; re-attach.
             crashed = true;
+            model.flush_eio_ok = true;
             let (media, scratch) = backend.take().unwrap().into_parts();
             adv.crash(0);
             adv.drain();

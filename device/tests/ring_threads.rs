@@ -138,6 +138,7 @@ fn two_threads_100k_requests_with_wrap_reset_and_reattach() {
                 }
                 backend = Some(run_backend(media));
                 crashed = true;
+                model.flush_eio_ok = true;
             }
             // Submit.
             if submitted < TOTAL {

@@ -44,6 +44,9 @@ pub fn random_len(r: &mut Rng, max: u32) -> u32 {
 pub struct Model {
     pub disk: Vec<u8>,
     pub inflight: std::collections::HashMap<(usize, u64), (Request, Vec<u8>)>,
+    /// After a backend crash + re-attach, a FLUSH may report -EIO (writes the dead
+    /// incarnation had staged may be lost): accept that.
+    pub flush_eio_ok: bool,
 }
 
 impl Model {
@@ -51,6 +54,7 @@ impl Model {
         Self {
             disk: vec![0; size],
             inflight: Default::default(),
+            flush_eio_ok: false,
         }
     }
     fn overlaps(&self, off: u64, len: u32) -> bool {
@@ -122,7 +126,8 @@ impl Model {
                 c.req_tid, c.req, req
             ));
         }
-        if c.result != 0 {
+        let eio_flush = req.op == op::FLUSH && c.result == -5 && self.flush_eio_ok;
+        if c.result != 0 && !eio_flush {
             return Err(format!(
                 "q{q}: tid {} {:?} failed with {}",
                 c.req_tid, req, c.result
