@@ -1394,32 +1394,6 @@ pub fn qemu_args(kernel: &Path, initrd: &Path, append: &str, cxl: bool) -> Vec<S
     v
 }
 
-/// The CXL type-3 topology of docs/guest.md: one pxb-cxl host bridge, one root port, one
-/// persistent type-3 device backed by `mem` (size a multiple of 256 MiB) with its label storage in
-/// `lsa`, and a 4 GiB fixed memory window. Use with `qemu_args(.., cxl = true)`.
-pub fn cxl_qemu_args(mem: &Path, mem_size: u64, lsa: &Path) -> Vec<String> {
-    vec![
-        "-object".into(),
-        format!(
-            "memory-backend-file,id=cxl-mem0,share=on,mem-path={},size={mem_size}",
-            mem.display()
-        ),
-        "-object".into(),
-        format!(
-            "memory-backend-file,id=cxl-lsa0,share=on,mem-path={},size=256M",
-            lsa.display()
-        ),
-        "-device".into(),
-        "pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.1".into(),
-        "-device".into(),
-        "cxl-rp,port=0,bus=cxl.1,id=cxl_rp0,chassis=0,slot=2".into(),
-        "-device".into(),
-        "cxl-type3,bus=cxl_rp0,persistent-memdev=cxl-mem0,lsa=cxl-lsa0,id=cxl-pmem0,sn=0x1".into(),
-        "-M".into(),
-        "cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size=4G".into(),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

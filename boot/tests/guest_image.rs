@@ -9,13 +9,14 @@
 //! within `CBDFW_GUEST_TIMEOUT` seconds (default 900) is killed: that is a hang guard, the tests
 //! assert nothing about time.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use boot::guest::{self, GuestImage, Layer};
+use boot::qemu::{Echo, QemuCmd, Vm};
+use boot::status::KernelStatus;
+use boot::topology::{self, SharedFile};
 
 static QEMU_LOCK: Mutex<()> = Mutex::new(());
 static HOST_BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -50,68 +51,56 @@ fn run_dir(name: &str) -> PathBuf {
     d
 }
 
-/// Boots the image with `layer` on top and `test=NAME`; returns the console output.
-fn boot(img: &GuestImage, name: &str, layer: &Layer, extra: &[String], cxl: bool) -> String {
+/// Boots the image with `layer` on top and `test=NAME` (on the CXL topology when
+/// `cxl` holds the backing file); returns the console output.
+fn boot(img: &GuestImage, name: &str, layer: &Layer, cxl: Option<&Path>) -> String {
     let dir = run_dir(name);
     let layer_path = dir.join("layer.img");
     layer.write(&layer_path).unwrap();
     let initrd = dir.join("initrd.img");
     img.initrd_with(&[&layer_path], &initrd).unwrap();
-    let mut args = guest::qemu_args(&img.kernel, &initrd, &format!("quiet test={name}"), cxl);
-    args.extend(extra.iter().cloned());
-
+    let topo = cxl.map(|mem| {
+        let t = topology::load(
+            "cxl",
+            &SharedFile {
+                path: mem.to_path_buf(),
+                size_mib: 256,
+            },
+        )
+        .unwrap();
+        t.prepare_files().unwrap();
+        t
+    });
+    let mut q = QemuCmd::new();
+    q.args(guest::qemu_args(
+        &img.kernel,
+        &initrd,
+        &format!("quiet test={name}"),
+        cxl.is_some(),
+    ));
+    if let Some(t) = &topo {
+        t.apply(&mut q);
+    }
     let _serial = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting qemu-system-x86_64 (apt-get install qemu-system-x86)");
-    let out = Arc::new(Mutex::new(String::new()));
-    let readers: Vec<_> = [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ]
-    .into_iter()
-    .map(|r| {
-        let out = Arc::clone(&out);
-        std::thread::spawn(move || {
-            for line in BufReader::new(r).lines() {
-                let Ok(line) = line else { break };
-                let mut o = out.lock().unwrap();
-                o.push_str(&line);
-                o.push('\n');
-            }
-        })
-    })
-    .collect();
     let limit = Duration::from_secs(
         std::env::var("CBDFW_GUEST_TIMEOUT")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(900),
     );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > limit {
-            child.kill().ok();
-            child.wait().ok();
-            let o = out.lock().unwrap().clone();
-            panic!("guest test {name} hung (killed after {limit:?}); console:\n{o}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    for r in readers {
-        r.join().ok();
-    }
-    let o = out.lock().unwrap().clone();
-    std::fs::write(dir.join("console.log"), &o).ok();
-    assert!(status.success(), "qemu failed ({status}); console:\n{o}");
-    o
+    let out = Vm::spawn(name, &q, Echo::Quiet)
+        .expect("starting qemu-system-x86_64")
+        .wait(limit);
+    std::fs::write(dir.join("console.log"), &out.output).ok();
+    // A powered-off Linux guest ends QEMU with status 0.
+    assert_eq!(
+        out.status,
+        KernelStatus::Unexpected(Some(0)),
+        "guest test {name}: {}; console:\n{}",
+        out.status.describe(),
+        out.output
+    );
+    out.output
 }
 
 fn result_line<'a>(console: &'a str, name: &str) -> Option<&'a str> {
@@ -168,7 +157,7 @@ fn guest_boots_and_loads_ublk() {
     let img = image();
     let mut layer = Layer::new();
     layer.add_test_script("ublk", &script("ublk")).unwrap();
-    let console = boot(&img, "ublk", &layer, &[], false);
+    let console = boot(&img, "ublk", &layer, None);
     assert_ok(&console, "ublk");
 }
 
@@ -177,19 +166,14 @@ fn guest_creates_cxl_region_and_devdax() {
     let img = image();
     let dir = run_dir("cxl");
     // Fresh backing files every run: the namespace is created from scratch.
-    let (mem, lsa) = (dir.join("cxl-mem.raw"), dir.join("cxl-lsa.raw"));
+    let mem = dir.join("cxl-mem.raw");
+    let lsa = PathBuf::from(format!("{}.lsa", mem.display()));
     for f in [&mem, &lsa] {
         std::fs::remove_file(f).ok();
     }
     let mut layer = Layer::new();
     layer.add_test_script("cxl", &script("cxl")).unwrap();
-    let console = boot(
-        &img,
-        "cxl",
-        &layer,
-        &guest::cxl_qemu_args(&mem, 256 << 20, &lsa),
-        true,
-    );
+    let console = boot(&img, "cxl", &layer, Some(&mem));
     assert_ok(&console, "cxl");
     // 256 MiB region at the window base 0x1_1000_0000; the devdax metadata (info block + struct
     // page array, `map=dev`) takes the first 6 MiB, so dax offset X = backing-file offset 6 MiB + X.
@@ -207,7 +191,7 @@ fn host_serves_ram_disk_over_ublk() {
     layer
         .add_test_script("host-ram", &script("host-ram"))
         .unwrap();
-    let console = boot(&img, "host-ram", &layer, &[], false);
+    let console = boot(&img, "host-ram", &layer, None);
     assert_ok(&console, "host-ram");
     assert!(
         console.contains("cbd-host: ready /dev/ublkb0"),
@@ -219,7 +203,8 @@ fn host_serves_ram_disk_over_ublk() {
 fn host_on_cxl_devdax_without_backend_fails_clearly() {
     let img = image();
     let dir = run_dir("host-cxl");
-    let (mem, lsa) = (dir.join("cxl-mem.raw"), dir.join("cxl-lsa.raw"));
+    let mem = dir.join("cxl-mem.raw");
+    let lsa = PathBuf::from(format!("{}.lsa", mem.display()));
     for f in [&mem, &lsa] {
         std::fs::remove_file(f).ok();
     }
@@ -229,12 +214,6 @@ fn host_on_cxl_devdax_without_backend_fails_clearly() {
     layer
         .add_test_script("host-cxl", &script("host-cxl"))
         .unwrap();
-    let console = boot(
-        &img,
-        "host-cxl",
-        &layer,
-        &guest::cxl_qemu_args(&mem, 256 << 20, &lsa),
-        true,
-    );
+    let console = boot(&img, "host-cxl", &layer, Some(&mem));
     assert_ok(&console, "host-cxl");
 }

@@ -93,11 +93,13 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     if cxl {
         let shm = cache.join("shm");
         std::fs::create_dir_all(&shm)?;
-        qargs.extend(guest::cxl_qemu_args(
-            &shm.join("cxl-mem.raw"),
-            256 << 20,
-            &shm.join("cxl-lsa.raw"),
-        ));
+        let shared = boot::topology::SharedFile {
+            path: shm.join("cxl-mem.raw"),
+            size_mib: 256,
+        };
+        let t = boot::topology::load("cxl", &shared)?;
+        t.prepare_files()?;
+        qargs.extend(t.args);
     }
     eprintln!("guest-image: qemu-system-x86_64 {}", qargs.join(" "));
     let status = Command::new("qemu-system-x86_64").args(&qargs).status()?;
