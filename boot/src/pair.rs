@@ -231,8 +231,7 @@ pub fn run_pair(spec: &PairSpec) -> Result<PairOutcome, String> {
     };
     let mut linux_cmd = linux_command(&img, &initrd, &append, &topo);
     linux_cmd.args(spec.linux_extra.iter().cloned());
-    let linux =
-        Vm::spawn_with_input("linux", &linux_cmd, echo, input).map_err(|e| e.to_string())?;
+    let linux = spawn_linux(&linux_cmd, echo, input)?;
     let linux_out = linux.wait(timeout);
 
     let device_out = device.map(|mut vm| {
@@ -249,6 +248,35 @@ pub fn run_pair(spec: &PairSpec) -> Result<PairOutcome, String> {
         linux: linux_out,
         logs: work,
     })
+}
+
+/// How long a Linux guest may take to reach userspace before we call it a failed boot.
+pub const LINUX_BOOT_LIMIT: Duration = Duration::from_secs(150);
+
+/// Start a Linux guest and wait until its userspace is up (`USERSPACE-UP` from
+/// `/init`). On a loaded 2-core host, multi-threaded TCG occasionally loses a vCPU's
+/// timer during early boot (seen in CI: RCU stalls on CPU 1 and no progress); such a
+/// boot is killed and started once more. Only the boot is retried — never a test.
+pub fn spawn_linux(cmd: &QemuCmd, echo: Echo, input: Input) -> Result<Vm, String> {
+    for attempt in 1..=2 {
+        let mut vm = Vm::spawn_with_input("linux", cmd, echo, input).map_err(|e| e.to_string())?;
+        if vm.wait_for("USERSPACE-UP", LINUX_BOOT_LIMIT) {
+            return Ok(vm);
+        }
+        let tail: String = vm
+            .output()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join(" | ");
+        vm.kill();
+        eprintln!(
+            "linux: no userspace after {} s (attempt {attempt}); last lines: {tail}",
+            LINUX_BOOT_LIMIT.as_secs()
+        );
+    }
+    Err("the Linux guest did not boot twice in a row".into())
 }
 
 struct Cleanup(PathBuf);

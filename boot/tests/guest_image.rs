@@ -6,7 +6,7 @@
 //! about 150 MB of packages; later runs reuse the cache.
 //!
 //! QEMU runs are serialised (the machines this runs on have 2 cores). A run that does not finish
-//! within `CBDFW_GUEST_TIMEOUT` seconds (default 900) is killed: that is a hang guard, the tests
+//! within `CBDFW_GUEST_TIMEOUT` seconds (default 600) is killed: that is a hang guard, the tests
 //! assert nothing about time.
 
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use boot::guest::{self, GuestImage, Layer};
-use boot::qemu::{Echo, QemuCmd, Vm};
+use boot::qemu::{Echo, Input, QemuCmd};
 use boot::status::KernelStatus;
 use boot::topology::{self, SharedFile};
 
@@ -86,10 +86,10 @@ fn boot(img: &GuestImage, name: &str, layer: &Layer, cxl: Option<&Path>) -> Stri
         std::env::var("CBDFW_GUEST_TIMEOUT")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(900),
+            .unwrap_or(600),
     );
-    let out = Vm::spawn(name, &q, Echo::Quiet)
-        .expect("starting qemu-system-x86_64")
+    let out = boot::pair::spawn_linux(&q, Echo::Quiet, Input::Null)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
         .wait(limit);
     std::fs::write(dir.join("console.log"), &out.output).ok();
     // A powered-off Linux guest ends QEMU with status 0.
