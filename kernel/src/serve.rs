@@ -214,11 +214,17 @@ pub fn serve(region: SharedRegion) -> ExitCode {
         log::error!("serve: cannot reserve the bounce buffer");
         return ExitCode::Failed;
     };
-    let cfg = BackendConfig {
+    let mut cfg = BackendConfig {
         n_handlers: opt_u64("channels", 2) as u32,
         noncoherent,
         ..BackendConfig::default()
     };
+    // Durability tokens (docs/durability.md): offered unless `tokens=off`; bounds in µs.
+    cfg.durable.offer = fwcfg::option("tokens").as_deref() != Some("off");
+    cfg.durable.standard_bound_ns =
+        opt_u64("standard-bound-us", cfg.durable.standard_bound_ns / 1000) * 1000;
+    cfg.durable.ephemeral_bound_ns =
+        opt_u64("ephemeral-bound-us", cfg.durable.ephemeral_bound_ns / 1000) * 1000;
     // Media: the virtio-blk disk when there is one (or when asked), else a RAM disk.
     let want = fwcfg::option("media");
     let virtio = match want.as_deref() {
@@ -264,6 +270,22 @@ fn run<D: Media>(
             return ExitCode::Failed;
         }
     };
+    // Staging: writes complete once they are in device RAM; the engine writes them
+    // back in order and flushes the media within the intent's bound.
+    let staging_mib = opt_u64("staging-mib", 8);
+    if staging_mib > 0 {
+        match crate::memory::reserve(staging_mib << 20) {
+            Some(buf) => {
+                if let Err(e) = backend.set_staging(buf) {
+                    log::error!("serve: cannot install the staging buffer: {e:?}");
+                    return ExitCode::Failed;
+                }
+            }
+            None => {
+                log::warn!("serve: no RAM for a {staging_mib} MiB staging buffer; writing through")
+            }
+        }
+    }
     let chans: heapless::Vec<u32, 16> = backend.channel_segments().collect();
     log::info!(
         "serve: backend {} (host {}) ready: {media_desc} {size_mib} MiB, channel segments {:?}, features {:#x}; type 'stop' to stop",
@@ -284,6 +306,7 @@ fn run<D: Media>(
     let idle_us = opt_u64("idle-us", 20);
     let can_idle = idle_us > 0 && crate::arch::apic::init().is_some();
     let mut empty_polls: u32 = 0;
+    let mut stager;
     loop {
         let now = wall_clock_ns();
         match backend.poll(now) {
@@ -323,6 +346,11 @@ fn run<D: Media>(
             last_summary = now;
         }
         if stopping {
+            // Everything staged goes to the media before the backend record is cleared.
+            if let Err(e) = backend.sync() {
+                log::error!("serve: final write-back failed: {e:?}");
+            }
+            stager = backend.stager_stats();
             match backend.stop(now) {
                 Ok(_) => break,
                 Err((b, BackendError::Busy)) => {
@@ -347,5 +375,6 @@ fn run<D: Media>(
         }
     }
     TRACER.summary("serve: stopped");
+    log::info!("serve: staging: {:?}", stager);
     ExitCode::Success
 }
