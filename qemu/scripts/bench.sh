@@ -4,6 +4,8 @@
 T=bench
 RUNTIME=${RUNTIME:-5}
 DEPTH=64 start_host
+modprobe virtio_blk 2>/dev/null
+i=0; while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 [ -b /dev/vda ] || fail "no virtio-blk disk /dev/vda"
 rublk add null -n 1 -q 1 -d 128 >/tmp/rublk.log 2>&1 || { cat /tmp/rublk.log; fail "rublk add null"; }
 i=0; while [ ! -b /dev/ublkb1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
