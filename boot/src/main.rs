@@ -116,7 +116,13 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 );
             }
             "--mode" => o.mode = Some(it.next().ok_or("--mode needs a value")?.clone()),
-            "--script" => o.script = Some(it.next().ok_or("--script needs a name from qemu/scripts")?.clone()),
+            "--script" => {
+                o.script = Some(
+                    it.next()
+                        .ok_or("--script needs a name from qemu/scripts")?
+                        .clone(),
+                )
+            }
             "--runtime" => {
                 let v = it.next().ok_or("--runtime needs seconds")?;
                 let n: u32 = v
@@ -328,8 +334,12 @@ fn cmd_demo(o: &Opts) -> Result<i32, String> {
     );
     let name = o.script.as_deref().unwrap_or("demo");
     // The script reports `RESULT $T …`; the harness looks for the run's name.
-    let body = format!("TOPO={topo}\n{}\n{}", guest_script("lib")?, guest_script(name)?)
-        .replace(&format!("T={name}\n"), "T=demo\n");
+    let body = format!(
+        "TOPO={topo}\n{}\n{}",
+        guest_script("lib")?,
+        guest_script(name)?
+    )
+    .replace(&format!("T={name}\n"), "T=demo\n");
     let mut spec = PairSpec::new("demo", &topo, &body);
     spec.echo = Echo::Lines;
     if topo.starts_with("cxl") {
