@@ -35,6 +35,31 @@ pub struct CbdOptions {
     pub format: bool,
     /// How long to wait for the backend to appear/come alive (0: fail at once).
     pub wait_backend_ns: u64,
+    /// Plain CBD v3: none of our extensions (no durability tokens, no non-coherent mode, no
+    /// DISCARD/WRITE_ZEROES). FUA = WRITE + CBD FLUSH, flush = CBD FLUSH.
+    pub plain_v3: bool,
+    /// Power window advertised to the backend (µs; 0 = none). Only with durability tokens.
+    pub power_window_us: u64,
+    /// Intent of plain (non-FUA) writes when durability tokens are on.
+    pub default_intent: device::host::Intent,
+}
+
+impl CbdOptions {
+    /// Defaults for everything but the host name.
+    pub fn new(hostname: impl Into<String>) -> CbdOptions {
+        CbdOptions {
+            hostname: hostname.into(),
+            backend_id: 0,
+            queues: 1,
+            depth: 64,
+            noncoherent: false,
+            format: false,
+            wait_backend_ns: 0,
+            plain_v3: false,
+            power_window_us: 0,
+            default_intent: device::host::Intent::Standard,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -273,6 +298,9 @@ mod tests {
             noncoherent: false,
             format: false,
             wait_backend_ns: 0,
+            plain_v3: false,
+            power_window_us: 0,
+            default_intent: device::host::Intent::Standard,
         }
     }
 

@@ -2,10 +2,17 @@
 
 use crate::map::TransportSpec;
 use crate::ublk::UblkOptions;
+use device::host::Intent;
+
+/// Where a running cbd-host keeps its counters by default (`cbd-host stats N` reads it).
+pub fn default_stats_path(dev_id: i32) -> String {
+    format!("/run/cbd-host/ublkb{dev_id}.stats")
+}
 
 pub const USAGE: &str = "\
 usage: cbd-host [OPTIONS]
        cbd-host stop DEV_ID
+       cbd-host stats DEV_ID     print the counters of the running cbd-host serving ublkbDEV_ID
 
 Exposes a CBD disk as a ublk block device (/dev/ublkbN). Runs in the foreground; SIGINT/SIGTERM
 stop and delete the device.
@@ -26,6 +33,17 @@ Transport (--backend cbd):
   --format                 format a CBD v3 transport if the mapping holds none (for a backend
                            started with transport=wait); never overwrites a valid one
   --wait-backend SECS      wait up to SECS for the backend to appear and be alive (default 0)
+  --plain-v3               plain CBD v3: none of our extensions (no durability tokens, no
+                           non-coherent mode, no DISCARD/WRITE_ZEROES); FUA = WRITE + CBD
+                           FLUSH, flush = CBD FLUSH
+  --power-window-us N      power window this host guarantees, in µs (default 0 = none;
+                           durability tokens only)
+  --default-intent I       intent of plain writes with durability tokens: standard (default)
+                           or ephemeral
+
+Counters:
+  --stats FILE             rewrite FILE every second with the counters (default
+                           /run/cbd-host/ublkbN.stats; `--stats none` disables)
 
 ublk:
   --dev-id N               /dev/ublkbN number (default: chosen by the driver)
@@ -56,6 +74,11 @@ pub struct Args {
     pub noncoherent: bool,
     pub format: bool,
     pub wait_backend_secs: u64,
+    pub plain_v3: bool,
+    pub power_window_us: u64,
+    pub default_intent: Intent,
+    /// Counters file: `None` = the default path for the device, `Some("")` = none.
+    pub stats: Option<String>,
     pub ublk: UblkOptions,
     pub verbose: bool,
 }
@@ -64,6 +87,7 @@ pub struct Args {
 pub enum Command {
     Run(Box<Args>),
     Stop(i32),
+    Stats(i32),
     Help,
 }
 
@@ -93,14 +117,21 @@ fn num<T: std::str::FromStr>(opt: &str, v: &str) -> Result<T, String> {
 /// Parses the arguments (without the program name).
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
     let mut it = args.into_iter().peekable();
-    if it.peek().map(String::as_str) == Some("stop") {
+    if let Some(sub @ ("stop" | "stats")) = it.peek().map(String::as_str) {
+        let sub = sub.to_string();
         it.next();
-        let id = it.next().ok_or("stop: missing DEV_ID")?;
+        let id = it.next().ok_or(format!("{sub}: missing DEV_ID"))?;
         if let Some(extra) = it.next() {
-            return Err(format!("stop: unexpected argument {extra:?}"));
+            return Err(format!("{sub}: unexpected argument {extra:?}"));
         }
-        return Ok(Command::Stop(num("stop", &id)?));
+        let id = num(&sub, &id)?;
+        return Ok(if sub == "stop" {
+            Command::Stop(id)
+        } else {
+            Command::Stats(id)
+        });
     }
+    let (mut pw_given, mut intent_given) = (false, false);
     let mut a = Args {
         backend: BackendKind::Cbd,
         ram_size: 64 << 20,
@@ -112,6 +143,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         noncoherent: false,
         format: false,
         wait_backend_secs: 0,
+        plain_v3: false,
+        power_window_us: 0,
+        default_intent: Intent::Standard,
+        stats: None,
         ublk: UblkOptions::default(),
         verbose: false,
     };
@@ -122,6 +157,32 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "-v" | "--verbose" => a.verbose = true,
             "--noncoherent" => a.noncoherent = true,
             "--format" => a.format = true,
+            "--plain-v3" => a.plain_v3 = true,
+            "--power-window-us" => {
+                let v = val()?;
+                pw_given = true;
+                a.power_window_us = num(&opt, &v)?
+            }
+            "--default-intent" => {
+                intent_given = true;
+                a.default_intent = match val()?.as_str() {
+                    "standard" => Intent::Standard,
+                    "ephemeral" => Intent::Ephemeral,
+                    other => {
+                        return Err(format!(
+                            "--default-intent: {other:?} is not standard or ephemeral \
+                             (FUA writes are sent critical)"
+                        ));
+                    }
+                }
+            }
+            "--stats" => {
+                let v = val()?;
+                if v.is_empty() {
+                    return Err("--stats: empty path (use `--stats none` to disable)".into());
+                }
+                a.stats = Some(if v == "none" { String::new() } else { v })
+            }
             "--wait-backend" => a.wait_backend_secs = num(&opt, &val()?)?,
             "--backend" => {
                 a.backend = match val()?.as_str() {
@@ -151,6 +212,19 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                     u32::try_from(v).map_err(|_| format!("--io-buf: {v} too large"))?
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
+        }
+    }
+    if a.plain_v3 {
+        for (given, opt) in [
+            (a.noncoherent, "--noncoherent"),
+            (pw_given, "--power-window-us"),
+            (intent_given, "--default-intent"),
+        ] {
+            if given {
+                return Err(format!(
+                    "--plain-v3 excludes {opt} (an extension of CBD v3)"
+                ));
+            }
         }
     }
     if a.ublk.queues == 0 || a.ublk.queues > 64 {
@@ -221,6 +295,23 @@ mod tests {
         assert!(a.noncoherent && a.format);
         assert_eq!(a.wait_backend_secs, 30);
         assert_eq!(p("stop 2").unwrap(), Command::Stop(2));
+        assert_eq!(p("stats 1").unwrap(), Command::Stats(1));
+        assert!(!a.plain_v3);
+        assert_eq!(a.default_intent, Intent::Standard);
+        assert_eq!(a.stats, None);
+        let Command::Run(a) =
+            p("--power-window-us 5000 --default-intent ephemeral --stats /tmp/s").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(a.power_window_us, 5000);
+        assert_eq!(a.default_intent, Intent::Ephemeral);
+        assert_eq!(a.stats.as_deref(), Some("/tmp/s"));
+        let Command::Run(a) = p("--plain-v3 --stats none").unwrap() else {
+            panic!()
+        };
+        assert!(a.plain_v3);
+        assert_eq!(a.stats.as_deref(), Some(""));
         assert_eq!(p("--help").unwrap(), Command::Help);
     }
 
@@ -236,6 +327,22 @@ mod tests {
             ("--frobnicate", "unknown argument"),
             ("stop", "missing DEV_ID"),
             ("stop 1 2", "unexpected"),
+            ("stats", "missing DEV_ID"),
+            ("stats x", "bad number"),
+            ("--default-intent critical", "not standard or ephemeral"),
+            ("--power-window-us -1", "bad number"),
+            (
+                "--plain-v3 --noncoherent",
+                "--plain-v3 excludes --noncoherent",
+            ),
+            (
+                "--plain-v3 --power-window-us 10",
+                "excludes --power-window-us",
+            ),
+            (
+                "--default-intent ephemeral --plain-v3",
+                "excludes --default-intent",
+            ),
         ] {
             let e = p(args).unwrap_err();
             assert!(e.contains(needle), "{args}: {e}");

@@ -6,15 +6,25 @@
 //!   While waiting, the backend record is re-read every [`LIVENESS_CHECK_NS`] (or
 //!   [`LIVENESS_CHECK_POLLS`] empty polls): a backend that stopped or whose heartbeat is older
 //!   than the 30 s timeout fails the requests with `EIO` instead of hanging them.
-//! * FLUSH → CBD FLUSH. A FUA write is followed by a CBD FLUSH before it completes.
+//! * With durability tokens negotiated (the backend offers them, no `--plain-v3`): a FUA write
+//!   is sent CRITICAL (it completes once durable; no FLUSH), and a ublk FLUSH sends **no
+//!   command**: it waits until, on every channel, the durable watermark covers every write
+//!   completed before the flush arrived (`EIO` if the backend lost completed writes since the
+//!   last flush). Plain writes carry `CbdOptions::default_intent`.
+//! * Without tokens (plain v3): FLUSH → CBD FLUSH; a FUA write is followed by a CBD FLUSH
+//!   before it completes.
+//! * Each channel's [`HostQueue`] sits behind its own mutex, held for one engine call at a time
+//!   (never two at once), so a flush on one queue and the stats can read the other channels.
 //! * A heartbeat thread owns the [`Blkdev`] record and rewrites it (and the host record) every
 //!   5 s; [`Disk::shutdown`] stops it and clears the blkdev record (dev-stop).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use device::host::{Blkdev, Host, HostConfig, HostError, HostQueue, Request};
+use device::host::{
+    Blkdev, Completion, Host, HostConfig, HostError, HostQueue, Intent, Request, TokenStats,
+};
 use device::layout::{STATE_RUNNING, chan, op};
 use device::shm::Shm;
 use device::trace::NoTrace;
@@ -30,6 +40,8 @@ pub const LIVENESS_CHECK_NS: u64 = 100_000_000;
 pub const LIVENESS_CHECK_POLLS: u32 = 1 << 16;
 /// How long dev-start waits for every channel to answer RESET (v3 uses 30 s).
 pub const READY_TIMEOUT_NS: u64 = 30_000_000_000;
+/// How long a token flush sleeps between two looks at the watermarks.
+pub const FLUSH_WAIT_SLEEP: Duration = Duration::from_micros(100);
 
 /// Nanosecond wall clock (CLOCK_REALTIME in production; injectable for tests).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -38,13 +50,127 @@ static TRACE: NoTrace = NoTrace;
 
 type Q = HostQueue<'static, MappedMem>;
 
-/// The CBD disk: size, the queues waiting to be claimed, the heartbeat thread.
+/// One channel: its engine queue and the end (max tid + 1) of the writes completed on it.
+struct Chan {
+    q: Q,
+    write_end: u64,
+}
+
+type ChanRef = Arc<Mutex<Chan>>;
+
+fn lock(c: &ChanRef) -> std::sync::MutexGuard<'_, Chan> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What every queue of the disk shares.
+struct Shared {
+    chans: Vec<ChanRef>,
+    /// Durability tokens negotiated on every channel (and not `--plain-v3`).
+    tokens: bool,
+    default_intent: Intent,
+    plain_v3: bool,
+    stats: Stats,
+    /// CBD FLUSH commands sent (plain v3: one per ublk flush and per FUA write).
+    cbd_flushes_sent: AtomicU64,
+    /// ublk flushes answered from the watermarks (no command).
+    flushes_by_watermark: AtomicU64,
+    /// FUA writes sent CRITICAL.
+    critical_writes: AtomicU64,
+    /// Sum of the channels' lost tokens already reported as a failed flush.
+    lost_reported: Mutex<u64>,
+}
+
+/// Durability counters of the whole disk (sum over the channels), readable while running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenSummary {
+    pub negotiated: bool,
+    pub issued: u64,
+    pub completed: u64,
+    pub confirmed: u64,
+    pub confirmed_at_completion: u64,
+    pub lost: u64,
+    /// Completed, not confirmed yet.
+    pub outstanding: u64,
+    pub latency_mean_us: u64,
+    pub latency_max_us: u64,
+    /// Sum of the channels' watermarks (exclusive tids; each grows monotonically).
+    pub watermark_sum: u64,
+    pub cbd_flushes_sent: u64,
+    pub flushes_by_watermark: u64,
+    pub critical_writes: u64,
+}
+
+impl Shared {
+    fn tokens_summary(&self, now: u64) -> TokenSummary {
+        let mut t = TokenStats::default();
+        for c in &self.chans {
+            let mut g = lock(c);
+            if self.tokens
+                && let Err(e) = g.q.poll_durable(now)
+            {
+                log::debug!("stats: poll_durable: {e:?}");
+            }
+            let s = g.q.tokens;
+            t.issued += s.issued;
+            t.completed += s.completed;
+            t.confirmed += s.confirmed;
+            t.confirmed_at_completion += s.confirmed_at_completion;
+            t.lost += s.lost;
+            t.latency_sum_ns += s.latency_sum_ns;
+            t.latency_samples += s.latency_samples;
+            t.latency_max_ns = t.latency_max_ns.max(s.latency_max_ns);
+            t.watermark += s.watermark;
+        }
+        TokenSummary {
+            negotiated: self.tokens,
+            issued: t.issued,
+            completed: t.completed,
+            confirmed: t.confirmed,
+            confirmed_at_completion: t.confirmed_at_completion,
+            lost: t.lost,
+            outstanding: t.completed.saturating_sub(t.confirmed + t.lost),
+            latency_mean_us: t.mean_latency_ns() / 1000,
+            latency_max_us: t.latency_max_ns / 1000,
+            watermark_sum: t.watermark,
+            cbd_flushes_sent: self.cbd_flushes_sent.load(Ordering::Relaxed),
+            flushes_by_watermark: self.flushes_by_watermark.load(Ordering::Relaxed),
+            critical_writes: self.critical_writes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::fmt::Display for TokenSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cbd_flushes_sent={} flushes_by_watermark={} critical_writes={} durable_tokens={} \
+             tokens_issued={} tokens_completed={} tokens_confirmed={} \
+             tokens_confirmed_at_completion={} tokens_outstanding={} tokens_lost={} \
+             confirm_latency_mean_us={} confirm_latency_max_us={} watermark_sum={}",
+            self.cbd_flushes_sent,
+            self.flushes_by_watermark,
+            self.critical_writes,
+            if self.negotiated { "on" } else { "off" },
+            self.issued,
+            self.completed,
+            self.confirmed,
+            self.confirmed_at_completion,
+            self.outstanding,
+            self.lost,
+            self.latency_mean_us,
+            self.latency_max_us,
+            self.watermark_sum
+        )
+    }
+}
+
+/// The CBD disk: size, the channels, the heartbeat thread.
 pub struct CbdDisk {
     reg: Registered,
-    queues: Mutex<Vec<Option<Q>>>,
+    shared: Arc<Shared>,
+    claimed: Mutex<Vec<bool>>,
     tp: Transport<'static, MappedMem>,
     clock: Clock,
-    stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     heartbeat: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -58,7 +184,7 @@ fn host_err(step: &'static str, e: HostError) -> CbdError {
 
 impl CbdDisk {
     /// register → check backend → dev-start with `opts.queues` channels → wait until every
-    /// channel answered RESET → start the heartbeat thread.
+    /// channel answered RESET → power window → start the heartbeat thread.
     pub fn start(
         mem: &'static MappedMem,
         opts: &CbdOptions,
@@ -69,8 +195,9 @@ impl CbdDisk {
         let hostname: &'static str = Box::leak(opts.hostname.clone().into_boxed_str());
         let cfg = HostConfig {
             hostname,
-            noncoherent: opts.noncoherent,
+            noncoherent: opts.noncoherent && !opts.plain_v3,
             queue_depth: opts.depth.clamp(1, device::host::MAX_DEPTH as u16) as usize,
+            durable_tokens: !opts.plain_v3,
             ..HostConfig::default()
         };
         let shm = Shm::new(mem, &TRACE);
@@ -95,16 +222,44 @@ impl CbdDisk {
             host_id: host.host_id,
             ..reg0
         };
+        let mut queues: Vec<Q> = std::mem::take(&mut dev.queues).into_iter().collect();
+        let tokens = !opts.plain_v3 && queues.iter().all(|q| q.durable_tokens());
+        if tokens {
+            for q in &mut queues {
+                q.set_power_window_us(opts.power_window_us)
+                    .map_err(|e| host_err("setting the power window", e))?;
+            }
+        } else if opts.power_window_us != 0 {
+            log::warn!("--power-window-us ignored: durability tokens are not in use");
+        }
         log::info!(
-            "dev-start: blkdev {} on backend {} with {} channel(s)",
+            "dev-start: blkdev {} on backend {} with {} channel(s); {}",
             dev.blkdev_id,
             dev.backend_id,
-            dev.queues.len()
+            queues.len(),
+            if opts.plain_v3 {
+                "plain CBD v3 (--plain-v3): FUA = WRITE + FLUSH, flush = CBD FLUSH"
+            } else if tokens {
+                "durability tokens on: FUA = CRITICAL, flush = wait for the watermark"
+            } else {
+                "durability tokens not offered by the backend: FUA = WRITE + FLUSH, flush = CBD FLUSH"
+            }
         );
-        let queues: Vec<Option<Q>> = std::mem::take(&mut dev.queues)
-            .into_iter()
-            .map(Some)
-            .collect();
+        let n = queues.len();
+        let shared = Arc::new(Shared {
+            chans: queues
+                .into_iter()
+                .map(|q| Arc::new(Mutex::new(Chan { q, write_end: 0 })))
+                .collect(),
+            tokens,
+            default_intent: opts.default_intent,
+            plain_v3: opts.plain_v3,
+            stats: Stats::default(),
+            cbd_flushes_sent: AtomicU64::new(0),
+            flushes_by_watermark: AtomicU64::new(0),
+            critical_writes: AtomicU64::new(0),
+            lost_reported: Mutex::new(0),
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let hb = {
             let (stop, clock) = (Arc::clone(&stop), Arc::clone(&clock));
@@ -118,10 +273,10 @@ impl CbdDisk {
         };
         Ok(CbdDisk {
             reg,
-            queues: Mutex::new(queues),
+            shared,
+            claimed: Mutex::new(vec![false; n]),
             tp: host.tp.clone(),
             clock,
-            stats: Arc::new(Stats::default()),
             stop,
             heartbeat: Mutex::new(Some(hb)),
         })
@@ -129,6 +284,16 @@ impl CbdDisk {
 
     pub fn registered(&self) -> &Registered {
         &self.reg
+    }
+
+    /// Durability tokens are in use (FUA = CRITICAL, flush = watermark wait).
+    pub fn durable_tokens(&self) -> bool {
+        self.shared.tokens
+    }
+
+    /// The durability counters now (reads every channel's watermark first).
+    pub fn token_summary(&self) -> TokenSummary {
+        self.shared.tokens_summary((self.clock)())
     }
 }
 
@@ -151,21 +316,26 @@ impl Disk for CbdDisk {
         self.reg.dev_size
     }
     fn queue(&self, qid: u16) -> Result<Box<dyn QueueIo>, String> {
-        let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let n = qs.len();
-        let q = qs
-            .get_mut(qid as usize)
-            .and_then(Option::take)
-            .ok_or_else(|| format!("no CBD channel for ublk queue {qid} ({n} channel(s))"))?;
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        let n = claimed.len();
+        match claimed.get_mut(qid as usize) {
+            Some(c) if !*c => *c = true,
+            _ => {
+                return Err(format!(
+                    "no CBD channel for ublk queue {qid} ({n} channel(s))"
+                ));
+            }
+        }
         Ok(Box::new(CbdQueue {
-            q,
+            idx: qid as usize,
+            shared: Arc::clone(&self.shared),
             tp: self.tp.clone(),
             backend_id: self.reg.backend_id,
             clock: Arc::clone(&self.clock),
-            stats: Arc::clone(&self.stats),
             read_buf: vec![0; chan::MAX_IO as usize],
             inflight: std::collections::HashMap::new(),
             early: Vec::new(),
+            flushes: Vec::new(),
         }))
     }
     fn describe(&self) -> String {
@@ -177,7 +347,7 @@ impl Disk for CbdDisk {
         )
     }
     fn stats(&self) -> String {
-        self.stats.to_string()
+        format!("{} {}", self.shared.stats, self.token_summary())
     }
     fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
@@ -194,17 +364,19 @@ impl Disk for CbdDisk {
 
 /// One ublk queue = one CBD channel.
 pub struct CbdQueue {
-    q: Q,
+    idx: usize,
+    shared: Arc<Shared>,
     tp: Transport<'static, MappedMem>,
     backend_id: u32,
     clock: Clock,
-    stats: Arc<Stats>,
     read_buf: Vec<u8>,
     /// Started requests by CBD tid: the ublk tag, and whether a FUA write still needs its
     /// FLUSH (false once the FLUSH itself is in flight).
     inflight: std::collections::HashMap<u64, Started>,
     /// Completions taken while starting (a full ring): tag, result, READ data.
     early: Vec<(u16, Result<(), Errno>, Vec<u8>)>,
+    /// Token flushes started: the tag and, per channel, the write end to wait for.
+    flushes: Vec<(u16, Vec<u64>)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -214,47 +386,19 @@ struct Started {
     fua_flush_pending: bool,
 }
 
+fn is_write(code: u32) -> bool {
+    matches!(code, op::WRITE | op::WRITE_ZEROES | op::DISCARD)
+}
+
 impl CbdQueue {
+    fn me(&self) -> &ChanRef {
+        &self.shared.chans[self.idx]
+    }
+
     fn backend_alive(&self, now: u64) -> bool {
         match self.tp.backend(self.backend_id) {
             Ok(Some(b)) => b.rec.state == STATE_RUNNING && is_alive(b.rec.alive_ts, now),
             _ => false,
-        }
-    }
-
-    /// Submits one request and waits for its completion; `Ok(result)` is 0 or -errno.
-    fn roundtrip(&mut self, r: Request, payload: &[u8]) -> Result<i32, Errno> {
-        let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
-        let mut polls = 0u32;
-        let tid = loop {
-            match self.q.submit(r, payload) {
-                Ok(t) => break t,
-                Err(HostError::Busy) => {
-                    // Only our own earlier request can occupy the queue; drain it.
-                    if let Ok(Some(c)) = self.q.poll(&mut self.read_buf) {
-                        log::warn!("stray completion {c:?}");
-                    }
-                }
-                Err(e) => {
-                    log::error!("submit {r:?}: {e:?}");
-                    return Err(Errno(libc::EIO));
-                }
-            }
-            self.check_alive(&mut next_check, &mut polls)?;
-        };
-        loop {
-            match self.q.poll(&mut self.read_buf) {
-                Ok(Some(c)) if c.req_tid == tid => return Ok(c.result),
-                Ok(Some(c)) => log::warn!("completion for unknown tid {}", c.req_tid),
-                Ok(None) => {
-                    self.check_alive(&mut next_check, &mut polls)?;
-                    std::hint::spin_loop();
-                }
-                Err(e) => {
-                    log::error!("poll: {e:?}");
-                    return Err(Errno(libc::EIO));
-                }
-            }
         }
     }
 
@@ -275,9 +419,22 @@ impl CbdQueue {
         }
         Ok(())
     }
-}
 
-impl CbdQueue {
+    /// Polls this channel for one completion (READ data lands in `read_buf`).
+    fn poll_one(&mut self) -> Result<Option<Completion>, HostError> {
+        let now = (self.clock)();
+        let chan = Arc::clone(self.me());
+        let mut g = lock(&chan);
+        let c = g.q.poll_at(&mut self.read_buf, now)?;
+        if let Some(c) = c
+            && c.result == 0
+            && is_write(c.req.op)
+        {
+            g.write_end = g.write_end.max(c.req_tid + 1);
+        }
+        Ok(c)
+    }
+
     fn to_request(req: &Req) -> Request {
         Request {
             op: match req.op {
@@ -294,19 +451,13 @@ impl CbdQueue {
 
     /// Handles one completion of a started request: a FUA write gets its FLUSH; everything
     /// else is reported through `sink`.
-    fn on_completion(
-        &mut self,
-        c: device::host::Completion,
-        sink: &mut Sink<'_>,
-    ) -> Result<(), Errno> {
+    fn on_completion(&mut self, c: Completion, sink: &mut Sink<'_>) -> Result<(), Errno> {
         let Some(st) = self.inflight.remove(&c.req_tid) else {
             log::warn!("completion for unknown tid {}", c.req_tid);
             return Ok(());
         };
         if c.result < 0 {
-            self.stats
-                .errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
             sink(st.tag, Err(Errno(-c.result)), &[]);
             return Ok(());
         }
@@ -316,7 +467,7 @@ impl CbdQueue {
                 offset: 0,
                 len: 0,
             };
-            let tid = self.submit_blocking(flush, &[], sink)?;
+            let tid = self.submit_blocking(flush, &[], Intent::Standard, sink)?;
             self.inflight.insert(
                 tid,
                 Started {
@@ -341,14 +492,21 @@ impl CbdQueue {
         &mut self,
         r: Request,
         payload: &[u8],
+        intent: Intent,
         sink: &mut Sink<'_>,
     ) -> Result<u64, Errno> {
         let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
         let mut polls = 0u32;
         loop {
-            match self.q.submit(r, payload) {
-                Ok(t) => return Ok(t),
-                Err(HostError::Busy) => match self.q.poll(&mut self.read_buf) {
+            let res = lock(self.me()).q.submit_intent(r, payload, intent);
+            match res {
+                Ok(t) => {
+                    if r.op == op::FLUSH {
+                        self.shared.cbd_flushes_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(t);
+                }
+                Err(HostError::Busy) => match self.poll_one() {
                     Ok(Some(c)) => self.on_completion(c, sink)?,
                     Ok(None) => self.check_alive(&mut next_check, &mut polls)?,
                     Err(e) => {
@@ -367,68 +525,111 @@ impl CbdQueue {
     /// Fails everything in flight (dead backend / broken channel).
     fn fail_all(&mut self, sink: &mut Sink<'_>) {
         for (_, st) in self.inflight.drain() {
-            self.stats
-                .errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
             sink(st.tag, Err(Errno(libc::EIO)), &[]);
+        }
+    }
+
+    /// A flush without a command: the end of the writes completed so far, per channel.
+    fn flush_snapshot(&self) -> Vec<u64> {
+        self.shared
+            .chans
+            .iter()
+            .map(|c| lock(c).write_end)
+            .collect()
+    }
+
+    /// Waits until, on every channel, every write below the snapshot's end is durable: the
+    /// watermark reached it (or nothing completed is unconfirmed). `EIO` if the backend lost
+    /// completed writes (new incarnation) since the last flush that reported it, or if it
+    /// died.
+    fn wait_durable(&self, snap: &[u64]) -> Result<(), Errno> {
+        let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
+        let mut polls = 0u32;
+        loop {
+            let now = (self.clock)();
+            let mut done = true;
+            let mut lost = 0u64;
+            for (c, &end) in self.shared.chans.iter().zip(snap) {
+                let mut g = lock(c);
+                if let Err(e) = g.q.poll_durable(now) {
+                    log::error!("flush: reading the watermark: {e:?}");
+                    return Err(Errno(libc::EIO));
+                }
+                if !g.q.is_ready() {
+                    log::error!("flush: channel {} is not ready", g.q.idx);
+                    return Err(Errno(libc::EIO));
+                }
+                lost += g.q.tokens.lost;
+                done &= g.q.tokens.watermark >= end || g.q.all_completed_durable();
+            }
+            {
+                let mut rep = self
+                    .shared
+                    .lost_reported
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if lost > *rep {
+                    log::error!(
+                        "flush: the backend lost {} completed write(s) (restarted); failing the flush",
+                        lost - *rep
+                    );
+                    *rep = lost;
+                    return Err(Errno(libc::EIO));
+                }
+            }
+            if done {
+                return Ok(());
+            }
+            self.check_alive(&mut next_check, &mut polls)?;
+            std::thread::sleep(FLUSH_WAIT_SLEEP);
         }
     }
 }
 
 impl QueueIo for CbdQueue {
     fn submit(&mut self, req: &Req, buf: &mut [u8]) -> Result<(), Errno> {
-        self.stats.count(req);
-        let code = match req.op {
-            Op::Read => op::READ,
-            Op::Write => op::WRITE,
-            Op::Flush => op::FLUSH,
-            Op::Discard => op::DISCARD,
-            Op::WriteZeroes => op::WRITE_ZEROES,
-        };
-        let len = req.len as usize;
-        if matches!(req.op, Op::Read | Op::Write) && (len > buf.len() || req.len > chan::MAX_IO) {
-            return Err(Errno(libc::EINVAL));
+        const TAG: u16 = u16::MAX;
+        if let Some(r) = self.start(TAG, req, buf) {
+            return r;
         }
-        let r = Request {
-            op: code,
-            offset: req.offset,
-            len: req.len,
-        };
-        let payload: &[u8] = if req.op == Op::Write {
-            &buf[..len]
-        } else {
-            &[]
-        };
-        let res = self.roundtrip(r, payload)?;
-        if res < 0 {
-            self.stats
-                .errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(Errno(-res));
-        }
-        if req.op == Op::Read {
-            buf[..len].copy_from_slice(&self.read_buf[..len]);
-        }
-        if req.fua && req.op == Op::Write {
-            let f = Request {
-                op: op::FLUSH,
-                offset: 0,
-                len: 0,
-            };
-            let res = self.roundtrip(f, &[])?;
-            if res < 0 {
-                return Err(Errno(-res));
+        let mut res = Err(Errno(libc::EIO));
+        self.finish(&mut |t, r, d| {
+            if t == TAG {
+                if r.is_ok() && !d.is_empty() {
+                    buf[..d.len()].copy_from_slice(d);
+                }
+                res = r;
             }
-        }
-        Ok(())
+        });
+        res
     }
 
     fn start(&mut self, tag: u16, req: &Req, buf: &mut [u8]) -> Option<Result<(), Errno>> {
-        self.stats.count(req);
+        self.shared.stats.count(req);
         let len = req.len as usize;
         if matches!(req.op, Op::Read | Op::Write) && (len > buf.len() || req.len > chan::MAX_IO) {
             return Some(Err(Errno(libc::EINVAL)));
         }
+        if self.shared.plain_v3 && matches!(req.op, Op::Discard | Op::WriteZeroes) {
+            // DISCARD / WRITE_ZEROES are our extension, not CBD v3.
+            return Some(Err(Errno(libc::EOPNOTSUPP)));
+        }
+        if req.op == Op::Flush && self.shared.tokens {
+            // No command: wait (in `finish`) for the watermarks to cover what completed so far.
+            let snap = self.flush_snapshot();
+            self.flushes.push((tag, snap));
+            return None;
+        }
+        let fua = req.fua && req.op == Op::Write;
+        let critical = fua && self.shared.tokens;
+        let intent = if critical {
+            Intent::Critical
+        } else if req.op == Op::Write {
+            self.shared.default_intent
+        } else {
+            Intent::Standard
+        };
         let payload: &[u8] = if req.op == Op::Write {
             &buf[..len]
         } else {
@@ -437,18 +638,21 @@ impl QueueIo for CbdQueue {
         // Completions that arrive while waiting for room are kept for `finish` (with a copy of
         // their READ data: the sink that owns the buffers is not available here).
         let mut early = std::mem::take(&mut self.early);
-        let res = self.submit_blocking(Self::to_request(req), payload, &mut |t, r, d| {
+        let res = self.submit_blocking(Self::to_request(req), payload, intent, &mut |t, r, d| {
             early.push((t, r, d.to_vec()))
         });
         self.early = early;
         match res {
             Ok(tid) => {
+                if critical {
+                    self.shared.critical_writes.fetch_add(1, Ordering::Relaxed);
+                }
                 self.inflight.insert(
                     tid,
                     Started {
                         tag,
                         op: req.op,
-                        fua_flush_pending: req.fua && req.op == Op::Write,
+                        fua_flush_pending: fua && !critical,
                     },
                 );
                 None
@@ -464,7 +668,7 @@ impl QueueIo for CbdQueue {
         let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
         let mut polls = 0u32;
         while !self.inflight.is_empty() {
-            let step = match self.q.poll(&mut self.read_buf) {
+            let step = match self.poll_one() {
                 Ok(Some(c)) => self.on_completion(c, sink),
                 Ok(None) => {
                     std::hint::spin_loop();
@@ -478,6 +682,20 @@ impl QueueIo for CbdQueue {
             if step.is_err() {
                 self.fail_all(sink);
             }
+        }
+        for (tag, snap) in std::mem::take(&mut self.flushes) {
+            let r = self.wait_durable(&snap);
+            match r {
+                Ok(()) => {
+                    self.shared
+                        .flushes_by_watermark
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            sink(tag, r, &[]);
         }
     }
 }

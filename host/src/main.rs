@@ -7,7 +7,9 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use host::cli::{self, BackendKind, Command};
 use host::disk::{Disk, RamDisk};
@@ -58,6 +60,14 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
         Command::Stop(id) => return Ok(ublk::stop(id)?),
+        Command::Stats(id) => {
+            let path = cli::default_stats_path(id);
+            let s = std::fs::read_to_string(&path).map_err(|e| {
+                format!("{path}: {e} (is a cbd-host serving /dev/ublkb{id} with default --stats?)")
+            })?;
+            print!("{s}");
+            return Ok(());
+        }
         Command::Run(a) => a,
     };
     log::set_logger(&StderrLog).ok();
@@ -89,6 +99,9 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 noncoherent: args.noncoherent,
                 format: args.format,
                 wait_backend_ns: args.wait_backend_secs.saturating_mul(1_000_000_000),
+                plain_v3: args.plain_v3,
+                power_window_us: args.power_window_us,
+                default_intent: args.default_intent,
             };
             Arc::from(cbd::start(mem, &opts)?)
         }
@@ -100,9 +113,24 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
         args.ublk.depth
     );
 
-    let ready = |id: i32| {
+    let stats_stop = Arc::new(AtomicBool::new(false));
+    type Writer = (String, std::thread::JoinHandle<()>);
+    let stats_file: Arc<Mutex<Option<Writer>>> = Arc::new(Mutex::new(None));
+    let (d, st_stop, st_file, st_arg) = (
+        Arc::clone(&disk),
+        Arc::clone(&stats_stop),
+        Arc::clone(&stats_file),
+        args.stats.clone(),
+    );
+    let ready = move |id: i32| {
         println!("cbd-host: ready /dev/ublkb{id}");
         std::io::stdout().flush().ok();
+        let path = st_arg.unwrap_or_else(|| cli::default_stats_path(id));
+        if !path.is_empty()
+            && let Some(h) = spawn_stats_writer(d, path.clone(), id, st_stop)
+        {
+            *st_file.lock().unwrap_or_else(|p| p.into_inner()) = Some((path, h));
+        }
         // SIGINT/SIGTERM: stop the device; `serve` then returns and deletes it.
         match signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGINT,
@@ -122,9 +150,54 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let served = ublk::serve(Arc::clone(&disk), &args.ublk, ready);
+    stats_stop.store(true, Ordering::Release);
+    let writer = stats_file.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((p, h)) = writer {
+        h.join().ok();
+        std::fs::remove_file(p).ok();
+    }
     disk.shutdown();
     served?;
     let stats = disk.stats();
     println!("cbd-host: stopped; {stats}");
     Ok(())
+}
+
+/// Rewrites `path` every second with one line of counters (`dev=ublkbN key=value ...`), until
+/// `stop`. Written to a temporary file and renamed, so a reader never sees half a line.
+fn spawn_stats_writer(
+    disk: Arc<dyn Disk>,
+    path: String,
+    id: i32,
+    stop: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    if let Some(dir) = std::path::Path::new(&path).parent()
+        && !dir.as_os_str().is_empty()
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        log::warn!("stats: cannot create {}: {e}; no stats file", dir.display());
+        return None;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("cbd-stats".into())
+        .spawn(move || {
+            let tmp = format!("{path}.tmp");
+            while !stop.load(Ordering::Acquire) {
+                let line = format!("dev=ublkb{id} {}\n", disk.stats());
+                let r = std::fs::write(&tmp, line).and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(e) = r {
+                    log::warn!("stats: writing {path}: {e}; stats file stops");
+                    return;
+                }
+                for _ in 0..10 {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+    spawned
+        .map_err(|e| log::warn!("stats: no writer thread ({e})"))
+        .ok()
 }

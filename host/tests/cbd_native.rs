@@ -62,6 +62,7 @@ fn cbd_disk_against_the_backend_engine() {
         noncoherent: false,
         format: false,
         wait_backend_ns: 0,
+        ..CbdOptions::new("guest")
     };
 
     // Before the backend exists: a clear error.
@@ -182,5 +183,166 @@ fn cbd_disk_against_the_backend_engine() {
             st.contains("fua_writes=9") && st.contains("flushes=1"),
             "{st}"
         );
+    });
+}
+
+/// A backend engine (with a staging buffer, so STANDARD writes complete before they are
+/// durable) polling in a thread over a shared file, real clock; `f` gets the disk.
+fn with_backend(tag: &str, opts: CbdOptions, f: impl FnOnce(&CbdDisk)) -> VecMedia {
+    let len = HOST_AREA_OFF + 2 * (3 * OBJ_SLOT + SEGMENT_SIZE);
+    let p = std::env::temp_dir().join(format!("cbd-host-native-{tag}-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    file.set_len(len).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    let backend_mem = MappedMem::map(file.try_clone().unwrap(), 0, len as usize).unwrap();
+    let host_mem: &'static MappedMem =
+        Box::leak(Box::new(MappedMem::map(file, 0, len as usize).unwrap()));
+    let flags = tflags::MULTIHOST | tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
+    let now = host::cbd::now_ns;
+    Transport::format(Shm::new(&backend_mem, &NoTrace), flags, false, now()).unwrap();
+    let mut scratch = vec![0u8; chan::MAX_IO as usize];
+    let mut staging = vec![0u8; 1 << 20];
+    let cfg = BackendConfig {
+        n_handlers: 2,
+        discard_wz: true,
+        ..BackendConfig::default()
+    };
+    let mut backend = Backend::start(
+        Shm::new(&backend_mem, &NoTrace),
+        cfg,
+        VecMedia::new(DISK),
+        &mut scratch,
+        now(),
+    )
+    .expect("backend start");
+    backend.set_staging(&mut staging).unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let poller = s.spawn(|| {
+            while !stop.load(SeqCst) {
+                backend.poll(now()).expect("backend poll");
+                std::thread::yield_now();
+            }
+            backend.into_media()
+        });
+        let disk = CbdDisk::start(host_mem, &opts, Arc::new(now)).unwrap();
+        f(&disk);
+        disk.shutdown();
+        stop.store(true, SeqCst);
+        poller.join().unwrap()
+    })
+}
+
+fn stat(s: &str, key: &str) -> u64 {
+    s.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{key} not in {s}"))
+        .parse()
+        .unwrap()
+}
+
+/// Writes on both channels, a flush on one, a FUA write; returns the stats after the flush
+/// and at the end.
+fn flush_and_fua(disk: &CbdDisk) -> (String, String) {
+    let mut q0 = disk.queue(0).unwrap();
+    let mut q1 = disk.queue(1).unwrap();
+    for i in 0..8u64 {
+        let q = if i % 2 == 0 { &mut q0 } else { &mut q1 };
+        let mut b = vec![i as u8 + 1; 8192];
+        q.submit(&req(Op::Write, i * 8192, 8192, false), &mut b)
+            .unwrap();
+    }
+    // The flush goes to channel 1 but covers the writes completed on channel 0 too.
+    q1.submit(&req(Op::Flush, 0, 0, false), &mut []).unwrap();
+    let after_flush = disk.stats();
+    let mut b = vec![0x77; 4096];
+    q0.submit(&req(Op::Write, 1 << 20, 4096, true), &mut b)
+        .unwrap();
+    let mut back = vec![0; 8192];
+    q1.submit(&req(Op::Read, 3 * 8192, 8192, false), &mut back)
+        .unwrap();
+    assert_eq!(back, vec![4u8; 8192]);
+    (after_flush, disk.stats())
+}
+
+#[test]
+fn durability_tokens_flush_waits_for_the_watermark_and_fua_is_critical() {
+    let opts = CbdOptions {
+        queues: 2,
+        depth: 16,
+        power_window_us: 2000,
+        ..CbdOptions::new("tok")
+    };
+    let mut stats = (String::new(), String::new());
+    let media = with_backend("tok", opts, |disk| {
+        assert!(disk.durable_tokens());
+        stats = flush_and_fua(disk);
+    });
+    let (after_flush, end) = stats;
+    assert!(after_flush.contains("durable_tokens=on"), "{after_flush}");
+    // No FLUSH command; every write completed before the flush is confirmed durable.
+    assert_eq!(stat(&after_flush, "cbd_flushes_sent"), 0, "{after_flush}");
+    assert_eq!(stat(&after_flush, "flushes_by_watermark"), 1);
+    assert_eq!(stat(&after_flush, "tokens_completed"), 8);
+    assert_eq!(stat(&after_flush, "tokens_confirmed"), 8, "{after_flush}");
+    assert_eq!(stat(&after_flush, "tokens_outstanding"), 0);
+    assert_eq!(stat(&after_flush, "tokens_lost"), 0);
+    assert!(stat(&after_flush, "watermark_sum") >= 8, "{after_flush}");
+    // FUA: one CRITICAL write, still no FLUSH command, confirmed at completion.
+    assert_eq!(stat(&end, "critical_writes"), 1, "{end}");
+    assert_eq!(stat(&end, "cbd_flushes_sent"), 0);
+    assert!(stat(&end, "tokens_confirmed_at_completion") >= 1, "{end}");
+    assert!(end.contains("flushes=1 fua_writes=1"), "{end}");
+    assert!(media.flushes >= 1);
+    for i in 0..8usize {
+        assert_eq!(media.data[i * 8192], i as u8 + 1, "write {i} on the media");
+    }
+    assert_eq!(media.data[1 << 20], 0x77);
+}
+
+#[test]
+fn plain_v3_sends_flush_commands_and_no_extensions() {
+    let opts = CbdOptions {
+        queues: 2,
+        depth: 16,
+        plain_v3: true,
+        ..CbdOptions::new("plain")
+    };
+    let mut stats = (String::new(), String::new());
+    let media = with_backend("plain", opts, |disk| {
+        assert!(!disk.durable_tokens());
+        stats = flush_and_fua(disk);
+    });
+    let (after_flush, end) = stats;
+    assert!(after_flush.contains("durable_tokens=off"), "{after_flush}");
+    assert_eq!(stat(&after_flush, "cbd_flushes_sent"), 1, "{after_flush}");
+    assert_eq!(stat(&after_flush, "flushes_by_watermark"), 0);
+    // FUA = WRITE + CBD FLUSH.
+    assert_eq!(stat(&end, "cbd_flushes_sent"), 2, "{end}");
+    assert_eq!(stat(&end, "critical_writes"), 0);
+    assert!(media.flushes >= 2);
+    assert_eq!(media.data[1 << 20], 0x77);
+}
+
+#[test]
+fn plain_v3_refuses_discard_and_write_zeroes() {
+    let opts = CbdOptions {
+        plain_v3: true,
+        ..CbdOptions::new("plainwz")
+    };
+    with_backend("plainwz", opts, |disk| {
+        let mut q = disk.queue(0).unwrap();
+        for op in [Op::Discard, Op::WriteZeroes] {
+            assert_eq!(
+                q.submit(&req(op, 0, 4096, false), &mut []),
+                Err(Errno(libc::EOPNOTSUPP))
+            );
+        }
     });
 }

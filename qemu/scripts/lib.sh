@@ -31,4 +31,7 @@ stop_host() {
     rc=$?
     tail -n 5 /tmp/host.log
     [ $rc = 0 ] || fail "cbd-host exit $rc"
+    case " $HOSTARGS " in
+    *" --plain-v3 "*) grep -q "stopped;.*durable_tokens=off" /tmp/host.log || fail "--plain-v3 but tokens on" ;;
+    esac
 }

@@ -9,12 +9,29 @@ use boot::pair::{PairSpec, run_pair};
 use boot::status::KernelStatus;
 
 fn case(name: &str, topo: &str, with_device: bool, tweak: impl FnOnce(&mut PairSpec)) {
+    case_with(name, topo, "", "", with_device, tweak)
+}
+
+/// [`case`] with extra cbd-host arguments (`$HOSTARGS` in lib.sh's `start_host`); `suffix`
+/// names the run (logs in `target/pairs/NAME-TOPO-SUFFIX/`, `RESULT NAME-TOPO-SUFFIX`).
+fn case_with(
+    name: &str,
+    topo: &str,
+    suffix: &str,
+    hostargs: &str,
+    with_device: bool,
+    tweak: impl FnOnce(&mut PairSpec),
+) {
     let body = format!(
-        "TOPO={topo}\n{}\n{}",
+        "TOPO={topo}\nHOSTARGS='{hostargs}'\n{}\n{}",
         vmtests::script("lib"),
         vmtests::script(name)
     );
-    let run_name = format!("{name}-{topo}");
+    let run_name = if suffix.is_empty() {
+        format!("{name}-{topo}")
+    } else {
+        format!("{name}-{topo}-{suffix}")
+    };
     let body = body.replace(&format!("T={name}"), &format!("T={run_name}"));
     let mut spec = PairSpec::new(&run_name, topo, &body);
     spec.with_device = with_device;
@@ -94,4 +111,42 @@ fn cxl_fio_verify_small() {
     case("pair-fio", "cxl", true, |s| {
         s.script = s.script.replace("${FIO_SIZE:-16M}", "2M");
     });
+}
+
+// Durability tokens are negotiated by default: fsyncs are answered from the watermark (no
+// CBD FLUSH command), FUA writes go CRITICAL, and cbd-host's counters show it while running.
+#[test]
+fn ivshmem_tokens_fsync_without_flush_commands() {
+    case("pair-tokens", "ivshmem", true, |_| {});
+}
+
+// The same workloads with every extension of ours switched off in the host (plain CBD v3:
+// FUA = WRITE + FLUSH, flush = CBD FLUSH, no tokens, no DISCARD/WRITE_ZEROES).
+#[test]
+fn plain_v3_ivshmem_dd_patterns() {
+    case_with("pair-dd", "ivshmem", "plain-v3", "--plain-v3", true, |_| {});
+}
+
+#[test]
+fn plain_v3_ivshmem_ext4_mkfs_fsck_remount() {
+    case_with(
+        "pair-ext4",
+        "ivshmem",
+        "plain-v3",
+        "--plain-v3",
+        true,
+        |_| {},
+    );
+}
+
+#[test]
+fn plain_v3_ivshmem_fio_verify_qd16_two_channels() {
+    case_with(
+        "pair-fio",
+        "ivshmem",
+        "plain-v3",
+        "--plain-v3",
+        true,
+        |_| {},
+    );
 }
