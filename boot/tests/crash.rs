@@ -314,7 +314,7 @@ enum Pending {
     Flush(Vec<(usize, u64)>),
     Read(usize),
     /// In flight at a kill: its completion proves nothing (either incarnation).
-    Orphan(u32),
+    Orphan(u32, Vec<(usize, u64)>),
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -350,6 +350,11 @@ struct Model {
     unconfirmed: [BTreeMap<u64, Vec<(usize, u64)>>; 2],
     /// FLUSH results since the last kill, per queue: EIO count.
     flush_eio: [u32; 2],
+    /// Writes in flight per block: the workload never has two overlapping writes
+    /// in flight (their order would be undefined, as for any block device).
+    busy: Vec<u32>,
+    /// What happened to each block since the last baseline (for failure reports).
+    hist: Vec<Vec<String>>,
     readback: Vec<u8>,
     n: Counts,
 }
@@ -363,15 +368,48 @@ impl Model {
             pending: Default::default(),
             unconfirmed: Default::default(),
             flush_eio: [0; 2],
+            busy: vec![0; NBLOCKS],
+            hist: vec![Vec::new(); NBLOCKS],
             readback: vec![0; NBLOCKS * BLOCK],
             n: Counts::default(),
         }
     }
 
-    fn confirm(&mut self, blocks: &[(usize, u64)]) {
+    fn confirm(&mut self, blocks: &[(usize, u64)], how: &str) {
         for &(b, v) in blocks {
             self.floor[b] = self.floor[b].max(v);
+            self.hist[b].push(format!("v{v} confirmed ({how})"));
         }
+    }
+
+    fn note(&mut self, blocks: &[(usize, u64)], what: &str) {
+        for &(b, v) in blocks {
+            self.hist[b].push(format!("v{v} {what}"));
+        }
+    }
+
+    /// The history of every block named in `bad`.
+    fn report(&self, bad: &[Violation]) -> String {
+        let mut s = String::new();
+        for v in bad {
+            let b = match v {
+                Violation::Torn { block, .. }
+                | Violation::Misplaced { block, .. }
+                | Violation::Older { block, .. }
+                | Violation::Unknown { block, .. } => *block as usize,
+            };
+            s += &format!("\n{v:?}\n  block {b} history: {:?}", self.hist[b]);
+        }
+        s
+    }
+
+    /// The device holds `vers` durably: the new baseline.
+    fn rebase(&mut self, vers: Vec<u64>) {
+        for (b, &v) in vers.iter().enumerate() {
+            self.hist[b] = vec![format!("baseline v{v}")];
+        }
+        self.floor = vers.clone();
+        self.completed = vers;
     }
 
     fn on_complete(&mut self, q: usize, c: Completion, read_buf: &[u8]) {
@@ -383,10 +421,12 @@ impl Model {
                 assert_eq!(c.result, 0, "WRITE {blocks:?} failed");
                 for &(b, v) in &blocks {
                     self.completed[b] = self.completed[b].max(v);
+                    self.busy[b] -= 1;
                 }
+                self.note(&blocks, &format!("completed q{q} tid {}", c.req_tid));
                 if c.durable {
                     self.n.confirmed_by_ce += 1;
-                    self.confirm(&blocks);
+                    self.confirm(&blocks, "DURABLE CE");
                 } else {
                     self.unconfirmed[q].insert(c.req_tid, blocks);
                 }
@@ -397,7 +437,7 @@ impl Model {
                     for (q2, tid) in covered {
                         if let Some(bl) = self.unconfirmed[q2].remove(&tid) {
                             self.n.confirmed_by_flush += 1;
-                            self.confirm(&bl);
+                            self.confirm(&bl, &format!("FLUSH q{q} tid {}", c.req_tid));
                         }
                     }
                 }
@@ -409,7 +449,11 @@ impl Model {
                 let len = c.req.len as usize;
                 self.readback[off..off + len].copy_from_slice(&read_buf[..len]);
             }
-            Pending::Orphan(o) => {
+            Pending::Orphan(o, blocks) => {
+                for &(b, _) in &blocks {
+                    self.busy[b] -= 1;
+                }
+                self.note(&blocks, &format!("orphan completed q{q} tid {}", c.req_tid));
                 if o == op::FLUSH && c.result == errno::EIO {
                     self.flush_eio[q] += 1;
                 } else {
@@ -428,12 +472,12 @@ impl Model {
                 // A write in flight may still land (it is within `last`), but its
                 // completion will not confirm it.
                 let o = match p {
-                    Pending::Write(_) => op::WRITE,
-                    Pending::Flush(_) => op::FLUSH,
-                    Pending::Read(_) => op::READ,
-                    Pending::Orphan(o) => *o,
+                    Pending::Write(bl) => Pending::Orphan(op::WRITE, std::mem::take(bl)),
+                    Pending::Flush(_) => Pending::Orphan(op::FLUSH, Vec::new()),
+                    Pending::Read(_) => Pending::Orphan(op::READ, Vec::new()),
+                    Pending::Orphan(o, bl) => Pending::Orphan(*o, std::mem::take(bl)),
                 };
-                *p = Pending::Orphan(o);
+                *p = o;
             }
         }
         self.flush_eio = [0; 2];
@@ -470,7 +514,7 @@ impl<'a> Driver<'a> {
             for t in done {
                 let bl = self.m.unconfirmed[q].remove(&t).unwrap();
                 self.m.n.confirmed_by_watermark += 1;
-                self.m.confirm(&bl);
+                self.m.confirm(&bl, &format!("watermark q{q} tid {t}"));
             }
         }
     }
@@ -484,10 +528,10 @@ impl<'a> Driver<'a> {
         intent: Intent,
         p: Pending,
         stop: &dyn Fn() -> bool,
-    ) -> bool {
+    ) -> Option<u64> {
         loop {
             if stop() {
-                return false;
+                return None;
             }
             if self.blk.queues[q].in_flight() >= QD {
                 self.poll_once();
@@ -497,7 +541,7 @@ impl<'a> Driver<'a> {
             match self.blk.queues[q].submit_intent(req, payload, intent) {
                 Ok(tid) => {
                     self.m.pending[q].insert(tid, p);
-                    return true;
+                    return Some(tid);
                 }
                 Err(HostError::Busy) => {
                     self.poll_once();
@@ -528,7 +572,10 @@ impl<'a> Driver<'a> {
                         offset: 0,
                         len: 0,
                     };
-                    if !self.submit(q, req, &[], Intent::Standard, Pending::Flush(covered), stop) {
+                    if self
+                        .submit(q, req, &[], Intent::Standard, Pending::Flush(covered), stop)
+                        .is_none()
+                    {
                         return;
                     }
                 } else {
@@ -551,6 +598,14 @@ impl<'a> Driver<'a> {
             }
             let k = 1 + rng.below(4) as usize;
             let b0 = rng.below((NBLOCKS - k + 1) as u64) as usize;
+            // No overlapping writes in flight: wait for the older one.
+            while self.m.busy[b0..b0 + k].iter().any(|&n| n > 0) {
+                if stop() {
+                    return;
+                }
+                self.poll_once();
+                std::thread::yield_now();
+            }
             let mut blocks = Vec::with_capacity(k);
             let mut payload = Vec::with_capacity(k * BLOCK);
             for b in b0..b0 + k {
@@ -569,11 +624,23 @@ impl<'a> Driver<'a> {
                 offset: (b0 * BLOCK) as u64,
                 len: (k * BLOCK) as u32,
             };
-            if !self.submit(q, req, &payload, intent, Pending::Write(blocks), stop) {
+            let Some(tid) = self.submit(
+                q,
+                req,
+                &payload,
+                intent,
+                Pending::Write(blocks.clone()),
+                stop,
+            ) else {
                 // Not submitted: the version was never written anywhere; keep `last`
                 // (a gap in the versions is harmless).
                 return;
+            };
+            for &(b, _) in &blocks {
+                self.m.busy[b] += 1;
             }
+            self.m
+                .note(&blocks, &format!("submitted q{q} tid {tid} {intent:?}"));
             self.m.n.writes += 1;
             self.m.n.blocks_written += k as u64;
             since_sync += 1;
@@ -596,7 +663,10 @@ impl<'a> Driver<'a> {
     }
 
     fn run_one(&mut self, q: usize, req: Request, p: Pending, dev: &Vm) {
-        assert!(self.submit(q, req, &[], Intent::Standard, p, &|| false));
+        assert!(
+            self.submit(q, req, &[], Intent::Standard, p, &|| false)
+                .is_some()
+        );
         self.drain("request", dev);
     }
 }
@@ -793,7 +863,8 @@ fn device_vm_crash_points_keep_confirmed_writes() {
         d.m.n.violations += bad.len() as u64;
         assert!(
             bad.is_empty(),
-            "crash point {point} (seed {seed}, delay {delay:?}): the image violates durability: {bad:?}"
+            "crash point {point} (seed {seed}, delay {delay:?}): the image violates durability: {}",
+            d.m.report(&bad)
         );
         for (b, &v) in vers.iter().enumerate() {
             d.m.n.lost_completed_blocks += (v < d.m.completed[b]) as u64;
@@ -854,18 +925,21 @@ fn device_vm_crash_points_keep_confirmed_writes() {
         let chunk = 64 * 1024;
         for off in (0..NBLOCKS * BLOCK).step_by(chunk) {
             let q = (off / chunk) % 2;
-            assert!(d.submit(
-                q,
-                Request {
-                    op: op::READ,
-                    offset: off as u64,
-                    len: chunk as u32,
-                },
-                &[],
-                Intent::Standard,
-                Pending::Read(off),
-                &|| false,
-            ));
+            assert!(
+                d.submit(
+                    q,
+                    Request {
+                        op: op::READ,
+                        offset: off as u64,
+                        len: chunk as u32,
+                    },
+                    &[],
+                    Intent::Standard,
+                    Pending::Read(off),
+                    &|| false,
+                )
+                .is_some()
+            );
         }
         d.drain("read-back", &dev);
         let (rvers, bad) = verify(&d.m.readback, &d.m.floor, &d.m.last);
@@ -873,7 +947,8 @@ fn device_vm_crash_points_keep_confirmed_writes() {
         d.m.n.violations += bad.len() as u64;
         assert!(
             bad.is_empty(),
-            "crash point {point} (seed {seed}): read-back after re-attach violates durability: {bad:?}"
+            "crash point {point} (seed {seed}): read-back after re-attach violates durability: {}",
+            d.m.report(&bad)
         );
         let image = std::fs::read(&s.img).unwrap();
         assert!(
@@ -881,8 +956,7 @@ fn device_vm_crash_points_keep_confirmed_writes() {
             "crash point {point}: after a FLUSH, the image differs from what the device reads"
         );
         // What the device holds now is durable: the new baseline.
-        d.m.floor = rvers.clone();
-        d.m.completed = rvers;
+        d.m.rebase(rvers);
         eprintln!(
             "crash point {}/{points}: kill after {delay:?}, bound {bound} us, {:?} elapsed",
             point + 1,
