@@ -1,5 +1,5 @@
-# (d) durability tokens in use by default: fio with fsync every 8 writes, then cbd-host's
-# counters must show fsyncs answered from the watermark (flushes_by_watermark > 0), tokens
+# (d) durability tokens in use by default: fio with fsync every 8 writes and O_DSYNC (FUA)
+# writes, then cbd-host's counters must show fsyncs answered from the watermark (flushes_by_watermark > 0), tokens
 # confirmed, none lost, and no CBD FLUSH command sent.
 T=pair-tokens
 start_host
@@ -8,7 +8,8 @@ fio --name=fsync --filename=$DEV --direct=1 --ioengine=psync --rw=randwrite --bs
 grep -q "err= 0" /tmp/fio.log || { cat /tmp/fio.log; fail "fio reported errors"; }
 # O_DIRECT|O_DSYNC writes to the block device carry REQ_FUA: sent CRITICAL, no FLUSH.
 [ "$(cat /sys/block/ublkb0/queue/fua)" = 1 ] || fail "ublk device does not advertise FUA"
-dd if=/dev/urandom of=$DEV bs=4k count=4 seek=2000 oflag=direct,dsync 2>/dev/null || fail "dd dsync"
+fio --name=fua --filename=$DEV --direct=1 --sync=dsync --ioengine=psync --rw=write --bs=4k \
+    --size=64k --offset=8M --output=/tmp/fio2.log >/dev/null 2>&1 || { cat /tmp/fio2.log; fail "fio dsync"; }
 sleep 2   # the stats file is rewritten every second
 STATS=$(cbd-host stats 0) || fail "cbd-host stats 0"
 echo "stats: $STATS"
