@@ -24,10 +24,13 @@
 //! `CBDFW_CRASH_POINTS` (default 50) sets the number of crash points,
 //! `CBDFW_CRASH_SEED` the seed. Kill-on-drop for every VM.
 
+mod common;
+use common::{Rng, now_ns};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use boot::device_vm::DeviceVm;
 use boot::qemu::{Echo, Firmware, Input, Vm};
@@ -38,7 +41,7 @@ use device::host::{Blkdev, Completion, Host, HostConfig, HostError, Request};
 use device::layout::{STATE_NONE, errno, op};
 use device::native::MmapMem;
 use device::shm::{SharedMem, Shm};
-use device::trace::{TraceEvent, Tracer};
+use device::trace::NoTrace;
 use device::transport::Transport;
 
 const BLOCK: usize = 4096;
@@ -50,31 +53,6 @@ const NBLOCKS: usize = (MEDIA_MIB as usize) << 20 >> 12;
 const QD: usize = 8;
 /// The device's hostname and what the kernel registers as (BackendConfig default).
 const DEVICE_HOSTNAME: &[u8] = b"cbdfw";
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-struct Quiet;
-impl Tracer for Quiet {
-    fn event(&self, _: &TraceEvent) {}
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 // ---------------------------------------------------------------- pattern + verifier
 
@@ -803,7 +781,7 @@ fn device_vm_crash_points_keep_confirmed_writes() {
     let mut dev = spawn_device(&s, bounds[rng.below(4) as usize], "device-0");
     let backend_id = wait_served(&mut dev, None);
     let mem = MmapMem::create(s.shm_path.as_ref(), SHM_MIB << 20).unwrap();
-    let shm = Shm::new(&mem, &Quiet);
+    let shm = Shm::new(&mem, &NoTrace);
     let host = Host::register(
         shm,
         HostConfig {

@@ -4,7 +4,10 @@
 //! and runs a verified random READ/WRITE/FLUSH workload on both channels. Then the
 //! blkdev stops and the device stops cleanly on its console.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod common;
+use common::{Rng, now_ns};
+
+use std::time::{Duration, Instant};
 
 use boot::device_vm::DeviceVm;
 use boot::qemu::{Echo, Firmware, Input, Vm};
@@ -14,29 +17,7 @@ use device::host::{Host, HostConfig, HostError, Request};
 use device::layout::op;
 use device::native::MmapMem;
 use device::shm::Shm;
-use device::trace::{TraceEvent, Tracer};
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-struct Quiet;
-impl Tracer for Quiet {
-    fn event(&self, _: &TraceEvent) {}
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use device::trace::NoTrace;
 
 #[test]
 fn device_kernel_serves_a_native_host_over_ivshmem() {
@@ -97,7 +78,7 @@ fn serve_workload(name: &str, media: Option<&std::path::Path>) -> Vec<u8> {
     );
 
     let mem = MmapMem::create(path.as_ref(), size_mib << 20).unwrap();
-    let shm = Shm::new(&mem, &Quiet);
+    let shm = Shm::new(&mem, &NoTrace);
     let host = Host::register(
         shm,
         HostConfig {
