@@ -47,6 +47,10 @@ pub struct BackendConfig<'a> {
     pub nc_retries: u32,
     /// Durability tokens: offer, and the staging / write-back policy.
     pub durable: DurableConfig,
+    /// Restart after a crash: take over this device's own host and backend records
+    /// (same hostname and path) without waiting for the dead incarnation's heartbeat
+    /// to time out. Only correct when no other live instance uses the same name.
+    pub takeover: bool,
     pub sabotage: Sabotage,
 }
 
@@ -61,6 +65,7 @@ impl Default for BackendConfig<'_> {
             batch: 64,
             nc_retries: 512,
             durable: DurableConfig::default(),
+            takeover: false,
             sabotage: Sabotage::default(),
         }
     }
@@ -183,7 +188,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             return Err(BackendError::BadConfig);
         }
         let tp = Transport::open(shm, cfg.noncoherent)?;
-        let host_id = tp.register_host(cfg.hostname, now_ns)?;
+        let host_id = tp.register_host_as(cfg.hostname, now_ns, cfg.takeover)?;
         let path = path_field(cfg.path);
         let dev_sectors = media.size() / 512;
         // Non-coherent mode relies on entry and payload CRCs: only offer it with both.
@@ -225,7 +230,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         };
         let flags = tp.info.flags;
         if let Some((id, rec)) = existing {
-            if is_alive(rec.alive_ts, now_ns) {
+            if is_alive(rec.alive_ts, now_ns) && !cfg.takeover {
                 return Err(TransportError::Alive.into());
             }
             if rec.dev_size != dev_sectors

@@ -250,6 +250,19 @@ impl<'a, M: SharedMem + ?Sized> Transport<'a, M> {
     /// Register a host (v3 `transport_register`): by hostname, else id 0 on a
     /// single-host transport, else the first free slot; refuses if that id is alive.
     pub fn register_host(&self, hostname: &str, now_ns: u64) -> Result<u32, TransportError> {
+        self.register_host_as(hostname, now_ns, false)
+    }
+
+    /// [`Self::register_host`]; with `takeover`, a record of the same hostname is
+    /// taken over even while its heartbeat still looks alive. Only for a device that
+    /// knows it is the sole owner of that name and is restarting after a crash (the
+    /// heartbeat of its dead incarnation would otherwise block it for 30 s).
+    pub fn register_host_as(
+        &self,
+        hostname: &str,
+        now_ns: u64,
+        takeover: bool,
+    ) -> Result<u32, TransportError> {
         let mut name = [0u8; host_rec::HOSTNAME_LEN];
         let n = hostname.len().min(host_rec::HOSTNAME_LEN - 1);
         name[..n].copy_from_slice(&hostname.as_bytes()[..n]);
@@ -271,6 +284,7 @@ impl<'a, M: SharedMem + ?Sized> Transport<'a, M> {
         if let Some(h) = self.host(id)?
             && h.rec.state == STATE_RUNNING
             && is_alive(h.rec.alive_ts, now_ns)
+            && !(takeover && h.rec.hostname == name)
         {
             return Err(TransportError::Alive);
         }

@@ -15,6 +15,9 @@
 //! * `channels` (default 2) — handler channels;
 //! * `noncoherent` (`on`/`off`, default off) — offer the non-coherent mode;
 //! * `trace` (`on`/`off`) — print every protocol event;
+//! * `takeover` (`on`/off) — restarting after a crash: take over this device's own
+//!   host and backend records at once instead of waiting for the dead
+//!   incarnation's heartbeat to expire (30 s);
 //! * `serve-secs` — stop by itself after this many seconds (0 = never);
 //! * `idle-us` (default 20) — when the rings have been quiet for a while, halt this
 //!   long between polls (LAPIC timer) instead of spinning; 0 = always spin.
@@ -221,6 +224,8 @@ pub fn serve(region: SharedRegion) -> ExitCode {
     };
     // Durability tokens (docs/durability.md): offered unless `tokens=off`; bounds in µs.
     cfg.durable.offer = fwcfg::option("tokens").as_deref() != Some("off");
+    // After a crash, take over our own records at once instead of waiting 30 s.
+    cfg.takeover = opt_on("takeover");
     cfg.durable.standard_bound_ns =
         opt_u64("standard-bound-us", cfg.durable.standard_bound_ns / 1000) * 1000;
     cfg.durable.ephemeral_bound_ns =
