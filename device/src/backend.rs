@@ -138,6 +138,28 @@ struct Chan {
     flush_eio: bool,
 }
 
+impl Chan {
+    /// A channel in its initial (v3, pre-RESET) state. `flush_eio` marks a channel
+    /// re-attached after an unclean stop.
+    fn new(idx: u32, seg_id: u32, g: ChannelGeom, flush_eio: bool) -> Self {
+        Chan {
+            idx,
+            seg_id,
+            g,
+            mode: Mode::V3,
+            cursor: 0,
+            expect_tid: None,
+            compr_head: 0,
+            epoch: 0,
+            skip_upto: None,
+            durable: false,
+            dur_pub: 0,
+            power_us: 0,
+            flush_eio,
+        }
+    }
+}
+
 /// Work done by one `poll`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PollStats {
@@ -284,21 +306,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
                 tp.write_segment(seg_id, &si)?;
                 hc[i as usize] = seg_id;
                 let g = ChannelGeom::new(base, flags, cfg.sabotage.shared_ctrl_line);
-                let _ = me.chans.push(Chan {
-                    idx: i,
-                    seg_id,
-                    g,
-                    mode: Mode::V3,
-                    cursor: 0,
-                    expect_tid: None,
-                    compr_head: 0,
-                    epoch: 0,
-                    skip_upto: None,
-                    durable: false,
-                    dur_pub: 0,
-                    power_us: 0,
-                    flush_eio: false,
-                });
+                let _ = me.chans.push(Chan::new(i, seg_id, g, false));
                 shm.tracer
                     .event(&TraceEvent::ChannelProvisioned { chan: i, seg_id });
             }
@@ -352,21 +360,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         g: ChannelGeom,
     ) -> Result<Chan, BackendError> {
         let shm = self.shm();
-        let mut ch = Chan {
-            idx,
-            seg_id,
-            g,
-            mode: Mode::V3,
-            cursor: 0,
-            expect_tid: None,
-            compr_head: 0,
-            epoch: 0,
-            skip_upto: None,
-            durable: false,
-            dur_pub: 0,
-            power_us: 0,
-            flush_eio: true,
-        };
+        let mut ch = Chan::new(idx, seg_id, g, true);
         let nc_line = if self.cfg.noncoherent {
             read_host_line(shm, &g, true)?
         } else {
