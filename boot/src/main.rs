@@ -342,9 +342,6 @@ fn cmd_demo(o: &Opts) -> Result<i32, String> {
     .replace(&format!("T={name}\n"), "T=demo\n");
     let mut spec = PairSpec::new("demo", &topo, &body);
     spec.echo = Echo::Lines;
-    if topo.starts_with("cxl") {
-        spec.shm_mib = 1024;
-    }
     if o.trace {
         spec.device_opts.push(("trace".into(), "on".into()));
     }
@@ -397,9 +394,6 @@ fn cmd_shell(o: &Opts) -> Result<i32, String> {
     let mut spec = PairSpec::new("shell", &topo, &guest_script("lib")?);
     spec.echo = Echo::Quiet;
     spec.interactive = true;
-    if topo.starts_with("cxl") {
-        spec.shm_mib = 1024;
-    }
     eprintln!(
         "shell: in the guest, run `cbd-host --transport {} --queues 2 &` then use /dev/ublkb0; `poweroff -f` ends it",
         if topo.starts_with("cxl") {

@@ -51,7 +51,13 @@ impl PairSpec {
         PairSpec {
             name: name.into(),
             topology: topology.into(),
-            shm_mib: 512,
+            // A CBD transport needs ≥ 512 MiB; on CXL, Linux's devdax metadata
+            // comes first (18 MiB for 1 GiB), so give that topology 1 GiB.
+            shm_mib: if topology.starts_with("cxl") {
+                1024
+            } else {
+                512
+            },
             disk_mib: 64,
             channels: 2,
             script: script.into(),

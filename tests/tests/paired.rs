@@ -35,10 +35,6 @@ fn case_with(
     let body = body.replace(&format!("T={name}"), &format!("T={run_name}"));
     let mut spec = PairSpec::new(&run_name, topo, &body);
     spec.with_device = with_device;
-    if topo == "cxl" {
-        // devdax metadata comes first; the transport still needs ≥ 512 MiB after it.
-        spec.shm_mib = 1024;
-    }
     tweak(&mut spec);
     let out = run_pair(&spec).unwrap_or_else(|e| panic!("{run_name}: {e}"));
     let ok = out.guest_ok(&run_name);
