@@ -34,6 +34,7 @@ fn two_threads_100k_requests_with_wrap_reset_and_reattach() {
 
     let clock = AtomicU64::new(t0);
     let stop = AtomicBool::new(false);
+    let started = AtomicBool::new(false);
     let bcfg = BackendConfig {
         n_handlers: 2,
         ..BackendConfig::default()
@@ -49,12 +50,13 @@ fn two_threads_100k_requests_with_wrap_reset_and_reattach() {
     std::thread::scope(|s| {
         let _guard = StopOnDrop(&stop);
         let run_backend = |media: VecMedia| {
-            let (mem, clock, stop) = (&mem, &clock, &stop);
+            let (mem, clock, stop, started) = (&mem, &clock, &stop, &started);
             s.spawn(move || {
                 let mut scratch = vec![0u8; chan::MAX_IO as usize];
                 let shm = Shm::new(mem, &NoTrace);
                 let mut b = Backend::start(shm, bcfg, media, &mut scratch, clock.load(SeqCst))
                     .expect("backend start");
+                started.store(true, SeqCst);
                 while !stop.load(SeqCst) {
                     b.poll(clock.load(SeqCst)).expect("backend poll");
                 }
@@ -62,6 +64,16 @@ fn two_threads_100k_requests_with_wrap_reset_and_reattach() {
             })
         };
         let mut backend = Some(run_backend(VecMedia::new(DISK)));
+        // CBD v3 has no cross-host lock for slot allocation: management steps must be
+        // serialized (docs/protocol.md). Registering the host while the backend thread
+        // registers its own host record can hand both the same host slot, so wait.
+        while !started.load(SeqCst) {
+            assert!(
+                !backend.as_ref().unwrap().is_finished(),
+                "backend thread ended"
+            );
+            std::thread::yield_now();
+        }
 
         let shm = Shm::new(&mem, &NoTrace);
         let host = Host::register(

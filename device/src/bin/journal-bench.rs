@@ -133,8 +133,9 @@ fn main() {
     )
     .unwrap();
     let stop = AtomicBool::new(false);
+    let started = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let (mem, stop) = (&mem, &stop);
+        let (mem, stop, started_ref) = (&mem, &stop, &started);
         let dev = s.spawn(move || {
             let mut scratch = vec![0u8; chan::MAX_IO as usize];
             let mut staging = vec![0u8; 4 << 20];
@@ -150,11 +151,17 @@ fn main() {
             )
             .unwrap();
             b.set_staging(&mut staging).unwrap();
+            started_ref.store(true, SeqCst);
             while !stop.load(Relaxed) {
                 b.poll(now(start)).unwrap();
             }
             (b.stager_stats(), b.media().flushes)
         });
+        // Slot allocation has no lock: register only once the backend is up.
+        while !started.load(SeqCst) {
+            assert!(!dev.is_finished(), "backend thread ended");
+            std::thread::yield_now();
+        }
         let shm = Shm::new(mem, &NoTrace);
         let host = Host::register(shm, HostConfig::default(), now(start)).unwrap();
         let bid = loop {
