@@ -167,8 +167,6 @@ struct Tokens {
     /// Tokens evicted from `q` (a prefix): how many and the largest tid.
     evicted: u64,
     evicted_max: u64,
-    /// Highest tid of a completed write (for the flush-without-command wait).
-    last_write: Option<u64>,
     incarnation: Option<u32>,
     /// After a new incarnation: tids below this may have been completed by the old
     /// one (staging lost), so they are never confirmed.
@@ -345,14 +343,9 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
     pub fn all_completed_durable(&self) -> bool {
         self.tok.q.is_empty() && self.tok.evicted == 0
     }
-    /// Highest req_tid of a write completed on this queue.
-    pub fn last_completed_write(&self) -> Option<u64> {
-        self.tok.last_write
-    }
 
     fn token_completed(&mut self, tid: u64, durable: bool) {
         self.tokens.completed += 1;
-        self.tok.last_write = Some(tid);
         if tid < self.tok.lost_below && !durable {
             self.tokens.lost += 1;
             return;
