@@ -26,6 +26,8 @@
 //! `CBDFW_CRASH_POINTS` (default 50) sets the number of crash points,
 //! `CBDFW_CRASH_SEED` the seed. Kill-on-drop for every VM.
 
+// The helpers the kernel-driving tests in boot/tests share.
+#[path = "../../boot/tests/common/mod.rs"]
 mod common;
 use common::{Rng, now_ns};
 
