@@ -367,6 +367,21 @@ impl Model {
         }
     }
 
+    /// Checks a whole disk (the image file, or what was read back) against the
+    /// model, counts it, and panics with the blocks' histories on a violation.
+    /// Returns the version found in each block.
+    fn check(&mut self, disk: &[u8], what: &str) -> Vec<u64> {
+        let (vers, bad) = verify(disk, &self.floor, &self.last);
+        self.n.blocks_checked += NBLOCKS as u64;
+        self.n.violations += bad.len() as u64;
+        assert!(
+            bad.is_empty(),
+            "{what} violates durability: {}",
+            self.report(&bad)
+        );
+        vers
+    }
+
     /// The history of every block named in `bad`.
     fn report(&self, bad: &[Violation]) -> String {
         let mut s = String::new();
@@ -801,13 +816,9 @@ fn device_vm_crash_points_keep_confirmed_writes() {
         // 1. The media image as the crash left it.
         let image = std::fs::read(&s.img).unwrap();
         assert_eq!(image.len(), NBLOCKS * BLOCK);
-        let (vers, bad) = verify(&image, &d.m.floor, &d.m.last);
-        d.m.n.blocks_checked += NBLOCKS as u64;
-        d.m.n.violations += bad.len() as u64;
-        assert!(
-            bad.is_empty(),
-            "crash point {point} (seed {seed}, delay {delay:?}): the image violates durability: {}",
-            d.m.report(&bad)
+        let vers = d.m.check(
+            &image,
+            &format!("crash point {point} (seed {seed}, delay {delay:?}): the image"),
         );
         for (b, &v) in vers.iter().enumerate() {
             d.m.n.lost_completed_blocks += (v < d.m.completed[b]) as u64;
@@ -885,14 +896,12 @@ fn device_vm_crash_points_keep_confirmed_writes() {
             );
         }
         d.drain("read-back", &dev);
-        let (rvers, bad) = verify(&d.m.readback, &d.m.floor, &d.m.last);
-        d.m.n.blocks_checked += NBLOCKS as u64;
-        d.m.n.violations += bad.len() as u64;
-        assert!(
-            bad.is_empty(),
-            "crash point {point} (seed {seed}): read-back after re-attach violates durability: {}",
-            d.m.report(&bad)
+        let readback = std::mem::take(&mut d.m.readback);
+        let rvers = d.m.check(
+            &readback,
+            &format!("crash point {point} (seed {seed}): read-back after re-attach"),
         );
+        d.m.readback = readback;
         let image = std::fs::read(&s.img).unwrap();
         assert!(
             image == d.m.readback,
