@@ -8,8 +8,8 @@
 //!   (two-copy records), [`shm`] (the shared-memory access layer),
 //!   [`transport`], [`backend`] (the device engine), [`host`] (the blkdev role),
 //!   [`media`], [`trace`].
-//! * `std` feature: [`native`] (coherent heap/mmap memory) and [`adversary`]
-//!   (adversarial non-coherent memory).
+//! * `std` feature: [`native`] (coherent heap/mmap memory), [`adversary`]
+//!   (adversarial non-coherent memory) and [`journal`] (the journal-commit workload).
 //!
 //! The crate is `no_std` and allocation-free so that the same code runs in the
 //! bare-metal kernel and natively in tests.
@@ -31,5 +31,7 @@ pub mod transport;
 
 #[cfg(feature = "std")]
 pub mod adversary;
+#[cfg(feature = "std")]
+pub mod journal;
 #[cfg(feature = "std")]
 pub mod native;

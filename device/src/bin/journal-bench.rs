@@ -2,116 +2,31 @@
 //!
 //! `cargo run -p device --release --features std --bin journal-bench [-- secs N write_us flush_us]`
 //!
-//! Host and backend engines in two threads over one coherent shared region. A
-//! transaction = N data block writes (4 KiB, STANDARD) then a commit record (4 KiB):
-//! * **fua**: the commit is CRITICAL (= FUA): it completes only once durable, so
-//!   every transaction pays a media flush;
-//! * **tokens**: the commit is STANDARD; the host goes on and the device confirms
-//!   durability asynchronously through the watermark (group commit at the 10 ms
-//!   device bound). The run ends only once every commit is confirmed.
+//! Host and backend engines in two threads over one coherent shared region; the
+//! workload (N STANDARD data blocks + a commit record, CRITICAL for "fua", STANDARD
+//! plus the durability watermark for "tokens") is `device::journal`. The same workload
+//! runs against the device kernel in QEMU with `cargo run -- bench journal`.
 //!
 //! The media is `native::CrashMedia` with a cost model: `write_us` per 4 KiB write,
 //! `flush_us` per flush (defaults 20 µs and 1000 µs: a SATA/NVMe SSD without
 //! power-loss protection; a virtio-blk image with fsync on the host is similar).
 
 use device::backend::{Backend, BackendConfig};
-use device::host::{Host, HostConfig, HostError, HostQueue, Intent, Request};
+use device::host::{Host, HostConfig};
+use device::journal::{self, Journal};
 use device::layout::*;
 use device::native::{CrashMedia, HeapMem, MediaCost};
-use device::shm::{SharedMem, Shm};
+use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::Transport;
 use std::sync::atomic::{AtomicBool, Ordering::*};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const T0: u64 = 1_700_000_000_000_000_000;
 const DISK: usize = 64 << 20;
 
 fn now(start: Instant) -> u64 {
     T0 + start.elapsed().as_nanos() as u64
-}
-
-fn wait_one<M: SharedMem + ?Sized>(q: &mut HostQueue<'_, M>, buf: &mut [u8], start: Instant) {
-    loop {
-        match q.poll_at(buf, now(start)) {
-            Ok(Some(c)) => {
-                assert_eq!(c.result, 0, "request failed");
-                return;
-            }
-            Ok(None) => std::hint::spin_loop(),
-            Err(e) => panic!("poll: {e:?}"),
-        }
-    }
-}
-
-fn submit<M: SharedMem + ?Sized>(q: &mut HostQueue<'_, M>, req: Request, data: &[u8], i: Intent) {
-    loop {
-        match q.submit_intent(req, data, i) {
-            Ok(_) => return,
-            Err(HostError::Busy) => std::hint::spin_loop(),
-            Err(e) => panic!("submit: {e:?}"),
-        }
-    }
-}
-
-struct Run {
-    txns: u64,
-    secs: f64,
-}
-
-fn journal<M: SharedMem + ?Sized>(
-    q: &mut HostQueue<'_, M>,
-    n: u64,
-    secs: f64,
-    tokens: bool,
-    start: Instant,
-) -> Run {
-    let data = vec![0xA5u8; 4096];
-    let mut buf = vec![0u8; 4096];
-    let t = Instant::now();
-    let mut txns = 0u64;
-    let mut off = 0u64;
-    let next = |off: &mut u64| {
-        let o = *off;
-        *off = (*off + 4096) % DISK as u64;
-        o
-    };
-    while t.elapsed().as_secs_f64() < secs {
-        for _ in 0..n {
-            let r = Request {
-                op: op::WRITE,
-                offset: next(&mut off),
-                len: 4096,
-            };
-            submit(q, r, &data, Intent::Standard);
-            wait_one(q, &mut buf, start);
-        }
-        let commit = Request {
-            op: op::WRITE,
-            offset: next(&mut off),
-            len: 4096,
-        };
-        let intent = if tokens {
-            Intent::Standard
-        } else {
-            Intent::Critical
-        };
-        submit(q, commit, &data, intent);
-        wait_one(q, &mut buf, start);
-        if tokens {
-            q.poll_durable(now(start)).unwrap();
-        }
-        txns += 1;
-    }
-    // Every commit must be durable before the run counts.
-    while !q.all_completed_durable() {
-        q.poll_durable(now(start)).unwrap();
-        std::hint::spin_loop();
-    }
-    Run {
-        txns,
-        secs: t.elapsed().as_secs_f64(),
-    }
 }
 
 fn main() {
@@ -172,38 +87,29 @@ fn main() {
         let mut blk = host.dev_start(bid, 1, now(start)).unwrap();
         while !blk.poll_ready(now(start)).unwrap() {}
         let q = &mut blk.queues[0];
-        assert!(
-            q.durable_tokens(),
-            "backend did not offer durability tokens"
-        );
-        let fua = journal(q, n, secs, false, start);
-        let before = q.tokens;
-        let tok = journal(q, n, secs, true, start);
+        let j = Journal {
+            blocks: n,
+            secs,
+            span: DISK as u64,
+            stall: Duration::from_secs(30),
+        };
+        let result = journal::compare(q, &j, &|| now(start));
         let ts = q.tokens;
         stop.store(true, Relaxed);
         let (st, flushes) = dev.join().unwrap();
-        let (rf, rt) = (fua.txns as f64 / fua.secs, tok.txns as f64 / tok.secs);
+        let c = match result {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("journal-bench: {e}");
+                std::process::exit(1);
+            }
+        };
         println!(
-            "journal commit QD1, {n} data blocks + 1 commit (4 KiB), media write {} us/4K, flush {} us",
+            "simulated media: write {} us per 4 KiB, flush {} us (native engines, two threads)",
             cost.write_ns_per_4k / 1000,
             cost.flush_ns / 1000
         );
-        println!(
-            "fua:    {:>8.0} commits/s ({} in {:.2} s)",
-            rf, fua.txns, fua.secs
-        );
-        println!(
-            "tokens: {:>8.0} commits/s ({} in {:.2} s, all confirmed durable); confirmation latency mean {:.2} ms max {:.2} ms over {} tokens",
-            rt,
-            tok.txns,
-            tok.secs,
-            (ts.latency_sum_ns - before.latency_sum_ns) as f64
-                / (ts.latency_samples - before.latency_samples).max(1) as f64
-                / 1e6,
-            ts.latency_max_ns as f64 / 1e6,
-            ts.latency_samples - before.latency_samples
-        );
-        println!("ratio tokens/fua: {:.1}x", rt / rf);
+        println!("{}", c.report(&j));
         println!(
             "tokens issued {} confirmed {} lost {}; media flushes {} (device {:?})",
             ts.issued, ts.confirmed, ts.lost, flushes, st
