@@ -5,6 +5,7 @@ pub mod bench;
 pub mod device_vm;
 pub mod guest;
 pub mod image;
+pub mod journal;
 pub mod ktest;
 pub mod pair;
 pub mod qemu;

@@ -3,12 +3,16 @@
 //! ```text
 //! boot [run] [OPTIONS] [-- QEMU-ARGS…]   build the device kernel and boot it
 //! boot ktest [OPTIONS] [FILTER]         boot every kernel test binary
+//! boot bench [fio]                      CBD ublk vs virtio-blk vs null, two VMs (fio)
+//! boot bench journal                    journal commit, FUA vs durability tokens, on
+//!                                       the device kernel with a virtio-blk disk
 //! boot test                             native tests + kernel tests (the CI command)
 //! OPTIONS: --uefi  --release  --timeout SECS  --log LEVEL  --memory MIB
 //!          --topology NAME (qemu/topologies/NAME.args)  --shm PATH  --shm-size MIB
 //!          --mode MODE (what the device does this boot; see kernel/src/main.rs)
 //!          --media PATH[:MIB] (virtio-blk disk image: the device's durable media)
-//!          --runtime SECS (bench: fio seconds per job, default 5)
+//!          --runtime SECS (bench: fio seconds per job / journal seconds per mode, default 5)
+//!          --blocks N (bench journal: data blocks per transaction, default 4)
 //!          --opt KEY=VALUE (any other device option, e.g. serve-secs=10; docs/kernel.md)
 //! ```
 
@@ -23,8 +27,8 @@ use boot::qemu::{Echo, Firmware, Input, Vm};
 use boot::status::KernelStatus;
 use boot::topology::{self, SharedFile, Topology};
 
-const USAGE: &str = "usage: boot [demo|device|shell|bench|ktest|test] [--trace] [--uefi] [--release] [--timeout SECS] [--log LEVEL] [--memory MIB]
-            [--topology cxl|cxl2rp|ivshmem] [--shm PATH] [--shm-size MIB] [--mode MODE] [--opt KEY=VALUE]... [FILTER] [-- QEMU-ARGS...]";
+const USAGE: &str = "usage: boot [demo|device|shell|bench [fio|journal]|ktest|test] [--trace] [--uefi] [--release] [--timeout SECS] [--log LEVEL] [--memory MIB]
+            [--topology cxl|cxl2rp|ivshmem] [--shm PATH] [--shm-size MIB] [--mode MODE] [--opt KEY=VALUE]... [--media PATH[:MIB]] [--runtime SECS] [--blocks N] [FILTER] [-- QEMU-ARGS...]";
 
 #[derive(Debug)]
 struct Opts {
@@ -41,8 +45,10 @@ struct Opts {
     mode: Option<String>,
     opts: Vec<(String, String)>,
     media: Option<(std::path::PathBuf, u64)>,
-    /// bench: fio seconds per job.
+    /// bench: fio seconds per job, or journal seconds per mode.
     runtime: Option<u32>,
+    /// bench journal: data blocks per transaction.
+    blocks: Option<u64>,
     /// demo: run qemu/scripts/NAME.sh instead of demo.sh.
     script: Option<String>,
     trace: bool,
@@ -71,6 +77,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         opts: Vec::new(),
         media: None,
         runtime: None,
+        blocks: None,
         script: None,
         qemu_extra: Vec::new(),
     };
@@ -130,6 +137,18 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                     .map_err(|_| format!("--runtime: {v:?} is not a number of seconds"))?;
                 o.runtime = Some(n.clamp(1, 300));
             }
+            "--blocks" => {
+                let v = it.next().ok_or("--blocks needs a number of data blocks")?;
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--blocks: {v:?} is not a number of blocks"))?;
+                if n > 1024 {
+                    return Err(format!(
+                        "--blocks: {n} is more than 1024 blocks per transaction"
+                    ));
+                }
+                o.blocks = Some(n);
+            }
             "--media" => {
                 let v = it.next().ok_or("--media needs PATH[:SIZE_MIB]")?;
                 let (p, size) = match v.rsplit_once(':') {
@@ -155,6 +174,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown option {s:?}")),
             s if o.cmd == "ktest" && o.filter.is_none() => o.filter = Some(s.to_string()),
+            "fio" | "journal" if o.cmd == "bench" && o.filter.is_none() => {
+                o.filter = Some(a.clone())
+            }
             s => return Err(format!("unexpected argument {s:?}")),
         }
         first = false;
@@ -266,6 +288,24 @@ fn run_one_test(o: &Opts, elf: &KernelElf) -> Result<(), String> {
         );
     }
     verdict
+}
+
+fn cmd_bench_journal(o: &Opts) -> Result<String, String> {
+    let elf = image::build_kernel(o.release).map_err(|e| e.to_string())?;
+    let img = image::make_image(&elf, o.firmware).map_err(|e| e.to_string())?;
+    let mut b = boot::journal::JournalBench::new();
+    if let Some(n) = o.blocks {
+        b.blocks = n;
+    }
+    if let Some(r) = o.runtime {
+        b.secs = r as f64;
+    }
+    if let Some((p, mib)) = &o.media {
+        b.media = p.clone();
+        b.media_mib = *mib;
+    }
+    b.options = o.opts.clone();
+    boot::journal::run(&img, &b)
 }
 
 fn cmd_ktest(o: &Opts) -> Result<bool, String> {
@@ -431,6 +471,10 @@ fn main() -> ExitCode {
         "run" => cmd_run(&o).map(|s| s.exit_code()),
         "demo" => cmd_demo(&o),
         "shell" => cmd_shell(&o),
+        "bench" if o.filter.as_deref() == Some("journal") => cmd_bench_journal(&o).map(|r| {
+            println!("{r}");
+            0
+        }),
         "bench" => boot::bench::run(o.runtime.unwrap_or(5)).map(|s| {
             println!("{}", boot::bench::table(&s));
             0

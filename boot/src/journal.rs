@@ -1,0 +1,155 @@
+//! `cargo run -- bench journal`: the journal-commit workload (`device::journal`)
+//! against the real device: the cbdfw kernel in QEMU, serving CBD over the ivshmem
+//! shared file, with a virtio-blk disk image as its durable media and its RAM staging
+//! in front. The host side is our CBD host engine (`device::host`) in this process,
+//! on the same shared file — the same pairing the crash tests use.
+//!
+//! FUA commits are CRITICAL writes: the device writes them through and sends a
+//! virtio FLUSH, which QEMU turns into an `fdatasync` of the image file. With tokens
+//! the device groups the flushes at its STANDARD bound. The image lives on disk
+//! (not `/dev/shm`) by default, so the flushes cost what they cost on this machine.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use device::host::{Host, HostConfig};
+use device::journal::{self, Journal};
+use device::native::MmapMem;
+use device::shm::Shm;
+use device::trace::NoTrace;
+
+use crate::device_vm::DeviceVm;
+use crate::qemu::{Echo, Input, Vm};
+use crate::topology::{self, SharedFile};
+
+/// What `bench journal` runs.
+#[derive(Clone, Debug)]
+pub struct JournalBench {
+    /// Data blocks per transaction.
+    pub blocks: u64,
+    /// Seconds per mode.
+    pub secs: f64,
+    /// The device's media image and its size in MiB.
+    pub media: PathBuf,
+    pub media_mib: u64,
+    /// Extra device options (`--opt K=V`), e.g. `standard-bound-us=2000`.
+    pub options: Vec<(String, String)>,
+}
+
+impl JournalBench {
+    pub fn new() -> Self {
+        JournalBench {
+            blocks: 4,
+            secs: 5.0,
+            media: crate::image::out_dir().join("journal-media.img"),
+            media_mib: 64,
+            options: Vec::new(),
+        }
+    }
+}
+
+impl Default for JournalBench {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Boots the device (`image`: a bootable kernel image), runs FUA then tokens on one
+/// queue, stops the device cleanly and returns the report.
+pub fn run(image: &std::path::Path, b: &JournalBench) -> Result<String, String> {
+    let shm = PathBuf::from(format!("/dev/shm/cbdfw-journal-{}.raw", std::process::id()));
+    let shared = SharedFile {
+        path: shm.clone(),
+        size_mib: 256,
+    };
+    let t = topology::load("ivshmem", &shared)?;
+    t.prepare_files()?;
+    let result = run_on(image, b, &shm, shared.size_mib, t);
+    let _ = std::fs::remove_file(&shm);
+    result
+}
+
+fn run_on(
+    image: &std::path::Path,
+    b: &JournalBench,
+    shm: &std::path::Path,
+    shm_mib: u64,
+    t: topology::Topology,
+) -> Result<String, String> {
+    topology::ensure_file(&b.media, b.media_mib << 20)?;
+    let mut vm = DeviceVm::default()
+        .option("mode", "backend")
+        .option("media", "virtio")
+        .option("channels", "1")
+        .topology(t);
+    for (k, v) in &b.options {
+        vm = vm.option(k, v);
+    }
+    vm.media = Some(b.media.clone());
+    let mut dev = Vm::spawn_with_input("device", &vm.command(image), Echo::Quiet, Input::Piped)
+        .map_err(|e| format!("starting QEMU: {e}"))?;
+    if !dev.wait_for("serve: backend", Duration::from_secs(240)) {
+        return Err(format!("the device never served:\n{}", dev.output()));
+    }
+
+    let mem = MmapMem::create(shm, shm_mib << 20).map_err(|e| format!("{}: {e}", shm.display()))?;
+    let host = Host::register(
+        Shm::new(&mem, &NoTrace),
+        HostConfig {
+            hostname: "journal-bench",
+            ..HostConfig::default()
+        },
+        now_ns(),
+    )
+    .map_err(|e| format!("host register: {e:?}"))?;
+    let bid = host
+        .find_backend(now_ns())
+        .map_err(|e| format!("no live backend: {e:?}"))?;
+    let mut blk = host
+        .dev_start(bid, 1, now_ns())
+        .map_err(|e| format!("dev-start: {e:?}"))?;
+    let t0 = Instant::now();
+    while !blk
+        .poll_ready(now_ns())
+        .map_err(|e| format!("RESET: {e:?}"))?
+    {
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err("the device did not answer the RESET".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let j = Journal {
+        blocks: b.blocks,
+        secs: b.secs,
+        span: b.media_mib << 20,
+        stall: Duration::from_secs(60),
+    };
+    let q = &mut blk.queues[0];
+    let c = journal::compare(q, &j, &now_ns);
+    let ts = q.tokens;
+    let _ = blk.stop();
+    let _ = dev.send_line("stop");
+    let out = dev.wait(Duration::from_secs(60));
+    let c = c.map_err(|e| format!("{e}\n---- device serial ----\n{}", out.output))?;
+    let stats = out
+        .output
+        .lines()
+        .filter(|l| l.contains("serve: stopped") || l.contains("serve: staging"))
+        .map(|l| format!("  device: {}\n", l.trim()))
+        .collect::<String>();
+    Ok(format!(
+        "device kernel in QEMU (TCG), media: virtio-blk on {} ({} MiB; a FLUSH = fdatasync of that file)\n{}\ntokens issued {} confirmed {} lost {}\n{stats}",
+        b.media.display(),
+        b.media_mib,
+        c.report(&j),
+        ts.issued,
+        ts.confirmed,
+        ts.lost
+    ))
+}
