@@ -60,9 +60,42 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// What a run measured, and what the device said when it stopped.
+#[derive(Clone, Debug)]
+pub struct JournalReport {
+    pub journal: Journal,
+    pub result: journal::Comparison,
+    /// The host queue's token counters at the end (both modes).
+    pub tokens: device::host::TokenStats,
+    /// The device's closing summary lines (requests, staging counters).
+    pub device_lines: Vec<String>,
+    /// The device exited cleanly after `stop`.
+    pub device_stopped: bool,
+    pub media: PathBuf,
+    pub media_mib: u64,
+}
+
+impl JournalReport {
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "device kernel in QEMU (TCG), media: virtio-blk on {} ({} MiB; a FLUSH = fdatasync of that file)\n{}\ntokens issued {} confirmed {} lost {}\n",
+            self.media.display(),
+            self.media_mib,
+            self.result.report(&self.journal),
+            self.tokens.issued,
+            self.tokens.confirmed,
+            self.tokens.lost
+        );
+        for l in &self.device_lines {
+            s += &format!("  device: {l}\n");
+        }
+        s
+    }
+}
+
 /// Boots the device (`image`: a bootable kernel image), runs FUA then tokens on one
-/// queue, stops the device cleanly and returns the report.
-pub fn run(image: &std::path::Path, b: &JournalBench) -> Result<String, String> {
+/// queue, stops the device cleanly and returns the measurements.
+pub fn run(image: &std::path::Path, b: &JournalBench) -> Result<JournalReport, String> {
     let shm = PathBuf::from(format!("/dev/shm/cbdfw-journal-{}.raw", std::process::id()));
     let shared = SharedFile {
         path: shm.clone(),
@@ -81,7 +114,7 @@ fn run_on(
     shm: &std::path::Path,
     shm_mib: u64,
     t: topology::Topology,
-) -> Result<String, String> {
+) -> Result<JournalReport, String> {
     topology::ensure_file(&b.media, b.media_mib << 20)?;
     let mut vm = DeviceVm::default()
         .option("mode", "backend")
@@ -136,20 +169,20 @@ fn run_on(
     let _ = blk.stop();
     let _ = dev.send_line("stop");
     let out = dev.wait(Duration::from_secs(60));
-    let c = c.map_err(|e| format!("{e}\n---- device serial ----\n{}", out.output))?;
-    let stats = out
+    let result = c.map_err(|e| format!("{e}\n---- device serial ----\n{}", out.output))?;
+    let device_lines = out
         .output
         .lines()
         .filter(|l| l.contains("serve: stopped") || l.contains("serve: staging"))
-        .map(|l| format!("  device: {}\n", l.trim()))
-        .collect::<String>();
-    Ok(format!(
-        "device kernel in QEMU (TCG), media: virtio-blk on {} ({} MiB; a FLUSH = fdatasync of that file)\n{}\ntokens issued {} confirmed {} lost {}\n{stats}",
-        b.media.display(),
-        b.media_mib,
-        c.report(&j),
-        ts.issued,
-        ts.confirmed,
-        ts.lost
-    ))
+        .map(|l| l.trim().to_string())
+        .collect();
+    Ok(JournalReport {
+        journal: j,
+        result,
+        tokens: ts,
+        device_lines,
+        device_stopped: out.status == crate::status::KernelStatus::Success,
+        media: b.media.clone(),
+        media_mib: b.media_mib,
+    })
 }

@@ -290,7 +290,7 @@ fn run_one_test(o: &Opts, elf: &KernelElf) -> Result<(), String> {
     verdict
 }
 
-fn cmd_bench_journal(o: &Opts) -> Result<String, String> {
+fn cmd_bench_journal(o: &Opts) -> Result<boot::journal::JournalReport, String> {
     let elf = image::build_kernel(o.release).map_err(|e| e.to_string())?;
     let img = image::make_image(&elf, o.firmware).map_err(|e| e.to_string())?;
     let mut b = boot::journal::JournalBench::new();
@@ -472,8 +472,8 @@ fn main() -> ExitCode {
         "demo" => cmd_demo(&o),
         "shell" => cmd_shell(&o),
         "bench" if o.filter.as_deref() == Some("journal") => cmd_bench_journal(&o).map(|r| {
-            println!("{r}");
-            0
+            print!("{}", r.text());
+            if r.device_stopped { 0 } else { 1 }
         }),
         "bench" => boot::bench::run(o.runtime.unwrap_or(5)).map(|s| {
             println!("{}", boot::bench::table(&s));

@@ -209,3 +209,45 @@ fn serve_workload(name: &str, media: Option<&std::path::Path>) -> Vec<u8> {
     let _ = std::fs::remove_file(&path);
     model
 }
+
+/// `cargo run -- bench journal` end to end, shortened: both modes run on the device
+/// kernel with its virtio disk, every write is confirmed durable and none is lost,
+/// the device stops cleanly, and its write-back coalesced the sequential journal
+/// writes (fewer media writes than writes written back). No figure is asserted.
+#[test]
+fn journal_bench_confirms_every_commit_on_the_device() {
+    let img = boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image");
+    let mut b = boot::journal::JournalBench::new();
+    b.secs = 1.0;
+    b.media = std::env::temp_dir().join(format!("cbdfw-test-journal-{}.img", std::process::id()));
+    b.media_mib = 16;
+    let r = boot::journal::run(&img, &b);
+    let _ = std::fs::remove_file(&b.media);
+    let r = r.expect("journal bench");
+    let text = r.text();
+    assert!(r.result.fua.txns > 0 && r.result.tokens.txns > 0, "{text}");
+    assert_eq!(r.tokens.lost, 0, "{text}");
+    assert_eq!(r.tokens.confirmed, r.tokens.issued, "{text}");
+    assert_eq!(
+        r.tokens.issued,
+        (r.result.fua.txns + r.result.tokens.txns) * (b.blocks + 1),
+        "{text}"
+    );
+    assert!(r.device_stopped, "{text}");
+    let field = |name: &str| -> u64 {
+        let l = r
+            .device_lines
+            .iter()
+            .find(|l| l.contains("serve: staging"))
+            .expect(&text);
+        let v = l.split(&format!("{name}: ")).nth(1).expect(&text);
+        v.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (written_back, ios) = (field("written_back"), field("write_back_ios"));
+    assert_eq!(written_back, r.tokens.issued, "{text}");
+    assert!(ios > 0 && ios < written_back, "{text}");
+}
