@@ -115,7 +115,13 @@ fn run_on(
     shm_mib: u64,
     t: topology::Topology,
 ) -> Result<JournalReport, String> {
-    topology::ensure_file(&b.media, b.media_mib << 20)?;
+    if b.media_mib == 0 || b.blocks > 1024 {
+        return Err(format!(
+            "journal: media must be at least 1 MiB and blocks at most 1024 (got {} MiB, {} blocks)",
+            b.media_mib, b.blocks
+        ));
+    }
+    topology::ensure_file(&b.media, b.media_mib << 20).map_err(|e| format!("media image: {e}"))?;
     let mut vm = DeviceVm::default()
         .option("mode", "backend")
         .option("media", "virtio")
