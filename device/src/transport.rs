@@ -35,6 +35,18 @@ impl From<OutOfBounds> for TransportError {
     }
 }
 
+/// Transport flags a formatter (device or host) chooses: MULTIHOST always, plus the
+/// entry and payload CRCs when the non-coherent mode is wanted — that mode relies on
+/// them (a reader tells a stale or torn entry or payload by its CRC), and a backend
+/// offers it only on a transport that has both.
+pub fn format_flags(noncoherent: bool) -> u16 {
+    if noncoherent {
+        tflags::MULTIHOST | tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC
+    } else {
+        tflags::MULTIHOST
+    }
+}
+
 /// Whether a heartbeat timestamp counts as alive at `now_ns` (30 s timeout).
 pub fn is_alive(alive_ts: u64, now_ns: u64) -> bool {
     alive_ts > now_ns.saturating_sub(HB_TIMEOUT_NS)

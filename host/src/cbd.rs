@@ -10,11 +10,11 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use device::layout::{HB_TIMEOUT_NS, STATE_NONE, STATE_RUNNING, tflags};
+use device::layout::{HB_TIMEOUT_NS, STATE_NONE, STATE_RUNNING};
 use device::shm::SharedMem;
 use device::shm::Shm;
 use device::trace::NoTrace;
-use device::transport::{Transport, TransportError, is_alive};
+use device::transport::{Transport, TransportError, format_flags, is_alive};
 
 use crate::mem::MappedMem;
 
@@ -216,12 +216,12 @@ pub fn prepare(
         match Transport::open(shm, opts.noncoherent) {
             Ok(_) => log::info!("--format: a valid transport exists; left as it is"),
             Err(TransportError::Invalid(why)) => {
-                Transport::format(shm, tflags::MULTIHOST, false, clock()).map_err(|err| {
-                    CbdError::Transport {
+                Transport::format(shm, format_flags(opts.noncoherent), false, clock()).map_err(
+                    |err| CbdError::Transport {
                         step: "formatting the transport",
                         err,
-                    }
-                })?;
+                    },
+                )?;
                 log::info!(
                     "formatted a CBD v3 transport over {} MiB (there was none: {why})",
                     mem.size() >> 20

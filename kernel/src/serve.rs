@@ -29,7 +29,7 @@ use device::layout::{TRANSPORT_MAGIC, tflags};
 use device::media::{Media, SliceMedia};
 use device::shm::{SharedMem, Shm};
 use device::trace::{TraceEvent, Tracer};
-use device::transport::Transport;
+use device::transport::{Transport, format_flags};
 
 use crate::arch::time::wall_clock_ns;
 use crate::exit::ExitCode;
@@ -195,8 +195,14 @@ pub fn serve(region: SharedRegion) -> ExitCode {
     let now = wall_clock_ns();
     let noncoherent = opt_on("noncoherent");
     match found.or(explicit) {
-        Some(_) if Transport::open(shm, noncoherent).is_ok() => {
-            log::info!("serve: CBD v3 transport found at region offset {offset:#x}")
+        Some(_) if let Ok(tp) = Transport::open(shm, noncoherent) => {
+            log::info!("serve: CBD v3 transport found at region offset {offset:#x}");
+            let crcs = tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
+            if noncoherent && tp.info.flags & crcs != crcs {
+                log::warn!(
+                    "serve: noncoherent=on, but this transport has no entry/payload CRCs: the non-coherent mode is not offered"
+                );
+            }
         }
         _ if wait => {
             log::error!("serve: the transport at {offset:#x} does not validate");
@@ -207,7 +213,7 @@ pub fn serve(region: SharedRegion) -> ExitCode {
                 "serve: no transport at {offset:#x}; formatting {} MiB",
                 window.len() >> 20
             );
-            if let Err(e) = Transport::format(shm, tflags::MULTIHOST, false, now) {
+            if let Err(e) = Transport::format(shm, format_flags(noncoherent), false, now) {
                 log::error!("serve: cannot format the transport: {e:?}");
                 return ExitCode::RegionTooSmall;
             }
