@@ -341,7 +341,10 @@ fn run<D: Media>(
         if let Some(line) = console.poll() {
             match line.as_str() {
                 "stop" => stopping = true,
-                "stats" => TRACER.summary("stats"),
+                "stats" => {
+                    TRACER.summary("stats");
+                    log::info!("stats: staging: {:?}", backend.stager_stats());
+                }
                 "trace on" => TRACER.set_print(true),
                 "trace off" => TRACER.set_print(false),
                 other => {
