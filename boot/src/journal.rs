@@ -4,8 +4,9 @@
 //! in front. The host side is our CBD host engine (`device::host`) in this process,
 //! on the same shared file — the same pairing the crash tests use.
 //!
-//! FUA commits are CRITICAL writes: the device writes them through and sends a
-//! virtio FLUSH, which QEMU turns into an `fdatasync` of the image file. With tokens
+//! FUA commits are CRITICAL writes: the device writes them back, behind everything
+//! staged before them, and sends a virtio FLUSH before it completes them; QEMU turns
+//! the FLUSH into an `fdatasync` of the image file. With tokens
 //! the device groups the flushes at its STANDARD bound. The image lives on disk
 //! (not `/dev/shm`) by default, so the flushes cost what they cost on this machine.
 
