@@ -117,9 +117,19 @@ pub struct TransportInfo {
 }
 
 impl TransportInfo {
+    /// Bytes each segment costs in v3's format: its 16 MiB plus one host, backend
+    /// and blkdev slot.
+    pub const PER_SEGMENT: u64 = 3 * OBJ_SLOT + SEGMENT_SIZE;
+
     /// v3's format: one host, backend and blkdev slot per segment.
     pub fn nr_segs(dev_size: u64) -> u64 {
-        dev_size.saturating_sub(HOST_AREA_OFF) / (3 * OBJ_SLOT + SEGMENT_SIZE)
+        dev_size.saturating_sub(HOST_AREA_OFF) / Self::PER_SEGMENT
+    }
+
+    /// The smallest region that formats to `segments` segments (the inverse of
+    /// [`Self::nr_segs`]).
+    pub const fn region_for(segments: u64) -> u64 {
+        HOST_AREA_OFF + segments * Self::PER_SEGMENT
     }
 
     /// The transport info that v3's `format` writes for a region of `dev_size` bytes.

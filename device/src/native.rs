@@ -7,6 +7,13 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::fs::OpenOptions;
 use std::path::Path;
 
+/// CLOCK_REALTIME in nanoseconds: the clock CBD heartbeats carry (0 before 1970).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Coherent memory over a raw mapping. All other coherent impls wrap this.
 struct Raw {
     ptr: *mut u8,

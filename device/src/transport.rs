@@ -39,7 +39,7 @@ impl From<OutOfBounds> for TransportError {
 /// entry and payload CRCs when the non-coherent mode is wanted — that mode relies on
 /// them (a reader tells a stale or torn entry or payload by its CRC), and a backend
 /// offers it only on a transport that has both.
-pub fn format_flags(noncoherent: bool) -> u16 {
+pub const fn format_flags(noncoherent: bool) -> u16 {
     if noncoherent {
         tflags::MULTIHOST | tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC
     } else {

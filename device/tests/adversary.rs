@@ -13,13 +13,13 @@ use device::layout::*;
 use device::native::{HeapMem, VecMedia};
 use device::shm::Shm;
 use device::trace::NoTrace;
-use device::transport::Transport;
+use device::transport::{Transport, format_flags};
 use std::sync::{Arc, OnceLock};
 
 const DISK: usize = 1 << 20;
 const T0: u64 = 1_700_000_000_000_000_000;
 const SEC: u64 = 1_000_000_000;
-const FLAGS: u16 = tflags::MULTIHOST | tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
+const FLAGS: u16 = format_flags(true);
 
 fn bcfg(sab: Sabotage) -> BackendConfig<'static> {
     BackendConfig {
@@ -37,7 +37,7 @@ fn bcfg(sab: Sabotage) -> BackendConfig<'static> {
 fn base() -> Arc<Vec<u8>> {
     static BASE: OnceLock<Arc<Vec<u8>>> = OnceLock::new();
     BASE.get_or_init(|| {
-        let mem = HeapMem::new((HOST_AREA_OFF + 2 * (3 * OBJ_SLOT + SEGMENT_SIZE)) as usize);
+        let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
         let shm = Shm::new(&mem, &NoTrace);
         Transport::format(shm, FLAGS, false, T0).unwrap();
         let mut scratch = vec![0u8; chan::MAX_IO as usize];

@@ -26,7 +26,7 @@ use device::layout::*;
 use device::native::{CRASH_BLOCK, CrashMedia, HeapMem};
 use device::shm::{SharedMem, Shm};
 use device::trace::NoTrace;
-use device::transport::Transport;
+use device::transport::{Transport, format_flags};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -35,7 +35,7 @@ const BLOCKS: usize = DISK / CRASH_BLOCK;
 const T0: u64 = 1_700_000_000_000_000_000;
 const SEC: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
-const FLAGS: u16 = tflags::MULTIHOST | tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
+const FLAGS: u16 = format_flags(true);
 
 fn bcfg(nc: bool) -> BackendConfig<'static> {
     BackendConfig {
@@ -57,7 +57,7 @@ fn base(nc: bool) -> Arc<Vec<u8>> {
     static B: [OnceLock<Arc<Vec<u8>>>; 2] = [OnceLock::new(), OnceLock::new()];
     B[nc as usize]
         .get_or_init(|| {
-            let mem = HeapMem::new((HOST_AREA_OFF + 2 * (3 * OBJ_SLOT + SEGMENT_SIZE)) as usize);
+            let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
             let shm = Shm::new(&mem, &NoTrace);
             Transport::format(shm, FLAGS, false, T0).unwrap();
             let mut scratch = vec![0u8; chan::MAX_IO as usize];

@@ -15,7 +15,7 @@ use device::transport::{Transport, format_flags};
 const T0: u64 = 1_700_000_000_000_000_000;
 
 fn offered(format_noncoherent: bool) -> (bool, Result<u32, HostError>) {
-    let mem = HeapMem::new((HOST_AREA_OFF + 2 * (3 * OBJ_SLOT + SEGMENT_SIZE)) as usize);
+    let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
     let shm = Shm::new(&mem, &NoTrace);
     Transport::format(shm, format_flags(format_noncoherent), false, T0).unwrap();
     let mut scratch = vec![0u8; chan::MAX_IO as usize];
@@ -64,4 +64,15 @@ fn without_crcs_the_mode_is_not_offered_and_a_noncoherent_host_finds_no_backend(
     let (nc, found) = offered(false);
     assert!(!nc);
     assert!(matches!(found, Err(HostError::NoBackend)), "{found:?}");
+}
+
+#[test]
+fn region_for_is_the_smallest_region_with_that_many_segments() {
+    for n in [1u64, 2, 63] {
+        assert_eq!(TransportInfo::nr_segs(TransportInfo::region_for(n)), n);
+        assert_eq!(
+            TransportInfo::nr_segs(TransportInfo::region_for(n) - 1),
+            n - 1
+        );
+    }
 }

@@ -12,21 +12,17 @@ use device::layout::*;
 use device::native::{MmapMem, VecMedia};
 use device::shm::Shm;
 use device::trace::NoTrace;
-use device::transport::Transport;
+use device::transport::{Transport, format_flags};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 
 const DISK: usize = 64 << 20;
 const TOTAL: u64 = 100_000;
 
-fn region_len(segs: u64) -> u64 {
-    HOST_AREA_OFF + segs * (3 * OBJ_SLOT + SEGMENT_SIZE)
-}
-
 #[test]
 fn two_threads_100k_requests_with_wrap_reset_and_reattach() {
     let dir = tempfile::tempdir().unwrap();
-    let mem = MmapMem::create(&dir.path().join("transport"), region_len(2)).unwrap();
-    let flags = tflags::MULTIHOST | tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
+    let mem = MmapMem::create(&dir.path().join("transport"), TransportInfo::region_for(2)).unwrap();
+    let flags = format_flags(true);
     let t0 = 1_700_000_000_000_000_000u64;
     Transport::format(Shm::new(&mem, &NoTrace), flags, false, t0).unwrap();
     let el = EntryLayout::from_flags(flags);

@@ -13,7 +13,7 @@ const T0: u64 = 1_700_000_000_000_000_000;
 
 #[test]
 fn restart_within_heartbeat_timeout_needs_takeover() {
-    let mem = HeapMem::new((HOST_AREA_OFF + 2 * (3 * OBJ_SLOT + SEGMENT_SIZE)) as usize);
+    let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
     let shm = Shm::new(&mem, &NoTrace);
     Transport::format(shm, tflags::MULTIHOST, false, T0).unwrap();
     let mut scratch = vec![0u8; chan::MAX_IO as usize];

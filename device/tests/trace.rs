@@ -6,20 +6,14 @@ use device::layout::*;
 use device::native::{HeapMem, RecordingTracer, VecMedia};
 use device::shm::Shm;
 use device::trace::{CopyDir, Pointer, RecordKind, TraceEvent as E};
-use device::transport::Transport;
+use device::transport::{Transport, format_flags};
 
 #[test]
 fn one_write_and_read_are_fully_traced() {
     let t = RecordingTracer::default();
-    let mem = HeapMem::new((HOST_AREA_OFF + 2 * (3 * OBJ_SLOT + SEGMENT_SIZE)) as usize);
+    let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
     let shm = Shm::new(&mem, &t);
-    Transport::format(
-        shm,
-        tflags::MULTIHOST | tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC,
-        false,
-        1,
-    )
-    .unwrap();
+    Transport::format(shm, format_flags(true), false, 1).unwrap();
     let mut scratch = vec![0u8; chan::MAX_IO as usize];
     let mut b = Backend::start(
         shm,

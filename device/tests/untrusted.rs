@@ -77,7 +77,7 @@ struct Rig {
 }
 
 fn rig(flags: u16) -> Rig {
-    let mem = HeapMem::new((HOST_AREA_OFF + 3 * OBJ_SLOT + SEGMENT_SIZE) as usize);
+    let mem = HeapMem::new(TransportInfo::region_for(1) as usize);
     Transport::format(Shm::new(&mem, &NoTrace), flags, false, 1).unwrap();
     let g = ChannelGeom::new(
         Transport::open(Shm::new(&mem, &NoTrace), false)

@@ -8,7 +8,6 @@
 //! `device::host`; [`crate::engine::CbdDisk`] wires it to ublk.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use device::layout::{HB_TIMEOUT_NS, STATE_NONE, STATE_RUNNING};
 use device::shm::SharedMem;
@@ -137,12 +136,7 @@ impl fmt::Display for CbdError {
 impl std::error::Error for CbdError {}
 
 /// CLOCK_REALTIME in nanoseconds (the CBD heartbeat clock).
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
+pub use device::native::now_ns;
 
 /// The backend we talk to (and, once registered, our host id).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,38 +263,17 @@ pub fn start(
 mod tests {
     use super::*;
     use device::layout::BackendInfo;
-    use std::fs::OpenOptions;
 
     fn mapped(len: u64) -> &'static MappedMem {
-        let p = std::env::temp_dir().join(format!(
-            "cbd-host-cbd-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
-        f.set_len(len).unwrap();
+        let (f, p) = crate::mem::tests::tmpfile(len);
         std::fs::remove_file(&p).unwrap();
         Box::leak(Box::new(MappedMem::map(f, 0, len as usize).unwrap()))
     }
 
     fn opts() -> CbdOptions {
         CbdOptions {
-            hostname: "guest".into(),
-            backend_id: 0,
-            queues: 1,
             depth: 8,
-            noncoherent: false,
-            format: false,
-            wait_backend_ns: 0,
-            plain_v3: false,
-            power_window_us: 0,
-            default_intent: device::host::Intent::Standard,
+            ..CbdOptions::new("guest")
         }
     }
 

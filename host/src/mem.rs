@@ -249,11 +249,13 @@ fn write_back_line(wb: WriteBack, p: *mut u8) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::{Read, Seek, SeekFrom, Write};
 
-    fn tmpfile(len: u64) -> (File, std::path::PathBuf) {
+    /// A temporary file of `len` bytes, named per process and thread (tests of this
+    /// crate run in parallel threads); the caller removes it.
+    pub(crate) fn tmpfile(len: u64) -> (File, std::path::PathBuf) {
         let p = std::env::temp_dir().join(format!(
             "cbd-host-mem-{}-{:?}",
             std::process::id(),

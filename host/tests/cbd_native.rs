@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 use device::backend::{Backend, BackendConfig};
-use device::layout::{HOST_AREA_OFF, OBJ_SLOT, SEGMENT_SIZE, chan, tflags};
+use device::layout::{TransportInfo, chan};
 use device::native::VecMedia;
 use device::shm::Shm;
 use device::trace::NoTrace;
-use device::transport::Transport;
+use device::transport::{Transport, format_flags};
 use host::cbd::{CbdError, CbdOptions, register_check_only};
 use host::disk::{Disk, Errno, Op, Req};
 use host::engine::CbdDisk;
@@ -19,8 +19,10 @@ use host::mem::MappedMem;
 const DISK: usize = 16 << 20;
 const T0: u64 = 1_700_000_000_000_000_000;
 
-fn shared_file(len: u64) -> std::fs::File {
-    let p = std::env::temp_dir().join(format!("cbd-host-native-{}", std::process::id()));
+/// An unlinked temporary file of `len` bytes; `tag` keeps tests running in parallel
+/// threads of this process apart.
+fn shared_file(tag: &str, len: u64) -> std::fs::File {
+    let p = std::env::temp_dir().join(format!("cbd-host-native-{tag}-{}", std::process::id()));
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -31,6 +33,24 @@ fn shared_file(len: u64) -> std::fs::File {
     f.set_len(len).unwrap();
     std::fs::remove_file(&p).unwrap();
     f
+}
+
+/// Two mappings of one fresh shared file (the backend's and the host's, as two VMs
+/// would have), formatted as a 2-segment transport with the CRC flags.
+fn formatted(tag: &str, now: u64) -> (MappedMem, &'static MappedMem) {
+    let len = TransportInfo::region_for(2);
+    let file = shared_file(tag, len);
+    let backend_mem = MappedMem::map(file.try_clone().unwrap(), 0, len as usize).unwrap();
+    let host_mem: &'static MappedMem =
+        Box::leak(Box::new(MappedMem::map(file, 0, len as usize).unwrap()));
+    Transport::format(
+        Shm::new(&backend_mem, &NoTrace),
+        format_flags(true),
+        false,
+        now,
+    )
+    .unwrap();
+    (backend_mem, host_mem)
 }
 
 fn req(op: Op, offset: u64, len: u32, fua: bool) -> Req {
@@ -44,24 +64,13 @@ fn req(op: Op, offset: u64, len: u32, fua: bool) -> Req {
 
 #[test]
 fn cbd_disk_against_the_backend_engine() {
-    let len = HOST_AREA_OFF + 2 * (3 * OBJ_SLOT + SEGMENT_SIZE);
-    let file = shared_file(len);
-    let backend_mem = MappedMem::map(file.try_clone().unwrap(), 0, len as usize).unwrap();
-    let host_mem: &'static MappedMem =
-        Box::leak(Box::new(MappedMem::map(file, 0, len as usize).unwrap()));
-    let flags = tflags::MULTIHOST | tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
-    Transport::format(Shm::new(&backend_mem, &NoTrace), flags, false, T0).unwrap();
+    let (backend_mem, host_mem) = formatted("disk", T0);
 
     let clock = Arc::new(AtomicU64::new(T0));
     let stop = AtomicBool::new(false);
     let opts = CbdOptions {
-        hostname: "guest".into(),
-        backend_id: 0,
         queues: 2,
         depth: 16,
-        noncoherent: false,
-        format: false,
-        wait_backend_ns: 0,
         ..CbdOptions::new("guest")
     };
 
@@ -189,23 +198,8 @@ fn cbd_disk_against_the_backend_engine() {
 /// A backend engine (with a staging buffer, so STANDARD writes complete before they are
 /// durable) polling in a thread over a shared file, real clock; `f` gets the disk.
 fn with_backend(tag: &str, opts: CbdOptions, f: impl FnOnce(&CbdDisk)) -> VecMedia {
-    let len = HOST_AREA_OFF + 2 * (3 * OBJ_SLOT + SEGMENT_SIZE);
-    let p = std::env::temp_dir().join(format!("cbd-host-native-{tag}-{}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&p)
-        .unwrap();
-    file.set_len(len).unwrap();
-    std::fs::remove_file(&p).unwrap();
-    let backend_mem = MappedMem::map(file.try_clone().unwrap(), 0, len as usize).unwrap();
-    let host_mem: &'static MappedMem =
-        Box::leak(Box::new(MappedMem::map(file, 0, len as usize).unwrap()));
-    let flags = tflags::MULTIHOST | tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
     let now = host::cbd::now_ns;
-    Transport::format(Shm::new(&backend_mem, &NoTrace), flags, false, now()).unwrap();
+    let (backend_mem, host_mem) = formatted(tag, now());
     let mut scratch = vec![0u8; chan::MAX_IO as usize];
     let mut staging = vec![0u8; 1 << 20];
     let cfg = BackendConfig {

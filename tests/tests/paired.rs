@@ -118,33 +118,23 @@ fn ivshmem_tokens_fsync_without_flush_commands() {
 
 // The same workloads with every extension of ours switched off in the host (plain CBD v3:
 // FUA = WRITE + FLUSH, flush = CBD FLUSH, no tokens, no DISCARD/WRITE_ZEROES).
+fn plain_v3(name: &str) {
+    case_with(name, "ivshmem", "plain-v3", "--plain-v3", true, |_| {});
+}
+
 #[test]
 fn plain_v3_ivshmem_dd_patterns() {
-    case_with("pair-dd", "ivshmem", "plain-v3", "--plain-v3", true, |_| {});
+    plain_v3("pair-dd");
 }
 
 #[test]
 fn plain_v3_ivshmem_ext4_mkfs_fsck_remount() {
-    case_with(
-        "pair-ext4",
-        "ivshmem",
-        "plain-v3",
-        "--plain-v3",
-        true,
-        |_| {},
-    );
+    plain_v3("pair-ext4");
 }
 
 #[test]
 fn plain_v3_ivshmem_fio_verify_qd16_two_channels() {
-    case_with(
-        "pair-fio",
-        "ivshmem",
-        "plain-v3",
-        "--plain-v3",
-        true,
-        |_| {},
-    );
+    plain_v3("pair-fio");
 }
 
 // Non-coherent mode end to end (docs/protocol.md §4): the device offers it, cbd-host asks for
@@ -153,26 +143,18 @@ fn plain_v3_ivshmem_fio_verify_qd16_two_channels() {
 // device), entries and payloads carry CRCs and epochs. TCG memory is coherent anyway, so
 // this proves the non-coherent protocol carries real block I/O between two real VMs, not
 // that a stale line is caught (the adversarial-memory tests in device/ do that).
+fn noncoherent(name: &str, topo: &str) {
+    case_with(name, topo, "noncoherent", "--noncoherent", true, |s| {
+        s.device_opts.push(("noncoherent".into(), "on".into()))
+    });
+}
+
 #[test]
 fn noncoherent_ivshmem_fio_verify_qd16_two_channels() {
-    case_with(
-        "pair-fio",
-        "ivshmem",
-        "noncoherent",
-        "--noncoherent",
-        true,
-        |s| s.device_opts.push(("noncoherent".into(), "on".into())),
-    );
+    noncoherent("pair-fio", "ivshmem");
 }
 
 #[test]
 fn noncoherent_cxl_dd_patterns() {
-    case_with(
-        "pair-dd",
-        "cxl",
-        "noncoherent",
-        "--noncoherent",
-        true,
-        |s| s.device_opts.push(("noncoherent".into(), "on".into())),
-    );
+    noncoherent("pair-dd", "cxl");
 }

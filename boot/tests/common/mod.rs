@@ -1,15 +1,8 @@
 //! Helpers shared by the tests that drive the device kernel with the native host.
 #![allow(dead_code)]
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 /// Wall-clock nanoseconds (what CBD heartbeats carry).
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
+pub use device::native::now_ns;
 
 /// xorshift64: a small, seedable generator for workloads.
 pub struct Rng(pub u64);

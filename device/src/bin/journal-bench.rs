@@ -18,7 +18,7 @@ use device::layout::*;
 use device::native::{CrashMedia, HeapMem, MediaCost};
 use device::shm::Shm;
 use device::trace::NoTrace;
-use device::transport::Transport;
+use device::transport::{Transport, format_flags};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::time::{Duration, Instant};
 
@@ -38,15 +38,9 @@ fn main() {
         write_ns_per_4k: (arg(2, 20.0) * 1000.0) as u64,
         flush_ns: (arg(3, 1000.0) * 1000.0) as u64,
     };
-    let mem = HeapMem::new((HOST_AREA_OFF + 2 * (3 * OBJ_SLOT + SEGMENT_SIZE)) as usize);
+    let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
     let start = Instant::now();
-    Transport::format(
-        Shm::new(&mem, &NoTrace),
-        tflags::MULTIHOST | tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC,
-        false,
-        T0,
-    )
-    .unwrap();
+    Transport::format(Shm::new(&mem, &NoTrace), format_flags(true), false, T0).unwrap();
     let stop = AtomicBool::new(false);
     let started = AtomicBool::new(false);
     std::thread::scope(|s| {

@@ -8,31 +8,19 @@
 use device::backend::{Backend, BackendConfig};
 use device::host::{Host, HostConfig, HostError, Request};
 use device::layout::*;
-use device::native::{HeapMem, VecMedia};
+use device::native::{HeapMem, VecMedia, now_ns};
 use device::shm::Shm;
 use device::trace::NoTrace;
-use device::transport::Transport;
+use device::transport::{Transport, format_flags};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::time::{Duration, Instant};
 
 const DISK: usize = 256 << 20;
 
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
 /// Requests per second and payload bytes per second for one configuration.
 fn ring(noncoherent: bool, size: u32, secs: f64) -> (f64, f64) {
-    let flags = tflags::MULTIHOST
-        | if noncoherent {
-            tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC
-        } else {
-            0
-        };
-    let mem = HeapMem::new((HOST_AREA_OFF + 2 * (3 * OBJ_SLOT + SEGMENT_SIZE)) as usize);
+    let flags = format_flags(noncoherent);
+    let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
     Transport::format(Shm::new(&mem, &NoTrace), flags, false, now_ns()).unwrap();
     let stop = AtomicBool::new(false);
     let started = AtomicBool::new(false);
