@@ -11,11 +11,11 @@
 //! (not `/dev/shm`) by default, so the flushes cost what they cost on this machine.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use device::host::{Host, HostConfig};
 use device::journal::{self, Journal};
-use device::native::MmapMem;
+use device::native::{MmapMem, now_ns};
 use device::shm::Shm;
 use device::trace::NoTrace;
 
@@ -55,12 +55,6 @@ impl Default for JournalBench {
     }
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// What a run measured, and what the device said when it stopped.
 #[derive(Clone, Debug)]
 pub struct JournalReport {
@@ -97,37 +91,34 @@ impl JournalReport {
 /// Boots the device (`image`: a bootable kernel image), runs FUA then tokens on one
 /// queue, stops the device cleanly and returns the measurements.
 pub fn run(image: &std::path::Path, b: &JournalBench) -> Result<JournalReport, String> {
-    let shm = PathBuf::from(format!("/dev/shm/cbdfw-journal-{}.raw", std::process::id()));
-    let shared = SharedFile {
-        path: shm.clone(),
-        size_mib: 256,
-    };
-    let t = topology::load("ivshmem", &shared)?;
-    t.prepare_files()?;
-    let result = run_on(image, b, &shm, shared.size_mib, t);
-    let _ = std::fs::remove_file(&shm);
-    result
-}
-
-fn run_on(
-    image: &std::path::Path,
-    b: &JournalBench,
-    shm: &std::path::Path,
-    shm_mib: u64,
-    t: topology::Topology,
-) -> Result<JournalReport, String> {
     if b.media_mib == 0 || b.blocks > 1024 {
         return Err(format!(
             "journal: media must be at least 1 MiB and blocks at most 1024 (got {} MiB, {} blocks)",
             b.media_mib, b.blocks
         ));
     }
+    let shared = SharedFile {
+        path: PathBuf::from(format!("/dev/shm/cbdfw-journal-{}.raw", std::process::id())),
+        size_mib: 256,
+    };
+    let t = topology::load("ivshmem", &shared)?;
+    t.prepare_files()?;
+    let result = run_on(image, b, &t);
+    let _ = std::fs::remove_file(&t.shm);
+    result
+}
+
+fn run_on(
+    image: &std::path::Path,
+    b: &JournalBench,
+    t: &topology::Topology,
+) -> Result<JournalReport, String> {
     topology::ensure_file(&b.media, b.media_mib << 20).map_err(|e| format!("media image: {e}"))?;
     let mut vm = DeviceVm::default()
         .option("mode", "backend")
         .option("media", "virtio")
         .option("channels", "1")
-        .topology(t);
+        .topology(t.clone());
     for (k, v) in &b.options {
         vm = vm.option(k, v);
     }
@@ -138,7 +129,8 @@ fn run_on(
         return Err(format!("the device never served:\n{}", dev.output()));
     }
 
-    let mem = MmapMem::create(shm, shm_mib << 20).map_err(|e| format!("{}: {e}", shm.display()))?;
+    let mem = MmapMem::create(&t.shm, t.size_mib << 20)
+        .map_err(|e| format!("{}: {e}", t.shm.display()))?;
     let host = Host::register(
         Shm::new(&mem, &NoTrace),
         HostConfig {

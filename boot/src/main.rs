@@ -142,11 +142,6 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 let n: u64 = v
                     .parse()
                     .map_err(|_| format!("--blocks: {v:?} is not a number of blocks"))?;
-                if n > 1024 {
-                    return Err(format!(
-                        "--blocks: {n} is more than 1024 blocks per transaction"
-                    ));
-                }
                 o.blocks = Some(n);
             }
             "--media" => {

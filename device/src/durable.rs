@@ -335,10 +335,7 @@ impl<'a, D: Media> Stager<'a, D> {
                 return Err(e);
             }
             self.stats.write_back_ios += 1;
-            for i in self.written..self.written + n {
-                let Some(x) = self.q.iter_mut().nth(i) else {
-                    break;
-                };
+            for x in self.q.iter_mut().skip(self.written).take(n) {
                 self.used -= x.span as usize;
                 x.pos = NOT_STAGED;
                 self.stats.written_back += 1;
