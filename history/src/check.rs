@@ -924,6 +924,9 @@ fn explain_found(ctx: &Ctx, subs: &[Sub], f: &Found) -> Violation {
             ops.push(id);
         }
     }
+    if let Some(Why::Flush { id, .. }) = f.why {
+        ops.push(id);
+    }
     let explanation = match f.rule {
         Rule::NeverWritten => format!(
             "{what} returned {} at {loc}; no write ever wrote that there, nor is it the initial content.",
