@@ -1082,7 +1082,12 @@ fn classify(ctx: &Ctx, subs: &[Sub], budget: u64) -> Rule {
     Rule::NotLinearizable
 }
 
-fn fails_as(ctx: &Ctx, subs: &[Sub], rule: Rule, budget: u64) -> bool {
+/// Fails the search for `rule`, and for no simpler reason (a single-observation rule):
+/// shrinking must keep the counter-example's nature, not turn it into another one.
+fn fails_as(ctx: &Ctx, block: u64, subs: &[Sub], rule: Rule, budget: u64) -> bool {
+    if direct(ctx, block, subs).is_some() {
+        return false;
+    }
     let fl = Flags { fifo: ctx.fifo, floor: true };
     if !matches!(search(subs, ctx.init, &fl, budget), Search::Fail) {
         return false;
@@ -1092,20 +1097,20 @@ fn fails_as(ctx: &Ctx, subs: &[Sub], rule: Rule, budget: u64) -> bool {
 
 /// Shrinks a failing block history: shortest failing prefix, then drop operations one
 /// by one while it still fails for the same rule.
-fn minimize(ctx: &Ctx, subs: &[Sub], rule: Rule) -> Vec<Sub> {
+fn minimize(ctx: &Ctx, block: u64, subs: &[Sub], rule: Rule) -> Vec<Sub> {
     const BUDGET: u64 = 200_000;
     let mut cur: Vec<Sub> = subs.to_vec();
     // prefix by invocation order: binary search, verified
     let (mut lo, mut hi) = (1usize, cur.len());
     while lo < hi {
         let mid = (lo + hi) / 2;
-        if fails_as(ctx, &cur[..mid], rule, BUDGET) {
+        if fails_as(ctx, block, &cur[..mid], rule, BUDGET) {
             hi = mid;
         } else {
             lo = mid + 1;
         }
     }
-    if hi < cur.len() && fails_as(ctx, &cur[..hi], rule, BUDGET) {
+    if hi < cur.len() && fails_as(ctx, block, &cur[..hi], rule, BUDGET) {
         cur.truncate(hi);
     }
     if cur.len() > 400 {
@@ -1119,7 +1124,7 @@ fn minimize(ctx: &Ctx, subs: &[Sub], rule: Rule) -> Vec<Sub> {
         removed[i] = true;
         let trial: Vec<Sub> =
             cur.iter().enumerate().filter(|(k, _)| !removed[*k]).map(|(_, s)| s.clone()).collect();
-        if trial.is_empty() || !fails_as(ctx, &trial, rule, BUDGET) {
+        if trial.is_empty() || !fails_as(ctx, block, &trial, rule, BUDGET) {
             removed[i] = false;
         }
     }
@@ -1221,7 +1226,7 @@ pub fn check_with(h: &History, opts: &CheckOptions) -> Result<Summary, CheckErro
             Search::Budget(n) => return Err(CheckError::Undecided { block: b, states: n }),
             Search::Fail => {
                 let rule = classify(&ctx, subs, opts.max_states);
-                let small = if opts.minimize { minimize(&ctx, subs, rule) } else { subs.clone() };
+                let small = if opts.minimize { minimize(&ctx, b, subs, rule) } else { subs.clone() };
                 return Err(CheckError::Violation(Box::new(explain_search(&ctx, b, &small, rule))));
             }
         }
