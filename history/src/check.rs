@@ -379,7 +379,10 @@ fn split_blocks(ctx: &Ctx) -> BTreeMap<u64, Vec<Sub>> {
         let durable_at = ctx.why[i].map(|w| w.t());
         let complete = op.completed_at().unwrap_or(u64::MAX);
         let ret = complete.min(durable_at.unwrap_or(u64::MAX));
-        let optional = kind == SubKind::Write && !op.ok() && durable_at.is_none();
+        // failed: whatever it did (any subset of blocks, or nothing) — even if a watermark
+        // later covers it; never completed: the same unless confirmed durable
+        let failed = matches!(op.complete, Some((_, Outcome::Err(_))));
+        let optional = kind == SubKind::Write && !op.ok() && (failed || durable_at.is_none());
         let (first, n) = op.sectors();
         let epoch = ctx.crashes.partition_point(|&c| c < op.invoke);
         for s in first..first + n {
@@ -716,6 +719,11 @@ fn crash_apply(st: &State, c: &Sub) -> Vec<State> {
 fn successors(st: &State, sub: &Sub, track: bool, flags: &Flags) -> Vec<State> {
     match sub.kind {
         SubKind::Read => read_apply(st.clone(), sub).into_iter().collect(),
+        // an optional write takes effect, or is a no-op, at its instant
+        SubKind::Write if sub.optional => {
+            let applied = write_apply(st.clone(), sub, track, flags.floor);
+            if applied == *st { vec![applied] } else { vec![applied, st.clone()] }
+        }
         SubKind::Write => vec![write_apply(st.clone(), sub, track, flags.floor)],
         SubKind::Crash => crash_apply(st, sub),
     }
@@ -801,7 +809,6 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
         sub: usize,
         prev: State,
         next_succ: usize,
-        drop: bool,
     }
     let mut stack: Vec<Frame> = Vec::new();
     let mut state = State { cur: init, versions: vec![init] };
@@ -825,7 +832,7 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
                     if cache.insert((done.clone(), s.clone())) {
                         states += 1;
                         let prev = std::mem::replace(&mut state, s);
-                        stack.push(Frame { sub: i, prev, next_succ: k + 1, drop: false });
+                        stack.push(Frame { sub: i, prev, next_succ: k + 1 });
                         lift(&mut entries, i);
                         at = entries[0].next;
                         start = 0;
@@ -838,20 +845,7 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
             at = e.next;
             continue;
         }
-        // a return entry of an operation not linearized yet
-        let i = e.sub;
-        if subs[i].optional {
-            done[i / 64] |= 1 << (i % 64);
-            if cache.insert((done.clone(), state.clone())) {
-                states += 1;
-                stack.push(Frame { sub: i, prev: state.clone(), next_succ: 0, drop: true });
-                lift(&mut entries, i);
-                at = entries[0].next;
-                start = 0;
-                continue;
-            }
-            done[i / 64] &= !(1 << (i % 64));
-        }
+        // a return entry of an operation not linearized yet: backtrack
         loop {
             let Some(f) = stack.pop() else {
                 return Search::Fail;
@@ -859,11 +853,9 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
             unlift(&mut entries, f.sub);
             done[f.sub / 64] &= !(1 << (f.sub % 64));
             state = f.prev;
-            if !f.drop {
-                at = call_at[f.sub];
-                start = f.next_succ;
-                break;
-            }
+            at = call_at[f.sub];
+            start = f.next_succ;
+            break;
         }
     }
 }
@@ -927,6 +919,15 @@ fn explain_found(ctx: &Ctx, subs: &[Sub], f: &Found) -> Violation {
     if let Some(Why::Flush { id, .. }) = f.why {
         ops.push(id);
     }
+    // "the value of #3 write …" / "the initial content"
+    let of = |c: Source| match c {
+        Source::Initial => "the initial content".to_string(),
+        c => format!("the value of {}", source_words(ctx, subs, c)),
+    };
+    let after = |c: Source| match c {
+        Source::Initial => "",
+        _ => ", was invoked after that value's writer completed",
+    };
     let explanation = match f.rule {
         Rule::NeverWritten => format!(
             "{what} returned {} at {loc}; no write ever wrote that there, nor is it the initial content.",
@@ -939,25 +940,26 @@ fn explain_found(ctx: &Ctx, subs: &[Sub], f: &Found) -> Violation {
             source_words(ctx, subs, f.others[0])
         ),
         Rule::StaleRead => format!(
-            "{what} returned {} at {loc}: the value of {}. But {} completed before that read was invoked and \
-             after the value's writer completed, and overwrote the sector with {}: in every order consistent \
-             with real time the read comes after the overwrite (linearizability of the block as a register).",
+            "{what} returned {} at {loc}: {}. But {} completed before that read was invoked{}, and overwrote \
+             the sector with {}: in every order consistent with real time the read comes after the overwrite \
+             (linearizability of the block as a register).",
             short(v),
-            source_words(ctx, subs, f.others[0]),
+            of(f.others[0]),
             source_words(ctx, subs, f.others[1]),
+            after(f.others[0]),
             match f.others[1] {
                 Source::Sub(i) => short(subs[i].vals[s]),
                 Source::Initial => "?".into(),
             }
         ),
         Rule::LostDurable => format!(
-            "{what} holds {} at {loc}: the value of {}. But {} was confirmed durable before the crash ({}), \
-             was invoked after that value's writer completed, and wrote {} there: a confirmed-durable write \
-             was lost.",
+            "{what} holds {} at {loc}: {}. But {} was confirmed durable before the crash ({}){}, and wrote \
+             {} there: a confirmed-durable write was lost.",
             short(v),
-            source_words(ctx, subs, f.others[0]),
+            of(f.others[0]),
             source_words(ctx, subs, f.others[1]),
             f.why.map(|w| w.words()).unwrap_or_else(|| "it was the media after the previous crash".into()),
+            after(f.others[0]),
             match f.others[1] {
                 Source::Sub(i) => short(subs[i].vals[s]),
                 Source::Initial => "?".into(),
