@@ -131,7 +131,7 @@ pub struct CheckOptions {
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { channel_fifo: None, max_states: 20_000_000, minimize: true }
+        CheckOptions { channel_fifo: None, max_states: 2_000_000, minimize: true }
     }
 }
 
@@ -377,7 +377,11 @@ fn split_blocks(ctx: &Ctx) -> BTreeMap<u64, Vec<Sub>> {
             _ => SubKind::Write,
         };
         let durable_at = ctx.why[i].map(|w| w.t());
-        let complete = op.completed_at().unwrap_or(u64::MAX);
+        // never completed: if a crash followed, it took effect before that crash or never
+        // (a request the restarted device runs has its completion recorded)
+        let complete = op
+            .completed_at()
+            .unwrap_or_else(|| next_crash(&ctx.crashes, op.invoke).saturating_sub(1).max(op.invoke));
         let ret = complete.min(durable_at.unwrap_or(u64::MAX));
         // failed: whatever it did (any subset of blocks, or nothing) — even if a watermark
         // later covers it; never completed: the same unless confirmed durable
@@ -809,6 +813,7 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
         sub: usize,
         prev: State,
         next_succ: usize,
+        forced: bool,
     }
     let mut stack: Vec<Frame> = Vec::new();
     let mut state = State { cur: init, versions: vec![init] };
@@ -823,16 +828,21 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
             return Search::Budget(states);
         }
         let e = entries[at];
+        let mut backtrack = !e.call; // a return entry not linearized yet
         if e.call {
             let i = e.sub;
             if pred[i] == NIL || is_done(&done, pred[i]) {
                 let succ = successors(&state, &subs[i], track, flags);
+                // A read consistent now is linearized now, with no alternative: every op
+                // that must precede it is already linearized (its return came earlier),
+                // and a read leaves the state as it is, so a later place is no better.
+                let forced = subs[i].kind == SubKind::Read && !succ.is_empty();
                 for (k, s) in succ.into_iter().enumerate().skip(start) {
                     done[i / 64] |= 1 << (i % 64);
                     if cache.insert((done.clone(), s.clone())) {
                         states += 1;
                         let prev = std::mem::replace(&mut state, s);
-                        stack.push(Frame { sub: i, prev, next_succ: k + 1 });
+                        stack.push(Frame { sub: i, prev, next_succ: k + 1, forced });
                         lift(&mut entries, i);
                         at = entries[0].next;
                         start = 0;
@@ -840,22 +850,28 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
                     }
                     done[i / 64] &= !(1 << (i % 64));
                 }
+                backtrack = forced;
             }
-            start = 0;
-            at = e.next;
-            continue;
+            if !backtrack {
+                start = 0;
+                at = e.next;
+                continue;
+            }
         }
-        // a return entry of an operation not linearized yet: backtrack
-        loop {
-            let Some(f) = stack.pop() else {
-                return Search::Fail;
-            };
-            unlift(&mut entries, f.sub);
-            done[f.sub / 64] &= !(1 << (f.sub % 64));
-            state = f.prev;
-            at = call_at[f.sub];
-            start = f.next_succ;
-            break;
+        if backtrack {
+            loop {
+                let Some(f) = stack.pop() else {
+                    return Search::Fail;
+                };
+                unlift(&mut entries, f.sub);
+                done[f.sub / 64] &= !(1 << (f.sub % 64));
+                state = f.prev;
+                if !f.forced {
+                    at = call_at[f.sub];
+                    start = f.next_succ;
+                    break;
+                }
+            }
         }
     }
 }

@@ -30,7 +30,9 @@
 //!   write. Confirmed = DURABLE completion, a watermark above its tid, its token, or a
 //!   FLUSH (any channel) that completed ok and was invoked after the write completed.
 //!   Completed but unconfirmed writes may be lost; requests in flight may take effect
-//!   before the crash, after it (the restarted device runs them), or never.
+//!   before the crash, after it (the restarted device runs them, and their completion
+//!   is then recorded), or never; one whose completion is never recorded took effect
+//!   before the crash or not at all.
 //!
 //! # The algorithm
 //!
