@@ -109,7 +109,10 @@ impl fmt::Display for CheckError {
             CheckError::Invalid(e) => write!(f, "invalid history: {e}"),
             CheckError::Violation(v) => v.fmt(f),
             CheckError::Undecided { block, states } => {
-                write!(f, "undecided: block {block} needed more than {states} search states")
+                write!(
+                    f,
+                    "undecided: block {block} needed more than {states} search states"
+                )
             }
         }
     }
@@ -131,7 +134,11 @@ pub struct CheckOptions {
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { channel_fifo: None, max_states: 2_000_000, minimize: true }
+        CheckOptions {
+            channel_fifo: None,
+            max_states: 2_000_000,
+            minimize: true,
+        }
     }
 }
 
@@ -173,7 +180,11 @@ impl fmt::Display for Summary {
             self.crashes,
             self.durable_writes,
             self.states,
-            if self.channel_fifo { "checked" } else { "not promised" },
+            if self.channel_fifo {
+                "checked"
+            } else {
+                "not promised"
+            },
             self.elapsed.as_secs_f64()
         )
     }
@@ -277,7 +288,11 @@ fn durability(h: &History, crashes: &[u64]) -> Vec<Option<Why>> {
                         break;
                     }
                     if w.tid > op.tid {
-                        take(Why::Watermark { t: w.t, chan: w.chan, tid: w.tid });
+                        take(Why::Watermark {
+                            t: w.t,
+                            chan: w.chan,
+                            tid: w.tid,
+                        });
                         break;
                     }
                 }
@@ -347,8 +362,11 @@ struct Val {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct State {
     cur: Val,
-    /// Values the media may hold at the next crash (since the durable floor).
-    versions: Vec<Val>,
+    /// Crash points linearized so far (they come in time order).
+    epoch: usize,
+    /// Since the durable floor (the last durable write, or the epoch's start), the
+    /// block held what the next crash's read-back shows: that read-back is allowed.
+    seen: bool,
 }
 
 struct Ctx<'a> {
@@ -361,8 +379,16 @@ struct Ctx<'a> {
 
 fn initial_val(h: &History) -> Val {
     match h.header.initial {
-        Initial::Zero => Val { d: [zero_digest(); SECTORS_PER_BLOCK], unknown: 0, any: 0 },
-        Initial::Unknown => Val { d: [0; SECTORS_PER_BLOCK], unknown: ALL, any: 0 },
+        Initial::Zero => Val {
+            d: [zero_digest(); SECTORS_PER_BLOCK],
+            unknown: 0,
+            any: 0,
+        },
+        Initial::Unknown => Val {
+            d: [0; SECTORS_PER_BLOCK],
+            unknown: ALL,
+            any: 0,
+        },
     }
 }
 
@@ -379,9 +405,11 @@ fn split_blocks(ctx: &Ctx) -> BTreeMap<u64, Vec<Sub>> {
         let durable_at = ctx.why[i].map(|w| w.t());
         // never completed: if a crash followed, it took effect before that crash or never
         // (a request the restarted device runs has its completion recorded)
-        let complete = op
-            .completed_at()
-            .unwrap_or_else(|| next_crash(&ctx.crashes, op.invoke).saturating_sub(1).max(op.invoke));
+        let complete = op.completed_at().unwrap_or_else(|| {
+            next_crash(&ctx.crashes, op.invoke)
+                .saturating_sub(1)
+                .max(op.invoke)
+        });
         let ret = complete.min(durable_at.unwrap_or(u64::MAX));
         // failed: whatever it did (any subset of blocks, or nothing) — even if a watermark
         // later covers it; never completed: the same unless confirmed durable
@@ -393,7 +421,10 @@ fn split_blocks(ctx: &Ctx) -> BTreeMap<u64, Vec<Sub>> {
             let block = s / SECTORS_PER_BLOCK as u64;
             let bit = (s % SECTORS_PER_BLOCK as u64) as usize;
             let list = blocks.entry(block).or_default();
-            if list.last().is_none_or(|l| l.src != i || l.kind == SubKind::Crash) {
+            if list
+                .last()
+                .is_none_or(|l| l.src != i || l.kind == SubKind::Crash)
+            {
                 list.push(Sub {
                     kind,
                     src: i,
@@ -425,7 +456,9 @@ fn split_blocks(ctx: &Ctx) -> BTreeMap<u64, Vec<Sub>> {
         for m in &c.media {
             for (k, &d) in m.digests.iter().enumerate() {
                 let s = m.offset / SECTOR + k as u64;
-                let e = media.entry((ci, s / SECTORS_PER_BLOCK as u64)).or_insert((0, [0; 8]));
+                let e = media
+                    .entry((ci, s / SECTORS_PER_BLOCK as u64))
+                    .or_insert((0, [0; 8]));
                 let bit = (s % SECTORS_PER_BLOCK as u64) as usize;
                 e.0 |= 1 << bit;
                 e.1[bit] = d;
@@ -480,6 +513,7 @@ struct Found {
     why: Option<Why>,
 }
 
+#[allow(clippy::needless_range_loop)] // sectors index several parallel arrays
 fn direct(ctx: &Ctx, block: u64, subs: &[Sub]) -> Option<Found> {
     let mut best: Option<Found> = None;
     let mut keep = |f: Found| {
@@ -531,7 +565,11 @@ fn direct(ctx: &Ctx, block: u64, subs: &[Sub]) -> Option<Found> {
                     w.kind == SubKind::Write && w.mask & (1 << s) != 0 && !w.any && w.vals[s] == v
                 });
                 keep(Found {
-                    rule: if future.is_some() { Rule::FutureRead } else { Rule::NeverWritten },
+                    rule: if future.is_some() {
+                        Rule::FutureRead
+                    } else {
+                        Rule::NeverWritten
+                    },
                     t: r.ret,
                     block,
                     sector,
@@ -553,7 +591,11 @@ fn direct(ctx: &Ctx, block: u64, subs: &[Sub]) -> Option<Found> {
                     SubKind::Write => {
                         !x.optional
                             && epoch_start.is_none_or(|e| x.invoke > e)
-                            && if is_crash { x.durable && x.invoke < r.invoke } else { x.ret < r.invoke }
+                            && if is_crash {
+                                x.durable && x.invoke < r.invoke
+                            } else {
+                                x.ret < r.invoke
+                            }
                     }
                     SubKind::Crash => Some(x.invoke) == epoch_start,
                     SubKind::Read => false,
@@ -568,11 +610,23 @@ fn direct(ctx: &Ctx, block: u64, subs: &[Sub]) -> Option<Found> {
                     Source::Sub(i) => subs[*i].ret,
                 };
                 if cands[s].iter().all(|c| ret_of(c) < m) {
-                    let newest = cands[s].iter().copied().max_by_key(ret_of).unwrap_or(Source::Initial);
+                    let newest = cands[s]
+                        .iter()
+                        .copied()
+                        .max_by_key(ret_of)
+                        .unwrap_or(Source::Initial);
                     let x = &subs[xi];
-                    let why = if x.kind == SubKind::Write { ctx.why[x.src] } else { None };
+                    let why = if x.kind == SubKind::Write {
+                        ctx.why[x.src]
+                    } else {
+                        None
+                    };
                     keep(Found {
-                        rule: if is_crash { Rule::LostDurable } else { Rule::StaleRead },
+                        rule: if is_crash {
+                            Rule::LostDurable
+                        } else {
+                            Rule::StaleRead
+                        },
                         t: r.ret,
                         block,
                         sector,
@@ -598,9 +652,10 @@ fn direct(ctx: &Ctx, block: u64, subs: &[Sub]) -> Option<Found> {
                 if wild & ((1 << s1) | (1 << s2)) != 0 {
                     continue;
                 }
-                let torn = a
-                    .iter()
-                    .all(|&c1| b.iter().all(|&c2| c1 != c2 && covers(c1, s2) && covers(c2, s1)));
+                let torn = a.iter().all(|&c1| {
+                    b.iter()
+                        .all(|&c2| c1 != c2 && covers(c1, s2) && covers(c2, s1))
+                });
                 if torn {
                     keep(Found {
                         rule: Rule::TornBlock,
@@ -634,8 +689,25 @@ struct Flags {
     floor: bool,
 }
 
-fn read_apply(mut st: State, r: &Sub) -> Option<State> {
-    let mut pinned = 0u8;
+/// The media read back at each crash, for this block: (mask, values); mask 0 = none.
+type Backs = [(u8, [Digest; SECTORS_PER_BLOCK])];
+
+/// Does `v` agree with a read-back on its sectors (unknown and undefined agree)?
+fn agrees(v: &Val, back: &(u8, [Digest; SECTORS_PER_BLOCK])) -> bool {
+    (0..SECTORS_PER_BLOCK).all(|s| {
+        let bit = 1u8 << s;
+        back.0 & bit == 0 || (v.any | v.unknown) & bit != 0 || v.d[s] == back.1[s]
+    })
+}
+
+fn note(st: &mut State, backs: &Backs) {
+    if let Some(b) = backs.get(st.epoch) {
+        st.seen |= b.0 != 0 && agrees(&st.cur, b);
+    }
+}
+
+fn read_apply(mut st: State, r: &Sub, backs: &Backs) -> Option<State> {
+    let mut pinned = false;
     for s in 0..SECTORS_PER_BLOCK {
         let bit = 1u8 << s;
         if r.mask & bit == 0 || st.cur.any & bit != 0 {
@@ -644,29 +716,18 @@ fn read_apply(mut st: State, r: &Sub) -> Option<State> {
         if st.cur.unknown & bit != 0 {
             st.cur.d[s] = r.vals[s];
             st.cur.unknown &= !bit;
-            pinned |= bit;
+            pinned = true;
         } else if st.cur.d[s] != r.vals[s] {
             return None;
         }
     }
-    if pinned != 0 {
-        // every unknown bit is the (one) initial content: pin it everywhere
-        for v in &mut st.versions {
-            for s in 0..SECTORS_PER_BLOCK {
-                let bit = 1u8 << s;
-                if pinned & bit != 0 && v.unknown & bit != 0 {
-                    v.d[s] = r.vals[s];
-                    v.unknown &= !bit;
-                }
-            }
-        }
-        st.versions.sort_by_key(|v| (v.d, v.unknown, v.any));
-        st.versions.dedup();
+    if pinned {
+        note(&mut st, backs);
     }
     Some(st)
 }
 
-fn write_apply(mut st: State, w: &Sub, track: bool, floor: bool) -> State {
+fn write_apply(mut st: State, w: &Sub, backs: &Backs, floor: bool) -> State {
     for s in 0..SECTORS_PER_BLOCK {
         let bit = 1u8 << s;
         if w.mask & bit == 0 {
@@ -680,56 +741,57 @@ fn write_apply(mut st: State, w: &Sub, track: bool, floor: bool) -> State {
             st.cur.d[s] = w.vals[s];
         }
     }
-    if track {
-        if w.durable && floor {
-            st.versions.clear();
-        }
-        if !st.versions.contains(&st.cur) {
-            st.versions.push(st.cur);
-            st.versions.sort_by_key(|v| (v.d, v.unknown, v.any));
-        }
+    if w.durable && floor {
+        // older versions may no longer be on the media after the next crash
+        st.seen = false;
     }
+    note(&mut st, backs);
     st
 }
 
-fn crash_apply(st: &State, c: &Sub) -> Vec<State> {
-    let mut out: Vec<State> = Vec::new();
-    for v in &st.versions {
-        let mut n = *v;
-        let mut ok = true;
-        for s in 0..SECTORS_PER_BLOCK {
-            let bit = 1u8 << s;
-            if c.mask & bit == 0 {
-                continue;
-            }
-            if v.any & bit == 0 && v.unknown & bit == 0 && v.d[s] != c.vals[s] {
-                ok = false;
-                break;
-            }
-            n.d[s] = c.vals[s];
-            n.any &= !bit;
-            n.unknown &= !bit;
-        }
-        if ok {
-            let s = State { cur: n, versions: vec![n] };
-            if !out.contains(&s) {
-                out.push(s);
-            }
+/// A crash: the block rolls back to a version since its floor — the one read back.
+/// Without a read-back the content is unknown until read; sectors not read back too.
+fn crash_apply(st: &State, backs: &Backs) -> Option<State> {
+    let back = backs
+        .get(st.epoch)
+        .copied()
+        .unwrap_or((0, [0; SECTORS_PER_BLOCK]));
+    if back.0 != 0 && !st.seen {
+        return None;
+    }
+    let mut cur = Val {
+        d: back.1,
+        unknown: !back.0,
+        any: 0,
+    };
+    for s in 0..SECTORS_PER_BLOCK {
+        if back.0 & (1 << s) == 0 {
+            cur.d[s] = 0;
         }
     }
-    out
+    let mut n = State {
+        cur,
+        epoch: st.epoch + 1,
+        seen: false,
+    };
+    note(&mut n, backs);
+    Some(n)
 }
 
-fn successors(st: &State, sub: &Sub, track: bool, flags: &Flags) -> Vec<State> {
+fn successors(st: &State, sub: &Sub, backs: &Backs, flags: &Flags) -> Vec<State> {
     match sub.kind {
-        SubKind::Read => read_apply(st.clone(), sub).into_iter().collect(),
+        SubKind::Read => read_apply(st.clone(), sub, backs).into_iter().collect(),
         // an optional write takes effect, or is a no-op, at its instant
         SubKind::Write if sub.optional => {
-            let applied = write_apply(st.clone(), sub, track, flags.floor);
-            if applied == *st { vec![applied] } else { vec![applied, st.clone()] }
+            let applied = write_apply(st.clone(), sub, backs, flags.floor);
+            if applied == *st {
+                vec![applied]
+            } else {
+                vec![applied, st.clone()]
+            }
         }
-        SubKind::Write => vec![write_apply(st.clone(), sub, track, flags.floor)],
-        SubKind::Crash => crash_apply(st, sub),
+        SubKind::Write => vec![write_apply(st.clone(), sub, backs, flags.floor)],
+        SubKind::Crash => crash_apply(st, backs).into_iter().collect(),
     }
 }
 
@@ -748,7 +810,11 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
     if n == 0 {
         return Search::Ok(0);
     }
-    let track = subs.iter().any(|s| s.kind == SubKind::Crash);
+    let backs: Vec<(u8, [Digest; SECTORS_PER_BLOCK])> = subs
+        .iter()
+        .filter(|s| s.kind == SubKind::Crash)
+        .map(|s| (s.mask, s.vals))
+        .collect();
     // FIFO predecessor: the previous sub of the same channel and epoch
     let mut pred = vec![NIL; n];
     if flags.fifo {
@@ -769,7 +835,15 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
     }
     // calls before returns at equal times: equal stamps are concurrent
     ev.sort_by_key(|&(t, is_ret, i)| (t, is_ret, i));
-    let mut entries = vec![Entry { sub: NIL, call: false, prev: NIL, next: NIL }; 2 * n + 1];
+    let mut entries = vec![
+        Entry {
+            sub: NIL,
+            call: false,
+            prev: NIL,
+            next: NIL
+        };
+        2 * n + 1
+    ];
     let mut call_at = vec![0; n];
     let mut ret_at = vec![0; n];
     for (k, &(_, is_ret, i)) in ev.iter().enumerate() {
@@ -816,7 +890,12 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
         forced: bool,
     }
     let mut stack: Vec<Frame> = Vec::new();
-    let mut state = State { cur: init, versions: vec![init] };
+    let mut state = State {
+        cur: init,
+        epoch: 0,
+        seen: false,
+    };
+    note(&mut state, &backs);
     let mut at = entries[0].next;
     let mut start = 0usize;
     let mut states = 0u64;
@@ -832,17 +911,23 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
         if e.call {
             let i = e.sub;
             if pred[i] == NIL || is_done(&done, pred[i]) {
-                let succ = successors(&state, &subs[i], track, flags);
-                // A read consistent now is linearized now, with no alternative: every op
-                // that must precede it is already linearized (its return came earlier),
-                // and a read leaves the state as it is, so a later place is no better.
-                let forced = subs[i].kind == SubKind::Read && !succ.is_empty();
+                let succ = successors(&state, &subs[i], &backs, flags);
+                // A read consistent now that leaves the state as it is (fixes no unknown
+                // sector) is linearized now, with no alternative: every op that must
+                // precede it is already linearized (its return came earlier), so a later
+                // place is no better.
+                let forced = subs[i].kind == SubKind::Read && succ.first() == Some(&state);
                 for (k, s) in succ.into_iter().enumerate().skip(start) {
                     done[i / 64] |= 1 << (i % 64);
                     if cache.insert((done.clone(), s.clone())) {
                         states += 1;
                         let prev = std::mem::replace(&mut state, s);
-                        stack.push(Frame { sub: i, prev, next_succ: k + 1, forced });
+                        stack.push(Frame {
+                            sub: i,
+                            prev,
+                            next_succ: k + 1,
+                            forced,
+                        });
                         lift(&mut entries, i);
                         at = entries[0].next;
                         start = 0;
@@ -880,7 +965,11 @@ fn search(subs: &[Sub], init: Val, flags: &Flags, budget: u64) -> Search {
 // Explanations
 
 fn short(d: Digest) -> String {
-    if d == zero_digest() { "zeroes".into() } else { format!("{d:016x}") }
+    if d == zero_digest() {
+        "zeroes".into()
+    } else {
+        format!("{d:016x}")
+    }
 }
 
 fn source_words(ctx: &Ctx, subs: &[Sub], c: Source) -> String {
@@ -911,7 +1000,11 @@ fn sub_id(ctx: &Ctx, s: &Sub) -> Option<OpId> {
 }
 
 fn block_range(block: u64) -> String {
-    format!("block {block} (bytes {:#x}..{:#x})", block * BLOCK, (block + 1) * BLOCK)
+    format!(
+        "block {block} (bytes {:#x}..{:#x})",
+        block * BLOCK,
+        (block + 1) * BLOCK
+    )
 }
 
 fn explain_found(ctx: &Ctx, subs: &[Sub], f: &Found) -> Violation {
@@ -923,7 +1016,12 @@ fn explain_found(ctx: &Ctx, subs: &[Sub], f: &Found) -> Violation {
     } else {
         format!("read {}", sub_words(ctx, r))
     };
-    let loc = format!("{}, sector {} (byte {:#x})", block_range(f.block), f.sector, f.sector * SECTOR);
+    let loc = format!(
+        "{}, sector {} (byte {:#x})",
+        block_range(f.block),
+        f.sector,
+        f.sector * SECTOR
+    );
     let mut ops: Vec<OpId> = sub_id(ctx, r).into_iter().collect();
     for o in &f.others {
         if let Source::Sub(i) = o
@@ -974,7 +1072,9 @@ fn explain_found(ctx: &Ctx, subs: &[Sub], f: &Found) -> Violation {
             short(v),
             of(f.others[0]),
             source_words(ctx, subs, f.others[1]),
-            f.why.map(|w| w.words()).unwrap_or_else(|| "it was the media after the previous crash".into()),
+            f.why
+                .map(|w| w.words())
+                .unwrap_or_else(|| "it was the media after the previous crash".into()),
             after(f.others[0]),
             match f.others[1] {
                 Source::Sub(i) => short(subs[i].vals[s]),
@@ -1041,7 +1141,13 @@ fn describe_effect(ctx: &Ctx, subs: &[Sub], s: &Sub) -> String {
     };
     let list: Vec<String> = parts
         .into_iter()
-        .map(|(a, b, n)| if a == b { format!("sector {a}: {n}") } else { format!("sectors {a}-{b}: {n}") })
+        .map(|(a, b, n)| {
+            if a == b {
+                format!("sector {a}: {n}")
+            } else {
+                format!("sectors {a}-{b}: {n}")
+            }
+        })
         .collect();
     format!("{verb} {}", list.join(", "))
 }
@@ -1068,14 +1174,19 @@ fn explain_search(ctx: &Ctx, block: u64, subs: &[Sub], rule: Rule) -> Violation 
     };
     lines.push(lead);
     for s in subs {
-        let mut l = format!("  {} — {}", sub_words(ctx, s), describe_effect(ctx, subs, s));
+        let mut l = format!(
+            "  {} — {}",
+            sub_words(ctx, s),
+            describe_effect(ctx, subs, s)
+        );
         if s.optional {
             l.push_str(" (may not have taken effect)");
         }
-        if s.durable && s.kind == SubKind::Write {
-            if let Some(w) = ctx.why[s.src] {
-                l.push_str(&format!(" (durable: {})", w.words()));
-            }
+        if s.durable
+            && s.kind == SubKind::Write
+            && let Some(w) = ctx.why[s.src]
+        {
+            l.push_str(&format!(" (durable: {})", w.words()));
         }
         lines.push(l);
     }
@@ -1084,17 +1195,30 @@ fn explain_search(ctx: &Ctx, block: u64, subs: &[Sub], rule: Rule) -> Violation 
         block: Some(block),
         sector: None,
         ops: subs.iter().filter_map(|s| sub_id(ctx, s)).collect(),
-        crash: subs.iter().find(|s| s.kind == SubKind::Crash).map(|s| s.invoke),
+        crash: subs
+            .iter()
+            .find(|s| s.kind == SubKind::Crash)
+            .map(|s| s.invoke),
         explanation: lines.join("\n"),
     }
 }
 
 fn classify(ctx: &Ctx, subs: &[Sub], budget: u64) -> Rule {
     let passes = |fl: Flags| matches!(search(subs, ctx.init, &fl, budget), Search::Ok(_));
-    if ctx.fifo && passes(Flags { fifo: false, floor: true }) {
+    if ctx.fifo
+        && passes(Flags {
+            fifo: false,
+            floor: true,
+        })
+    {
         return Rule::ChannelOrder;
     }
-    if subs.iter().any(|s| s.kind == SubKind::Crash) && passes(Flags { fifo: ctx.fifo, floor: false }) {
+    if subs.iter().any(|s| s.kind == SubKind::Crash)
+        && passes(Flags {
+            fifo: ctx.fifo,
+            floor: false,
+        })
+    {
         return Rule::LostDurable;
     }
     Rule::NotLinearizable
@@ -1106,7 +1230,10 @@ fn fails_as(ctx: &Ctx, block: u64, subs: &[Sub], rule: Rule, budget: u64) -> boo
     if direct(ctx, block, subs).is_some() {
         return false;
     }
-    let fl = Flags { fifo: ctx.fifo, floor: true };
+    let fl = Flags {
+        fifo: ctx.fifo,
+        floor: true,
+    };
     if !matches!(search(subs, ctx.init, &fl, budget), Search::Fail) {
         return false;
     }
@@ -1140,13 +1267,21 @@ fn minimize(ctx: &Ctx, block: u64, subs: &[Sub], rule: Rule) -> Vec<Sub> {
     let mut removed = vec![false; cur.len()];
     for i in order {
         removed[i] = true;
-        let trial: Vec<Sub> =
-            cur.iter().enumerate().filter(|(k, _)| !removed[*k]).map(|(_, s)| s.clone()).collect();
+        let trial: Vec<Sub> = cur
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| !removed[*k])
+            .map(|(_, s)| s.clone())
+            .collect();
         if trial.is_empty() || !fails_as(ctx, block, &trial, rule, BUDGET) {
             removed[i] = false;
         }
     }
-    cur.into_iter().enumerate().filter(|(k, _)| !removed[*k]).map(|(_, s)| s).collect()
+    cur.into_iter()
+        .enumerate()
+        .filter(|(k, _)| !removed[*k])
+        .map(|(_, s)| s)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------
@@ -1203,7 +1338,13 @@ pub fn check_with(h: &History, opts: &CheckOptions) -> Result<Summary, CheckErro
     let crashes: Vec<u64> = h.crashes.iter().map(|c| c.t).collect();
     let fifo = opts.channel_fifo.unwrap_or(h.header.level == Level::Cbd);
     let why = durability(h, &crashes);
-    let ctx = Ctx { h, crashes, why, init: initial_val(h), fifo };
+    let ctx = Ctx {
+        h,
+        crashes,
+        why,
+        init: initial_val(h),
+        fifo,
+    };
     if fifo && let Some(v) = channel_order(&ctx) {
         return Err(CheckError::Violation(Box::new(v)));
     }
@@ -1241,11 +1382,22 @@ pub fn check_with(h: &History, opts: &CheckOptions) -> Result<Summary, CheckErro
                 summary.states += n;
                 log::debug!("history: block {b}: {} ops, {n} states", subs.len());
             }
-            Search::Budget(n) => return Err(CheckError::Undecided { block: b, states: n }),
+            Search::Budget(n) => {
+                return Err(CheckError::Undecided {
+                    block: b,
+                    states: n,
+                });
+            }
             Search::Fail => {
                 let rule = classify(&ctx, subs, opts.max_states);
-                let small = if opts.minimize { minimize(&ctx, b, subs, rule) } else { subs.clone() };
-                return Err(CheckError::Violation(Box::new(explain_search(&ctx, b, &small, rule))));
+                let small = if opts.minimize {
+                    minimize(&ctx, b, subs, rule)
+                } else {
+                    subs.clone()
+                };
+                return Err(CheckError::Violation(Box::new(explain_search(
+                    &ctx, b, &small, rule,
+                ))));
             }
         }
     }

@@ -133,7 +133,14 @@ impl Op {
 
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{} {} ch{} tid {}", self.id, self.kind.name(), self.chan, self.tid)?;
+        write!(
+            f,
+            "#{} {} ch{} tid {}",
+            self.id,
+            self.kind.name(),
+            self.chan,
+            self.tid
+        )?;
         if self.kind.has_range() {
             write!(f, " [{:#x}, +{})", self.offset, self.len)?;
         }
@@ -226,7 +233,11 @@ pub struct Header {
 
 impl Default for Header {
     fn default() -> Self {
-        Header { level: Level::Cbd, initial: Initial::Zero, discard: DiscardMode::Zeroes }
+        Header {
+            level: Level::Cbd,
+            initial: Initial::Zero,
+            discard: DiscardMode::Zeroes,
+        }
     }
 }
 
@@ -250,7 +261,10 @@ pub struct HistoryError {
 
 impl HistoryError {
     pub(crate) fn new(msg: impl Into<String>) -> Self {
-        HistoryError { line: None, msg: msg.into() }
+        HistoryError {
+            line: None,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -267,7 +281,10 @@ impl std::error::Error for HistoryError {}
 
 impl History {
     pub fn new(header: Header) -> Self {
-        History { header, ..Default::default() }
+        History {
+            header,
+            ..Default::default()
+        }
     }
 
     /// Checks that the history is well formed: unique ids, aligned ranges of at most
@@ -281,7 +298,7 @@ impl History {
                 return bad("duplicate id");
             }
             if op.kind.has_range() {
-                if op.offset % SECTOR != 0 || op.len as u64 % SECTOR != 0 {
+                if !op.offset.is_multiple_of(SECTOR) || !(op.len as u64).is_multiple_of(SECTOR) {
                     return bad("offset and length must be multiples of 512");
                 }
                 if op.len == 0 || op.len > MAX_REQUEST {
@@ -330,12 +347,15 @@ impl History {
         let mut last = None;
         for c in &self.crashes {
             if last.is_some_and(|l| c.t <= l) {
-                return Err(HistoryError::new(format!("crash t={} not after the previous", c.t)));
+                return Err(HistoryError::new(format!(
+                    "crash t={} not after the previous",
+                    c.t
+                )));
             }
             last = Some(c.t);
             let mut ranges: Vec<(u64, u64)> = Vec::new();
             for m in &c.media {
-                if m.offset % SECTOR != 0 {
+                if !m.offset.is_multiple_of(SECTOR) {
                     return Err(HistoryError::new(format!(
                         "crash t={}: media offset {:#x} not a multiple of 512",
                         c.t, m.offset
@@ -474,7 +494,12 @@ impl Recorder {
     /// The device is dead. Returns the crash's time.
     pub fn crash(&self) -> u64 {
         let t = self.tick();
-        self.with(|h| h.crashes.push(Crash { t, media: Vec::new() }));
+        self.with(|h| {
+            h.crashes.push(Crash {
+                t,
+                media: Vec::new(),
+            })
+        });
         t
     }
 

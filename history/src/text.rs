@@ -81,10 +81,20 @@ pub fn to_text(h: &History) -> String {
         }
     }
     for (i, w) in h.watermarks.iter().enumerate() {
-        ev.push((w.t, 2, i, format!("watermark t={} ch={} tid={}", w.t, w.chan, w.tid)));
+        ev.push((
+            w.t,
+            2,
+            i,
+            format!("watermark t={} ch={} tid={}", w.t, w.chan, w.tid),
+        ));
     }
     for (i, c) in h.confirms.iter().enumerate() {
-        ev.push((c.t, 3, i, format!("confirm t={} ch={} tid={}", c.t, c.chan, c.tid)));
+        ev.push((
+            c.t,
+            3,
+            i,
+            format!("confirm t={} ch={} tid={}", c.t, c.chan, c.tid),
+        ));
     }
     for (i, c) in h.crashes.iter().enumerate() {
         let mut s = format!("crash t={}", c.t);
@@ -94,7 +104,7 @@ pub fn to_text(h: &History) -> String {
         }
         ev.push((c.t, 4, i, s));
     }
-    ev.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    ev.sort_by_key(|e| (e.0, e.1, e.2));
     let mut out = format!(
         "{MAGIC} {VERSION} level={} initial={} discard={}\n",
         level_name(h.header.level),
@@ -123,10 +133,16 @@ struct Line<'a> {
 
 impl<'a> Line<'a> {
     fn err(&self, msg: impl Into<String>) -> HistoryError {
-        HistoryError { line: Some(self.no), msg: msg.into() }
+        HistoryError {
+            line: Some(self.no),
+            msg: msg.into(),
+        }
     }
     fn get(&self, key: &str) -> Result<&'a str, HistoryError> {
-        self.kv.get(key).copied().ok_or_else(|| self.err(format!("missing {key}=")))
+        self.kv
+            .get(key)
+            .copied()
+            .ok_or_else(|| self.err(format!("missing {key}=")))
     }
     fn num(&self, key: &str) -> Result<u64, HistoryError> {
         let v = self.get(key)?;
@@ -163,7 +179,9 @@ fn parse_digests(s: &str) -> Result<Vec<Digest>, String> {
     for item in s.split(',') {
         let (v, n) = match item.split_once('*') {
             Some((v, n)) => {
-                let n: usize = n.parse().map_err(|_| format!("bad repeat count in {item:?}"))?;
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| format!("bad repeat count in {item:?}"))?;
                 if n == 0 || n > (MAX_REQUEST as usize) {
                     return Err(format!("repeat count out of range in {item:?}"));
                 }
@@ -207,7 +225,12 @@ pub fn parse(text: &str) -> Result<History, HistoryError> {
         if content.is_empty() {
             continue;
         }
-        let mut line = Line { no: i + 1, words: Vec::new(), kv: HashMap::new(), flags: Vec::new() };
+        let mut line = Line {
+            no: i + 1,
+            words: Vec::new(),
+            kv: HashMap::new(),
+            flags: Vec::new(),
+        };
         for w in content.split_whitespace() {
             if let Some((k, v)) = w.split_once('=') {
                 if line.kv.insert(k, v).is_some() {
@@ -219,7 +242,9 @@ pub fn parse(text: &str) -> Result<History, HistoryError> {
         }
         let Some(hist) = h.as_mut() else {
             if line.words.first() != Some(&MAGIC) {
-                return Err(line.err(format!("expected the header line \"{MAGIC} {VERSION} ...\"")));
+                return Err(line.err(format!(
+                    "expected the header line \"{MAGIC} {VERSION} ...\""
+                )));
             }
             if line.words.get(1) != Some(&VERSION) || line.words.len() != 2 {
                 return Err(line.err(format!("unsupported version (this reader knows {VERSION})")));
@@ -254,9 +279,17 @@ pub fn parse(text: &str) -> Result<History, HistoryError> {
         let verb = line.words.first().copied().unwrap_or("");
         match verb {
             "inv" => {
-                let id_s = line.flags.first().copied().ok_or_else(|| line.err("inv: missing id"))?;
+                let id_s = line
+                    .flags
+                    .first()
+                    .copied()
+                    .ok_or_else(|| line.err("inv: missing id"))?;
                 let id = parse_num(id_s).ok_or_else(|| line.err(format!("bad id {id_s:?}")))?;
-                let kind_s = line.flags.get(1).copied().ok_or_else(|| line.err("inv: missing op"))?;
+                let kind_s = line
+                    .flags
+                    .get(1)
+                    .copied()
+                    .ok_or_else(|| line.err("inv: missing op"))?;
                 let kind = kind_of(kind_s).ok_or_else(|| {
                     line.err(format!(
                         "unknown op {kind_s:?} (write, read, flush, discard, wzeroes)"
@@ -304,7 +337,11 @@ pub fn parse(text: &str) -> Result<History, HistoryError> {
                 });
             }
             "ret" => {
-                let id_s = line.flags.first().copied().ok_or_else(|| line.err("ret: missing id"))?;
+                let id_s = line
+                    .flags
+                    .first()
+                    .copied()
+                    .ok_or_else(|| line.err("ret: missing id"))?;
                 let id = parse_num(id_s).ok_or_else(|| line.err(format!("bad id {id_s:?}")))?;
                 let rest = &line.flags[1..];
                 if let Some(w) = rest.iter().find(|w| !matches!(**w, "ok" | "durable")) {
@@ -315,7 +352,8 @@ pub fn parse(text: &str) -> Result<History, HistoryError> {
                 let outcome = match (ok, line.kv.get("err")) {
                     (true, None) => Outcome::Ok,
                     (false, Some(e)) => Outcome::Err(
-                        e.parse().map_err(|_| line.err(format!("err={e}: not an errno")))?,
+                        e.parse()
+                            .map_err(|_| line.err(format!("err={e}: not an errno")))?,
                     ),
                     _ => return Err(line.err("ret needs exactly one of ok / err=ERRNO")),
                 };
@@ -347,12 +385,22 @@ pub fn parse(text: &str) -> Result<History, HistoryError> {
             }
             "crash" => {
                 line.only(&["t"], false)?;
-                hist.crashes.push(Crash { t: line.num("t")?, media: Vec::new() });
+                hist.crashes.push(Crash {
+                    t: line.num("t")?,
+                    media: Vec::new(),
+                });
             }
             "media" => {
                 line.only(&["off", "d"], false)?;
-                let m = MediaRange { offset: line.num("off")?, digests: line.digests("d")? };
-                hist.crashes.last_mut().ok_or_else(|| line.err("media before any crash"))?.media.push(m);
+                let m = MediaRange {
+                    offset: line.num("off")?,
+                    digests: line.digests("d")?,
+                };
+                hist.crashes
+                    .last_mut()
+                    .ok_or_else(|| line.err("media before any crash"))?
+                    .media
+                    .push(m);
             }
             _ => {
                 return Err(line.err(format!(

@@ -9,24 +9,39 @@ use proptest::prelude::*;
 use sim::{Params, Rng, run};
 
 fn params() -> impl Strategy<Value = Params> {
-    (any::<u64>(), any::<bool>(), 1u16..=3, 1usize..=8, 1u64..=4, 5usize..=60, 0u64..=100, 0u64..=20).prop_map(
-        |(seed, cbd, chans, qd, blocks, ops, crash_percent, fail_percent)| Params {
-            seed,
-            level: if cbd { Level::Cbd } else { Level::Linux },
-            chans,
-            qd,
-            blocks,
-            ops,
-            max_sectors: 16,
-            crash_percent,
-            fail_percent,
-        },
+    (
+        any::<u64>(),
+        any::<bool>(),
+        1u16..=3,
+        1usize..=8,
+        1u64..=4,
+        5usize..=60,
+        0u64..=100,
+        0u64..=20,
     )
+        .prop_map(
+            |(seed, cbd, chans, qd, blocks, ops, crash_percent, fail_percent)| Params {
+                seed,
+                level: if cbd { Level::Cbd } else { Level::Linux },
+                chans,
+                qd,
+                blocks,
+                ops,
+                max_sectors: 16,
+                crash_percent,
+                fail_percent,
+            },
+        )
 }
 
 fn latest_overwrite(h: &History, r: &Op, sec: u64) -> Option<usize> {
     let crashes: Vec<u64> = h.crashes.iter().map(|c| c.t).collect();
-    let epoch_start = crashes.iter().copied().filter(|&c| c < r.invoke).max().unwrap_or(0);
+    let epoch_start = crashes
+        .iter()
+        .copied()
+        .filter(|&c| c < r.invoke)
+        .max()
+        .unwrap_or(0);
     h.ops
         .iter()
         .enumerate()
@@ -52,7 +67,11 @@ fn older_value(h: &History, sec: u64, before: u64, rng: &mut Rng) -> Digest {
     let olds: Vec<Digest> = h
         .ops
         .iter()
-        .filter(|w| w.kind == OpKind::Write && covers(w, sec) && w.completed_at().is_some_and(|c| c < before))
+        .filter(|w| {
+            w.kind == OpKind::Write
+                && covers(w, sec)
+                && w.completed_at().is_some_and(|c| c < before)
+        })
         .map(|w| w.written[(sec - w.sectors().0) as usize])
         .collect();
     if olds.is_empty() || rng.chance(20) {

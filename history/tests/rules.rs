@@ -2,6 +2,8 @@
 //! accepted; illegal ones are rejected with a counter-example naming the rule and the
 //! operations that show it.
 
+#![allow(clippy::too_many_arguments)] // the builder spells out every field of an op
+
 use history::*;
 
 /// A small history builder. Positions are in 512 B sectors; a write of value `v`
@@ -12,11 +14,20 @@ struct B {
 }
 
 fn cbd() -> B {
-    B { h: History::new(Header::default()), id: 0 }
+    B {
+        h: History::new(Header::default()),
+        id: 0,
+    }
 }
 
 fn linux() -> B {
-    B { h: History::new(Header { level: Level::Linux, ..Header::default() }), id: 0 }
+    B {
+        h: History::new(Header {
+            level: Level::Linux,
+            ..Header::default()
+        }),
+        id: 0,
+    }
 }
 
 const Z: u64 = u64::MAX; // stands for "zeroes" in read values below
@@ -26,7 +37,16 @@ fn val(v: u64) -> Digest {
 }
 
 impl B {
-    fn op(&mut self, kind: OpKind, ch: u16, tid: u64, sec: u64, n: u64, inv: u64, done: Option<(u64, Outcome)>) -> OpId {
+    fn op(
+        &mut self,
+        kind: OpKind,
+        ch: u16,
+        tid: u64,
+        sec: u64,
+        n: u64,
+        inv: u64,
+        done: Option<(u64, Outcome)>,
+    ) -> OpId {
         let id = self.id;
         self.id += 1;
         self.h.ops.push(Op {
@@ -46,19 +66,44 @@ impl B {
     }
     /// Write of value `v` over sectors [sec, sec+n), ok.
     fn w(&mut self, ch: u16, tid: u64, sec: u64, n: u64, v: u64, inv: u64, done: u64) -> OpId {
-        let id = self.op(OpKind::Write, ch, tid, sec, n, inv, Some((done, Outcome::Ok)));
+        let id = self.op(
+            OpKind::Write,
+            ch,
+            tid,
+            sec,
+            n,
+            inv,
+            Some((done, Outcome::Ok)),
+        );
         self.last().written = vec![val(v); n as usize];
         id
     }
     /// Write that failed / never completed.
-    fn w_with(&mut self, ch: u16, tid: u64, sec: u64, n: u64, v: u64, inv: u64, done: Option<(u64, Outcome)>) -> OpId {
+    fn w_with(
+        &mut self,
+        ch: u16,
+        tid: u64,
+        sec: u64,
+        n: u64,
+        v: u64,
+        inv: u64,
+        done: Option<(u64, Outcome)>,
+    ) -> OpId {
         let id = self.op(OpKind::Write, ch, tid, sec, n, inv, done);
         self.last().written = vec![val(v); n as usize];
         id
     }
     /// Read of sectors [sec, sec+vals.len()) returning `vals`.
     fn r(&mut self, ch: u16, tid: u64, sec: u64, vals: &[u64], inv: u64, done: u64) -> OpId {
-        let id = self.op(OpKind::Read, ch, tid, sec, vals.len() as u64, inv, Some((done, Outcome::Ok)));
+        let id = self.op(
+            OpKind::Read,
+            ch,
+            tid,
+            sec,
+            vals.len() as u64,
+            inv,
+            Some((done, Outcome::Ok)),
+        );
         self.last().read = vals.iter().map(|&v| val(v)).collect();
         id
     }
@@ -75,7 +120,10 @@ impl B {
             t,
             media: media
                 .iter()
-                .map(|(sec, vals)| MediaRange { offset: sec * SECTOR, digests: vals.iter().map(|&v| val(v)).collect() })
+                .map(|(sec, vals)| MediaRange {
+                    offset: sec * SECTOR,
+                    digests: vals.iter().map(|&v| val(v)).collect(),
+                })
                 .collect(),
         });
     }
@@ -92,7 +140,12 @@ impl B {
         match check(&self.h) {
             Ok(s) => panic!("illegal history accepted ({s}):\n{}", to_text(&self.h)),
             Err(CheckError::Violation(v)) => {
-                assert_eq!(v.rule, rule, "rejected for another reason:\n{v}\n{}", to_text(&self.h));
+                assert_eq!(
+                    v.rule,
+                    rule,
+                    "rejected for another reason:\n{v}\n{}",
+                    to_text(&self.h)
+                );
                 // the message names the rule
                 assert!(v.to_string().contains(rule.name()));
                 *v
@@ -175,7 +228,14 @@ fn failed_write_may_or_may_not_have_taken_effect() {
         let mut b = cbd();
         b.w_with(0, 0, 0, 16, 9, 1, Some((2, Outcome::Err(5))));
         // a failed write may have changed any subset of its blocks
-        b.r(0, 1, 0, &[rep(seen, 8), rep(if seen == Z { 9 } else { Z }, 8)].concat(), 3, 4);
+        b.r(
+            0,
+            1,
+            0,
+            &[rep(seen, 8), rep(if seen == Z { 9 } else { Z }, 8)].concat(),
+            3,
+            4,
+        );
         b.ok();
     }
 }
@@ -278,8 +338,16 @@ fn watermark_and_token_confirm_durability() {
     let mut b = cbd();
     b.w(0, 0, 0, 8, 1, 1, 2);
     b.w(1, 7, 8, 8, 2, 3, 4);
-    b.h.watermarks.push(Watermark { t: 5, chan: 0, tid: 1 });
-    b.h.confirms.push(Confirm { t: 6, chan: 1, tid: 7 });
+    b.h.watermarks.push(Watermark {
+        t: 5,
+        chan: 0,
+        tid: 1,
+    });
+    b.h.confirms.push(Confirm {
+        t: 6,
+        chan: 1,
+        tid: 7,
+    });
     b.crash(7, &[(0, &[rep(1, 8), rep(2, 8)].concat())]);
     let s = b.ok();
     assert_eq!(s.durable_writes, 2);
@@ -407,7 +475,11 @@ fn watermark_that_lied() {
     let mut b = cbd();
     b.w(0, 0, 0, 8, 1, 1, 2);
     let w = b.w(0, 1, 0, 8, 2, 3, 4);
-    b.h.watermarks.push(Watermark { t: 5, chan: 0, tid: 2 });
+    b.h.watermarks.push(Watermark {
+        t: 5,
+        chan: 0,
+        tid: 2,
+    });
     b.crash(6, &[(0, &rep(1, 8))]);
     let v = b.bad(Rule::LostDurable);
     assert!(v.ops.contains(&w));
@@ -493,7 +565,10 @@ fn invalid_histories_are_errors_not_violations() {
     let mut b = cbd();
     b.w(0, 0, 0, 8, 1, 5, 2);
     let e = check(&b.h).unwrap_err();
-    assert!(e.to_string().contains("completed before it was invoked"), "{e}");
+    assert!(
+        e.to_string().contains("completed before it was invoked"),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------- text format
@@ -503,13 +578,25 @@ fn parse_errors_name_the_line() {
     let cases = [
         ("", "no header"),
         ("cbd-history 2\n", "version"),
-        ("cbd-history 1\ninv 0 t=1 ch=0 tid=0 write off=0 len=512\n", "missing d="),
-        ("cbd-history 1\ninv 0 t=1 ch=0 tid=0 write off=0 len=512 d=xyz\n", "bad digest"),
+        (
+            "cbd-history 1\ninv 0 t=1 ch=0 tid=0 write off=0 len=512\n",
+            "missing d=",
+        ),
+        (
+            "cbd-history 1\ninv 0 t=1 ch=0 tid=0 write off=0 len=512 d=xyz\n",
+            "bad digest",
+        ),
         ("cbd-history 1\nret 3 t=1 ok\n", "before its inv"),
-        ("cbd-history 1\ninv 0 t=1 ch=0 tid=0 read off=0 len=512\nret 0 t=2\n", "exactly one"),
+        (
+            "cbd-history 1\ninv 0 t=1 ch=0 tid=0 read off=0 len=512\nret 0 t=2\n",
+            "exactly one",
+        ),
         ("cbd-history 1\nmedia off=0 d=z\n", "before any crash"),
         ("cbd-history 1\nbogus\n", "unknown line"),
-        ("cbd-history 1\ninv 0 t=1 ch=0 tid=0 write off=0 len=1024 d=z\n", "carries 1 digests"),
+        (
+            "cbd-history 1\ninv 0 t=1 ch=0 tid=0 write off=0 len=1024 d=z\n",
+            "carries 1 digests",
+        ),
     ];
     for (text, want) in cases {
         let e = parse(text).unwrap_err();
@@ -527,7 +614,11 @@ fn text_round_trip_and_compact_digests() {
     b.r(0, 1, 0, &rep(Z, 8), 4, 5);
     b.op(OpKind::Flush, 0, 2, 0, 0, 6, Some((7, Outcome::Err(5))));
     b.last().len = 0;
-    b.h.watermarks.push(Watermark { t: 8, chan: 0, tid: 2 });
+    b.h.watermarks.push(Watermark {
+        t: 8,
+        chan: 0,
+        tid: 2,
+    });
     b.crash(9, &[(0, &rep(Z, 16))]);
     let text = to_text(&b.h);
     assert!(text.contains("d=z*16"), "{text}");

@@ -66,33 +66,40 @@ pub fn run(p: &Params) -> Run {
     let mut rng = Rng::new(p.seed);
     let zero = zero_digest();
     let sectors = p.blocks * SECTORS_PER_BLOCK as u64;
-    let mut h = History::new(Header { level: p.level, ..Header::default() });
+    let mut h = History::new(Header {
+        level: p.level,
+        ..Header::default()
+    });
     let mut disk = vec![zero; sectors as usize];
     // per block: versions since the last crash (values), and the durable floor index
     let mut versions: Vec<Vec<Vec<Digest>>> = (0..p.blocks).map(|_| vec![vec![zero; 8]]).collect();
     let mut floor = vec![0usize; p.blocks as usize];
     // (op idx, block) -> version index it produced, this epoch
-    let mut produced: HashMap<(usize, u64), usize> = HashMap::new();
+    let mut produced: HashMap<usize, Vec<(u64, usize)>> = HashMap::new();
     let mut flights: Vec<Flight> = Vec::new();
     let mut tids = vec![0u64; p.chans as usize];
     let mut t = 1u64;
     let mut completed_this_epoch: Vec<usize> = Vec::new();
     let mut durable_epoch: Vec<usize> = Vec::new();
-    let mut run = Run { h: History::default(), durable_before: Vec::new() };
+    let mut run = Run {
+        h: History::default(),
+        durable_before: Vec::new(),
+    };
     let fifo = p.level == Level::Cbd;
     let mut invoked = 0usize;
     let mut crashes = 0;
 
     let mark_durable = |i: usize,
                         floor: &mut Vec<usize>,
-                        produced: &HashMap<(usize, u64), usize>,
+                        produced: &mut HashMap<usize, Vec<(u64, usize)>>,
                         durable_epoch: &mut Vec<usize>| {
-        for b in 0..floor.len() as u64 {
-            if let Some(&vi) = produced.get(&(i, b)) {
+        // once durable, an op's versions are the floor; later marks change nothing
+        if let Some(list) = produced.remove(&i) {
+            for (b, vi) in list {
                 floor[b as usize] = floor[b as usize].max(vi);
             }
+            durable_epoch.push(i);
         }
-        durable_epoch.push(i);
     };
 
     while invoked < p.ops || !flights.is_empty() {
@@ -158,20 +165,35 @@ pub fn run(p: &Params) -> Run {
                 for b in s / 8..=(s + n - 1) / 8 {
                     todo.push_back(b);
                 }
-                h.ops[idx].read = if kind == OpKind::Read { vec![0; n as usize] } else { Vec::new() };
+                h.ops[idx].read = if kind == OpKind::Read {
+                    vec![0; n as usize]
+                } else {
+                    Vec::new()
+                };
             }
-            let covers = if kind == OpKind::Flush { completed_this_epoch.clone() } else { Vec::new() };
-            flights.push(Flight { idx, todo, fail: rng.chance(p.fail_percent), covers });
+            let covers = if kind == OpKind::Flush {
+                completed_this_epoch.clone()
+            } else {
+                Vec::new()
+            };
+            flights.push(Flight {
+                idx,
+                todo,
+                fail: rng.chance(p.fail_percent),
+                covers,
+            });
             invoked += 1;
         } else if action < 70 && !flights.is_empty() {
             // one block of one request takes effect
-            let mut cands: Vec<usize> = (0..flights.len()).filter(|&i| !flights[i].todo.is_empty()).collect();
-            if fifo {
-                // only the oldest request of its channel that has not fully taken effect
-                cands.retain(|&i| {
-                    let ch = h.ops[flights[i].idx].chan;
-                    !flights[..i].iter().any(|f| h.ops[f.idx].chan == ch && !f.todo.is_empty())
-                });
+            let mut cands: Vec<usize> = Vec::new();
+            let mut seen = vec![false; p.chans as usize];
+            for (i, f) in flights.iter().enumerate() {
+                let ch = h.ops[f.idx].chan as usize;
+                // at the CBD level only the oldest request of its channel not yet done
+                if !(f.todo.is_empty() || fifo && seen[ch]) {
+                    cands.push(i);
+                    seen[ch] = true;
+                }
             }
             if cands.is_empty() {
                 continue;
@@ -192,7 +214,10 @@ pub fn run(p: &Params) -> Run {
                     }
                     let v: Vec<Digest> = disk[(b * 8) as usize..(b * 8 + 8) as usize].to_vec();
                     versions[b as usize].push(v);
-                    produced.insert((idx, b), versions[b as usize].len() - 1);
+                    produced
+                        .entry(idx)
+                        .or_default()
+                        .push((b, versions[b as usize].len() - 1));
                 }
                 OpKind::Read => {
                     for sec in lo..hi {
@@ -203,12 +228,15 @@ pub fn run(p: &Params) -> Run {
             }
         } else if action < 92 && !flights.is_empty() {
             // a completion
-            let mut cands: Vec<usize> = (0..flights.len()).filter(|&i| flights[i].todo.is_empty()).collect();
-            if fifo {
-                cands.retain(|&i| {
-                    let ch = h.ops[flights[i].idx].chan;
-                    !flights[..i].iter().any(|f| h.ops[f.idx].chan == ch)
-                });
+            let mut cands: Vec<usize> = Vec::new();
+            let mut seen = vec![false; p.chans as usize];
+            for (i, f) in flights.iter().enumerate() {
+                let ch = h.ops[f.idx].chan as usize;
+                // at the CBD level only the oldest request of its channel completes
+                if f.todo.is_empty() && !(fifo && seen[ch]) {
+                    cands.push(i);
+                }
+                seen[ch] = true;
             }
             if cands.is_empty() {
                 continue;
@@ -226,13 +254,13 @@ pub fn run(p: &Params) -> Run {
                 completed_this_epoch.push(idx);
                 if !fail && rng.chance(10) {
                     h.ops[idx].durable = true;
-                    mark_durable(idx, &mut floor, &produced, &mut durable_epoch);
+                    mark_durable(idx, &mut floor, &mut produced, &mut durable_epoch);
                 }
             }
             if kind == OpKind::Flush {
                 for &w in &f.covers {
                     if h.ops[w].ok() {
-                        mark_durable(w, &mut floor, &produced, &mut durable_epoch);
+                        mark_durable(w, &mut floor, &mut produced, &mut durable_epoch);
                     }
                 }
             }
@@ -251,7 +279,7 @@ pub fn run(p: &Params) -> Run {
                 .filter(|&i| h.ops[i].chan == chan && h.ops[i].tid < wm)
                 .collect();
             for i in covered {
-                mark_durable(i, &mut floor, &produced, &mut durable_epoch);
+                mark_durable(i, &mut floor, &mut produced, &mut durable_epoch);
             }
             h.watermarks.push(Watermark { t, chan, tid: wm });
         } else if rng.below(100) < p.crash_percent && crashes < 3 {
@@ -268,7 +296,13 @@ pub fn run(p: &Params) -> Run {
                 floor[b] = 0;
             }
             let cut = if rng.chance(30) { sectors / 2 } else { sectors };
-            h.crashes.push(Crash { t, media: vec![MediaRange { offset: 0, digests: media[..cut as usize].to_vec() }] });
+            h.crashes.push(Crash {
+                t,
+                media: vec![MediaRange {
+                    offset: 0,
+                    digests: media[..cut as usize].to_vec(),
+                }],
+            });
             run.durable_before.push(std::mem::take(&mut durable_epoch));
             // in flight: abandoned (never complete)
             flights.clear();
