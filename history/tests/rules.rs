@@ -519,14 +519,20 @@ fn concurrent_durable_write_may_be_ordered_first() {
 
 #[test]
 fn durable_floor_needs_the_search() {
-    // W1 → W2(durable) in real time but W1's value also written by the concurrent W3
-    // that completed before W2 began: the direct rule cannot decide; the search does.
+    // W1 is still in flight when the durable W2 runs, so no real-time order puts W1
+    // first; but a read saw W1's value before W2 was invoked, so W1 took effect first,
+    // and the media may not hold it after the crash. Only the search sees that.
     let mut b = cbd();
-    b.w(0, 0, 0, 8, 1, 1, 2);
-    b.w(1, 0, 0, 8, 2, 3, 4);
+    b.w(0, 0, 0, 8, 1, 1, 10);
+    b.r(1, 0, 0, &rep(1, 8), 2, 3);
+    b.w(1, 1, 0, 8, 2, 4, 5);
     b.last().durable = true;
-    b.crash(5, &[(0, &rep(1, 8))]);
-    b.bad(Rule::LostDurable);
+    b.crash(11, &[(0, &rep(1, 8))]);
+    let v = b.bad(Rule::LostDurable);
+    assert_eq!(
+        v.sector, None,
+        "found by the search, not a single observation: {v}"
+    );
 }
 
 #[test]
