@@ -19,13 +19,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use boot::device_vm::DeviceVm;
 use boot::image::{self, KernelElf};
 use boot::ktest::Expectation;
-use boot::pair::{PairSpec, run_pair};
-use boot::qemu::{Echo, Firmware, Input, Vm};
-use boot::status::KernelStatus;
-use boot::topology::{self, SharedFile, Topology};
+use qemu::device_vm::DeviceVm;
+use qemu::pair::{PairSpec, run_pair};
+use qemu::status::KernelStatus;
+use qemu::topology::{self, SharedFile, Topology};
+use qemu::{Echo, Firmware, Input, Vm};
 
 const USAGE: &str = "usage: boot [demo|device|shell|bench [fio|journal]|ktest|test] [--trace] [--uefi] [--release] [--timeout SECS] [--log LEVEL] [--memory MIB]
             [--topology cxl|cxl2rp|ivshmem] [--shm PATH] [--shm-size MIB] [--mode MODE] [--opt KEY=VALUE]... [--media PATH[:MIB]] [--runtime SECS] [--blocks N] [FILTER] [-- QEMU-ARGS...]";
@@ -225,7 +225,7 @@ fn cmd_run(o: &Opts) -> Result<KernelStatus, String> {
         .transpose()?;
     // The console is ours: type `stop`, `stats`, `trace on` in backend mode.
     if let Some((p, mib)) = &o.media {
-        boot::topology::ensure_file(p, mib << 20)?;
+        topology::ensure_file(p, mib << 20)?;
     }
     let vm = Vm::spawn_with_input(
         "device",
@@ -285,10 +285,10 @@ fn run_one_test(o: &Opts, elf: &KernelElf) -> Result<(), String> {
     verdict
 }
 
-fn cmd_bench_journal(o: &Opts) -> Result<boot::journal::JournalReport, String> {
+fn cmd_bench_journal(o: &Opts) -> Result<boot::bench::journal::JournalReport, String> {
     let elf = image::build_kernel(o.release).map_err(|e| e.to_string())?;
     let img = image::make_image(&elf, o.firmware).map_err(|e| e.to_string())?;
-    let mut b = boot::journal::JournalBench::new();
+    let mut b = boot::bench::journal::JournalBench::new();
     if let Some(n) = o.blocks {
         b.blocks = n;
     }
@@ -300,7 +300,7 @@ fn cmd_bench_journal(o: &Opts) -> Result<boot::journal::JournalReport, String> {
         b.media_mib = *mib;
     }
     b.options = o.opts.clone();
-    boot::journal::run(&img, &b)
+    boot::bench::journal::run(&img, &b)
 }
 
 fn cmd_ktest(o: &Opts) -> Result<bool, String> {
@@ -336,7 +336,7 @@ fn cmd_test(o: &Opts) -> Result<bool, String> {
     // Integration tests boot the device kernel; build its image once, up front.
     let elf = image::build_kernel(false).map_err(|e| e.to_string())?;
     // …and the guest's host program, for the guest and paired-VM tests.
-    let host_bin = boot::guest::build_host_binary().map_err(|e| e.to_string())?;
+    let host_bin = qemu::guest::build_host_binary().map_err(|e| e.to_string())?;
     eprintln!("== native, integration and paired-VM tests ==");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = std::process::Command::new(cargo)
@@ -358,7 +358,12 @@ fn cmd_test(o: &Opts) -> Result<bool, String> {
 
 /// The guest script of the demo and the interactive shell's helper.
 fn guest_script(name: &str) -> Result<String, String> {
-    boot::pair::script(name)
+    qemu::pair::script(name)
+}
+
+/// The device VM's boot image for the paired VMs (the demo and the shell).
+fn device_image() -> Result<std::path::PathBuf, String> {
+    image::kernel_image_for_tests(Firmware::Bios).map_err(|e| e.to_string())
 }
 
 /// Both VMs, a short workload in Linux, the device's summary, clean shutdown.
@@ -381,7 +386,7 @@ fn cmd_demo(o: &Opts) -> Result<i32, String> {
         spec.device_opts.push(("trace".into(), "on".into()));
     }
     spec.device_opts.extend(o.opts.iter().cloned());
-    let out = run_pair(&spec)?;
+    let out = run_pair(&spec, Some(&device_image()?))?;
     let dev = out.device.as_ref().ok_or("device VM missing")?;
     let summary = dev
         .output
@@ -437,7 +442,7 @@ fn cmd_shell(o: &Opts) -> Result<i32, String> {
             "ivshmem"
         }
     );
-    let out = run_pair(&spec)?;
+    let out = run_pair(&spec, Some(&device_image()?))?;
     if let Some(d) = &out.device {
         eprintln!(
             "shell: device {}",
@@ -470,8 +475,8 @@ fn main() -> ExitCode {
             print!("{}", r.text());
             if r.device_stopped { 0 } else { 1 }
         }),
-        "bench" => boot::bench::run(o.runtime.unwrap_or(5)).map(|s| {
-            println!("{}", boot::bench::table(&s));
+        "bench" => boot::bench::fio::run(o.runtime.unwrap_or(5)).map(|s| {
+            println!("{}", boot::bench::fio::table(&s));
             0
         }),
         "ktest" => cmd_ktest(&o).map(|ok| if ok { 0 } else { 1 }),

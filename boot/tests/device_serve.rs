@@ -9,15 +9,15 @@ use common::{Rng, now_ns};
 
 use std::time::{Duration, Instant};
 
-use boot::device_vm::DeviceVm;
-use boot::qemu::{Echo, Firmware, Input, Vm};
-use boot::status::KernelStatus;
-use boot::topology::{self, SharedFile};
 use device::host::{Host, HostConfig, HostError, Request};
 use device::layout::op;
 use device::native::MmapMem;
 use device::shm::Shm;
 use device::trace::NoTrace;
+use qemu::device_vm::DeviceVm;
+use qemu::status::KernelStatus;
+use qemu::topology::{self, SharedFile};
+use qemu::{Echo, Firmware, Input, Vm};
 
 #[test]
 fn device_kernel_serves_a_native_host_over_ivshmem() {
@@ -30,7 +30,7 @@ fn device_kernel_serves_a_native_host_over_ivshmem() {
 fn device_kernel_stores_writes_on_its_virtio_disk() {
     let img = std::env::temp_dir().join(format!("cbdfw-test-media-{}.img", std::process::id()));
     let _ = std::fs::remove_file(&img);
-    boot::topology::ensure_file(&img, 16 << 20).unwrap();
+    qemu::topology::ensure_file(&img, 16 << 20).unwrap();
     let model = serve_workload("virtio", Some(&img));
     let on_disk = std::fs::read(&img).unwrap();
     let _ = std::fs::remove_file(&img);
@@ -217,11 +217,11 @@ fn serve_workload(name: &str, media: Option<&std::path::Path>) -> Vec<u8> {
 #[test]
 fn journal_bench_confirms_every_commit_on_the_device() {
     let img = boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image");
-    let mut b = boot::journal::JournalBench::new();
+    let mut b = boot::bench::journal::JournalBench::new();
     b.secs = 1.0;
     b.media = std::env::temp_dir().join(format!("cbdfw-test-journal-{}.img", std::process::id()));
     b.media_mib = 16;
-    let r = boot::journal::run(&img, &b);
+    let r = boot::bench::journal::run(&img, &b);
     let _ = std::fs::remove_file(&b.media);
     let r = r.expect("journal bench");
     let text = r.text();

@@ -36,16 +36,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use boot::device_vm::DeviceVm;
-use boot::qemu::{Echo, Firmware, Input, Vm};
-use boot::status::KernelStatus;
-use boot::topology::{self, SharedFile};
 use device::durable::Intent;
 use device::host::{Blkdev, Completion, Host, HostConfig, HostError, Request};
 use device::layout::{errno, op};
 use device::native::MmapMem;
 use device::shm::Shm;
 use device::trace::NoTrace;
+use qemu::device_vm::DeviceVm;
+use qemu::status::KernelStatus;
+use qemu::topology::{self, SharedFile};
+use qemu::{Echo, Firmware, Input, Vm};
 
 const BLOCK: usize = 4096;
 const SECT: usize = 512;

@@ -19,9 +19,9 @@ use device::native::{MmapMem, now_ns};
 use device::shm::Shm;
 use device::trace::NoTrace;
 
-use crate::device_vm::DeviceVm;
-use crate::qemu::{Echo, Input, Vm};
-use crate::topology::{self, SharedFile};
+use qemu::device_vm::DeviceVm;
+use qemu::topology::{self, SharedFile};
+use qemu::{Echo, Input, Vm};
 
 /// What `bench journal` runs.
 #[derive(Clone, Debug)]
@@ -180,7 +180,7 @@ fn run_on(
         result,
         tokens: ts,
         device_lines,
-        device_stopped: out.status == crate::status::KernelStatus::Success,
+        device_stopped: out.status == qemu::status::KernelStatus::Success,
         media: b.media.clone(),
         media_mib: b.media_mib,
     })

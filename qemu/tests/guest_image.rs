@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use boot::guest::{self, GuestImage, Layer};
-use boot::qemu::{Echo, Input, QemuCmd};
-use boot::status::KernelStatus;
-use boot::topology::{self, SharedFile};
+use qemu::guest::{self, GuestImage, Layer};
+use qemu::status::KernelStatus;
+use qemu::topology::{self, SharedFile};
+use qemu::{Echo, Input, QemuCmd};
 
 static QEMU_LOCK: Mutex<()> = Mutex::new(());
 static HOST_BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -88,7 +88,7 @@ fn boot(img: &GuestImage, name: &str, layer: &Layer, cxl: Option<&Path>) -> Stri
             .and_then(|s| s.parse().ok())
             .unwrap_or(600),
     );
-    let out = boot::pair::spawn_linux(&q, Echo::Quiet, Input::Null)
+    let out = qemu::pair::spawn_linux(&q, Echo::Quiet, Input::Null)
         .unwrap_or_else(|e| panic!("{name}: {e}"))
         .wait(limit);
     std::fs::write(dir.join("console.log"), &out.output).ok();

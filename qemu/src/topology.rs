@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::qemu::QemuCmd;
+use crate::vm::QemuCmd;
 
 /// A topology with its variables resolved.
 #[derive(Clone, Debug)]
@@ -36,10 +36,9 @@ impl SharedFile {
     }
 }
 
+/// `qemu/topologies`.
 pub fn dir() -> PathBuf {
-    crate::image::workspace_root()
-        .join("qemu")
-        .join("topologies")
+    crate::data_dir().join("topologies")
 }
 
 /// Names of the available topologies.

@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::pair::{PairSpec, run_pair, script};
+use qemu::Firmware;
+use qemu::pair::{PairSpec, run_pair, script};
 
 /// One fio result.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,7 +102,8 @@ pub fn run(runtime_secs: u32) -> Result<Vec<Sample>, String> {
         "-device".into(),
         "virtio-blk-pci,drive=vd".into(),
     ];
-    let out = run_pair(&spec);
+    let kernel = crate::image::kernel_image_for_tests(Firmware::Bios).map_err(|e| e.to_string());
+    let out = kernel.and_then(|k| run_pair(&spec, Some(&k)));
     let _ = std::fs::remove_file(&vd);
     let out = out?;
     let samples: Vec<Sample> = out.linux.output.lines().filter_map(parse_line).collect();

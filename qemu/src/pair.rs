@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use crate::device_vm::DeviceVm;
 use crate::guest;
-use crate::qemu::{Echo, Firmware, Input, Outcome, QemuCmd, Vm};
 use crate::topology::{self, SharedFile, Topology};
+use crate::vm::{Echo, Input, Outcome, QemuCmd, Vm};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -34,8 +34,6 @@ pub struct PairSpec {
     pub script: String,
     /// Extra device options (fw_cfg).
     pub device_opts: Vec<(String, String)>,
-    /// Start the device at all (case (d): host with no device).
-    pub with_device: bool,
     pub timeout: Duration,
     pub echo: Echo,
     /// Give the Linux console to the user (no test script is run).
@@ -62,7 +60,6 @@ impl PairSpec {
             channels: 2,
             script: script.into(),
             device_opts: Vec::new(),
-            with_device: true,
             timeout: Duration::from_secs(600),
             echo: Echo::Quiet,
             interactive: false,
@@ -100,10 +97,7 @@ impl PairOutcome {
 
 /// A guest-side script from `qemu/scripts/NAME.sh`.
 pub fn script(name: &str) -> Result<String, String> {
-    let p = crate::image::workspace_root()
-        .join("qemu")
-        .join("scripts")
-        .join(format!("{name}.sh"));
+    let p = crate::data_dir().join("scripts").join(format!("{name}.sh"));
     std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
@@ -114,10 +108,6 @@ pub fn host_binary() -> Result<PathBuf, String> {
         return Ok(PathBuf::from(p));
     }
     guest::build_host_binary().map_err(|e| e.to_string())
-}
-
-fn kernel_image() -> Result<PathBuf, String> {
-    crate::image::kernel_image_for_tests(Firmware::Bios).map_err(|e| e.to_string())
 }
 
 /// The Linux VM's command line for a topology.
@@ -143,9 +133,11 @@ fn save(dir: &Path, file: &str, text: &str) {
     let _ = std::fs::write(dir.join(file), text);
 }
 
-/// Run the device VM and the Linux VM on one shared file until the guest script ends.
-pub fn run_pair(spec: &PairSpec) -> Result<PairOutcome, String> {
-    let root = crate::image::workspace_root();
+/// Run the device VM (booting `device_image`, a boot image from `boot::image`) and the
+/// Linux VM on one shared file until the guest script ends. Without a device image only
+/// the Linux VM runs (case (d): a host with no device).
+pub fn run_pair(spec: &PairSpec, device_image: Option<&Path>) -> Result<PairOutcome, String> {
+    let root = crate::workspace_root();
     let work = root.join("target").join("pairs").join(&spec.name);
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
 
@@ -186,7 +178,7 @@ pub fn run_pair(spec: &PairSpec) -> Result<PairOutcome, String> {
     let cleanup = Cleanup(shm.clone());
 
     let mut device = None;
-    if spec.with_device {
+    if let Some(image) = device_image {
         let mut d = DeviceVm {
             memory_mib: 256 + spec.disk_mib,
             ..Default::default()
@@ -202,13 +194,8 @@ pub fn run_pair(spec: &PairSpec) -> Result<PairOutcome, String> {
         for (k, v) in &spec.device_opts {
             d = d.option(k, v);
         }
-        let mut vm = Vm::spawn_with_input(
-            "device",
-            &d.command(&kernel_image()?),
-            spec.echo,
-            Input::Piped,
-        )
-        .map_err(|e| e.to_string())?;
+        let mut vm = Vm::spawn_with_input("device", &d.command(image), spec.echo, Input::Piped)
+            .map_err(|e| e.to_string())?;
         if !vm.wait_for("serve: ", Duration::from_secs(240)) {
             let out = vm.wait(Duration::from_secs(1));
             save(&work, "device.log", &out.output);

@@ -148,25 +148,17 @@ impl GuestImage {
     }
 }
 
-/// The workspace root (parent of the `boot` crate).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("boot crate lives in the workspace")
-        .to_path_buf()
-}
-
 /// `<workspace>/.cache/guest`, or `$CBDFW_GUEST_CACHE` if set.
 pub fn default_cache_dir() -> PathBuf {
     match std::env::var_os("CBDFW_GUEST_CACHE") {
         Some(p) => PathBuf::from(p),
-        None => workspace_root().join(".cache").join("guest"),
+        None => crate::workspace_root().join(".cache").join("guest"),
     }
 }
 
 /// `<workspace>/qemu/guest`: the `init` script and the `modules` list.
 pub fn guest_data_dir() -> PathBuf {
-    workspace_root().join("qemu").join("guest")
+    crate::data_dir().join("guest")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1319,7 +1311,7 @@ pub const HOST_GUEST_PATH: &str = "usr/bin/cbd-host";
 /// `cargo build -p host --release --target x86_64-unknown-linux-gnu` with
 /// `CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"`.
 pub fn build_host_binary() -> Result<PathBuf> {
-    let root = workspace_root();
+    let root = crate::workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "-p", "host", "--release", "--target", HOST_TARGET])

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use crate::qemu::{Firmware, QemuCmd};
 use crate::topology::Topology;
+use crate::vm::{Firmware, QemuCmd};
 
 /// How to start the device VM.
 #[derive(Clone, Debug)]

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-use boot::guest;
+use qemu::guest;
 
 struct StderrLog;
 impl log::Log for StderrLog {
@@ -93,11 +93,11 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     if cxl {
         let shm = cache.join("shm");
         std::fs::create_dir_all(&shm)?;
-        let shared = boot::topology::SharedFile {
+        let shared = qemu::topology::SharedFile {
             path: shm.join("cxl-mem.raw"),
             size_mib: 256,
         };
-        let t = boot::topology::load("cxl", &shared)?;
+        let t = qemu::topology::load("cxl", &shared)?;
         t.prepare_files()?;
         qargs.extend(t.args);
     }
