@@ -1,4 +1,9 @@
-//! ELF, just enough: interpreter, DT_NEEDED, DT_RUNPATH, a section by name.
+//! ELF, just enough (read with the `object` crate): interpreter, DT_NEEDED,
+//! DT_RUNPATH, a section by name.
+
+use object::elf::{DT_NEEDED, DT_RPATH, DT_RUNPATH};
+use object::read::elf::{Dyn, ElfFile64, ProgramHeader, SectionHeader};
+use object::{LittleEndian, ObjectSection};
 
 /// What the image builder needs to know about an ELF file.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -11,93 +16,52 @@ pub struct ElfInfo {
     pub runpath: Vec<String>,
 }
 
-fn rd<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
-    b.get(off..off.checked_add(N)?)?.try_into().ok()
-}
-fn u16at(b: &[u8], off: usize) -> Option<u64> {
-    rd::<2>(b, off).map(|x| u16::from_le_bytes(x) as u64)
-}
-fn u32at(b: &[u8], off: usize) -> Option<u64> {
-    rd::<4>(b, off).map(|x| u32::from_le_bytes(x) as u64)
-}
-fn u64at(b: &[u8], off: usize) -> Option<u64> {
-    rd::<8>(b, off).map(u64::from_le_bytes)
-}
-fn cstr(b: &[u8], off: usize) -> Option<String> {
-    let s = b.get(off..)?;
-    let end = s.iter().position(|&c| c == 0)?;
-    Some(String::from_utf8_lossy(&s[..end]).into_owned())
-}
-
 /// Is this an ELF64 little-endian file?
 pub fn is_elf(b: &[u8]) -> bool {
     b.len() >= 64 && &b[..4] == b"\x7fELF" && b[4] == 2 && b[5] == 1
 }
 
-struct Section {
-    name_off: u64,
-    kind: u64,
-    offset: u64,
-    size: u64,
-    link: u64,
-}
-
-fn sections(b: &[u8]) -> Option<Vec<Section>> {
-    let shoff = u64at(b, 0x28)? as usize;
-    let shentsize = u16at(b, 0x3a)? as usize;
-    let shnum = u16at(b, 0x3c)? as usize;
-    let mut v = Vec::with_capacity(shnum);
-    for i in 0..shnum {
-        let s = shoff.checked_add(i.checked_mul(shentsize)?)?;
-        v.push(Section {
-            name_off: u32at(b, s)?,
-            kind: u32at(b, s + 4)?,
-            offset: u64at(b, s + 0x18)?,
-            size: u64at(b, s + 0x20)?,
-            link: u32at(b, s + 0x28)?,
-        });
-    }
-    Some(v)
-}
-
-/// Parses interpreter and dynamic entries of an ELF64 LE file.
-pub fn elf_info(b: &[u8]) -> Option<ElfInfo> {
+fn parse(b: &[u8]) -> Option<ElfFile64<'_, LittleEndian>> {
     if !is_elf(b) {
         return None;
     }
+    ElfFile64::parse(b).ok()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Parses interpreter and dynamic entries of an ELF64 LE file; `None` if it is not one
+/// or its headers do not parse.
+pub fn elf_info(b: &[u8]) -> Option<ElfInfo> {
+    let file = parse(b)?;
+    let e = LittleEndian;
     let mut info = ElfInfo::default();
-    let phoff = u64at(b, 0x20)? as usize;
-    let phentsize = u16at(b, 0x36)? as usize;
-    let phnum = u16at(b, 0x38)? as usize;
-    for i in 0..phnum {
-        let p = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        if u32at(b, p)? == 3 {
-            // PT_INTERP
-            let off = u64at(b, p + 8)? as usize;
-            info.interp = Some(cstr(b, off)?);
+    for ph in file.elf_program_headers() {
+        if let Some(interp) = ph.interpreter(e, b).ok()? {
+            info.interp = Some(text(interp));
         }
     }
-    let secs = sections(b)?;
-    for s in secs.iter().filter(|s| s.kind == 6) {
-        // SHT_DYNAMIC; sh_link = its string table
-        let strtab = secs.get(s.link as usize)?.offset as usize;
-        let mut off = s.offset as usize;
-        let end = off.checked_add(s.size as usize)?;
-        while off + 16 <= end {
-            let tag = u64at(b, off)?;
-            let val = u64at(b, off + 8)? as usize;
-            match tag {
-                0 => break,
-                1 => info.needed.push(cstr(b, strtab + val)?),
-                15 | 29 => info.runpath.extend(
-                    cstr(b, strtab + val)?
+    let sections = file.elf_section_table();
+    for s in sections.iter() {
+        // Every SHT_DYNAMIC section, with the string table it links to.
+        let Some((entries, link)) = s.dynamic(e, b).ok()? else {
+            continue;
+        };
+        let strings = sections.strings(e, b, link).ok()?;
+        for d in entries {
+            match d.tag(e) {
+                object::elf::DT_NULL => break,
+                DT_NEEDED => info.needed.push(text(d.string(e, strings).ok()?)),
+                DT_RPATH | DT_RUNPATH => info.runpath.extend(
+                    text(d.string(e, strings).ok()?)
                         .split(':')
                         .filter(|s| !s.is_empty())
                         .map(str::to_string),
                 ),
                 _ => {}
             }
-            off += 16;
         }
     }
     Some(info)
@@ -105,16 +69,8 @@ pub fn elf_info(b: &[u8]) -> Option<ElfInfo> {
 
 /// The bytes of the named section (e.g. `.modinfo`).
 pub fn elf_section<'a>(b: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    if !is_elf(b) {
-        return None;
-    }
-    let shstrndx = u16at(b, 0x3e)? as usize;
-    let secs = sections(b)?;
-    let names = secs.get(shstrndx)?.offset as usize;
-    let s = secs
-        .iter()
-        .find(|s| cstr(b, names + s.name_off as usize).as_deref() == Some(name))?;
-    b.get(s.offset as usize..(s.offset + s.size) as usize)
+    let file = parse(b)?;
+    object::Object::section_by_name(&file, name)?.data().ok()
 }
 
 #[cfg(test)]
@@ -127,6 +83,27 @@ mod tests {
         let b = std::fs::read(me).unwrap();
         let info = elf_info(&b).expect("test binary is ELF");
         assert!(info.needed.iter().any(|n| n.starts_with("libc.so")));
+        assert_eq!(
+            info.interp.as_deref(),
+            Some("/lib64/ld-linux-x86-64.so.2"),
+            "{info:?}"
+        );
         assert!(elf_info(b"#!/bin/sh\n").is_none());
+        // A section by name: this binary's own .interp holds the interpreter.
+        let interp = elf_section(&b, ".interp").expect(".interp section");
+        assert_eq!(interp, b"/lib64/ld-linux-x86-64.so.2\0");
+        assert!(elf_section(&b, ".no-such-section").is_none());
+        assert!(elf_section(b"#!/bin/sh\n", ".interp").is_none());
+    }
+
+    #[test]
+    fn truncated_elf_is_rejected_not_a_panic() {
+        let me = std::env::current_exe().unwrap();
+        let b = std::fs::read(me).unwrap();
+        for n in [64, 200, 4096] {
+            // Headers point past the end: no info, no panic.
+            let _ = elf_info(&b[..n]);
+            let _ = elf_section(&b[..n], ".modinfo");
+        }
     }
 }
