@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use boot::image::{self, KernelElf};
 use boot::ktest::Expectation;
+use device::exit_code::runner;
 use qemu::device_vm::DeviceVm;
 use qemu::pair::{PairSpec, run_pair};
 use qemu::status::KernelStatus;
@@ -464,7 +465,7 @@ fn main() -> ExitCode {
                 eprintln!("boot: {e}");
             }
             eprintln!("{USAGE}");
-            return ExitCode::from(if e.is_empty() { 0 } else { 2 });
+            return ExitCode::from(if e.is_empty() { 0 } else { runner::ERROR });
         }
     };
     let result = match o.cmd.as_str() {
@@ -487,7 +488,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("boot: {e}");
-            ExitCode::from(2)
+            ExitCode::from(runner::ERROR)
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod backend;
 pub mod channel;
 pub mod crc;
 pub mod durable;
+pub mod exit_code;
 pub mod host;
 pub mod layout;
 pub mod media;
