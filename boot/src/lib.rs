@@ -3,5 +3,6 @@
 //! topologies, guest image, paired VMs) are the `qemu` crate's.
 
 pub mod bench;
+pub mod cli;
 pub mod image;
 pub mod ktest;
