@@ -296,6 +296,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Bad input: the message and the usage on stderr, exit 2 (`--help`: stdout, 0).
     let (cmd, o) = cli::parse_args(&args).unwrap_or_else(|e| e.exit());
+    // Warnings of the libraries (e.g. the guest image builder); RUST_LOG=info for progress.
+    qemu::init_logger("boot", "warn");
     let result = match cmd {
         Cmd::Device => cmd_device(&o).map(|s| s.exit_code()),
         Cmd::Demo => cmd_demo(&o),

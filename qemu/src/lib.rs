@@ -37,3 +37,14 @@ pub fn workspace_root() -> PathBuf {
         .expect("qemu/ lives in the workspace")
         .to_path_buf()
 }
+
+/// Log to stderr as `PROGRAM: LEVEL: message`, filtered by `RUST_LOG` (default
+/// `default_filter`, e.g. `info`): the logger setup of the binaries (`boot`,
+/// `guest-image`), with `env_logger`.
+pub fn init_logger(program: &'static str, default_filter: &str) {
+    use std::io::Write;
+    let env = env_logger::Env::default().default_filter_or(default_filter);
+    let _ = env_logger::Builder::from_env(env)
+        .format(move |buf, r| writeln!(buf, "{program}: {}: {}", r.level(), r.args()))
+        .try_init();
+}
