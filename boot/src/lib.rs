@@ -6,3 +6,4 @@ pub mod bench;
 pub mod cli;
 pub mod image;
 pub mod ktest;
+pub mod native_host;

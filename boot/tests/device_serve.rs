@@ -1,19 +1,18 @@
 //! The device kernel, booted in QEMU in backend mode on the ivshmem topology, serves
 //! a CBD host running natively on the same shared file: our host engine
-//! (`device::host`) registers, finds the live backend, dev-starts (RESET handshake)
-//! and runs a verified random READ/WRITE/FLUSH workload on both channels. Then the
-//! blkdev stops and the device stops cleanly on its console.
+//! (`device::host`), attached by `boot::native_host::attach` (register, find the live
+//! backend, dev-start, RESET handshake), runs a verified random READ/WRITE/FLUSH
+//! workload on both channels. Then the blkdev stops and the device stops cleanly on
+//! its console.
 
 mod common;
 use common::{Rng, now_ns};
 
 use std::time::{Duration, Instant};
 
-use device::host::{Host, HostConfig, HostError, Request};
+use device::host::{HostError, Request};
 use device::layout::op;
 use device::native::MmapMem;
-use device::shm::Shm;
-use device::trace::NoTrace;
 use qemu::device_vm::DeviceVm;
 use qemu::status::KernelStatus;
 use qemu::topology::{self, SharedFile};
@@ -78,24 +77,8 @@ fn serve_workload(name: &str, media: Option<&std::path::Path>) -> Vec<u8> {
     );
 
     let mem = MmapMem::create(path.as_ref(), size_mib << 20).unwrap();
-    let shm = Shm::new(&mem, &NoTrace);
-    let host = Host::register(
-        shm,
-        HostConfig {
-            hostname: "native-test",
-            ..Default::default()
-        },
-        now_ns(),
-    )
-    .unwrap();
-    let bid = host.find_backend(now_ns()).expect("a live backend");
-    let mut blk = host.dev_start(bid, 0, now_ns()).expect("dev-start");
+    let mut blk = boot::native_host::attach(&mem, "native-test", 0).expect("attach the host");
     assert_eq!(blk.queues.len(), 2, "one queue per device channel");
-    let t0 = Instant::now();
-    while !blk.poll_ready(now_ns()).expect("RESET handshake") {
-        assert!(t0.elapsed() < Duration::from_secs(60), "RESET not answered");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 
     let disk = (disk_mib << 20) as usize;
     let mut model = vec![0u8; disk];

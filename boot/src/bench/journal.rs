@@ -11,13 +11,10 @@
 //! (not `/dev/shm`) by default, so the flushes cost what they cost on this machine.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use device::host::{Host, HostConfig};
 use device::journal::{self, Journal};
 use device::native::{MmapMem, now_ns};
-use device::shm::Shm;
-use device::trace::NoTrace;
 
 use qemu::device_vm::DeviceVm;
 use qemu::topology::{self, SharedFile};
@@ -131,31 +128,7 @@ fn run_on(
 
     let mem = MmapMem::create(&t.shm, t.size_mib << 20)
         .map_err(|e| format!("{}: {e}", t.shm.display()))?;
-    let host = Host::register(
-        Shm::new(&mem, &NoTrace),
-        HostConfig {
-            hostname: "journal-bench",
-            ..HostConfig::default()
-        },
-        now_ns(),
-    )
-    .map_err(|e| format!("host register: {e:?}"))?;
-    let bid = host
-        .find_backend(now_ns())
-        .map_err(|e| format!("no live backend: {e:?}"))?;
-    let mut blk = host
-        .dev_start(bid, 1, now_ns())
-        .map_err(|e| format!("dev-start: {e:?}"))?;
-    let t0 = Instant::now();
-    while !blk
-        .poll_ready(now_ns())
-        .map_err(|e| format!("RESET: {e:?}"))?
-    {
-        if t0.elapsed() > Duration::from_secs(60) {
-            return Err("the device did not answer the RESET".into());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let mut blk = crate::native_host::attach(&mem, "journal-bench", 1)?;
     let j = Journal {
         blocks: b.blocks,
         secs: b.secs,
