@@ -1,0 +1,263 @@
+//! Provisioning and re-attach: `Backend::start` registers the host and either
+//! re-attaches to this host's existing backend (same path) or provisions fresh channel
+//! segments; `Backend::stop` releases them.
+
+use super::*;
+
+impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
+    /// backend-start: register the host, then either re-attach to this host's
+    /// existing backend with the same path (it must no longer be alive), or take a
+    /// free backend slot and provision `n_handlers` fresh channel segments.
+    /// `scratch` must hold at least `chan::MAX_IO` bytes (the private bounce buffer).
+    pub fn start(
+        shm: Shm<'a, M>,
+        cfg: BackendConfig<'a>,
+        media: D,
+        scratch: &'a mut [u8],
+        now_ns: u64,
+    ) -> Result<Self, BackendError> {
+        if scratch.len() < chan::MAX_IO as usize {
+            return Err(BackendError::Scratch);
+        }
+        if cfg.n_handlers == 0 || cfg.n_handlers as usize > MAX_CHANNELS || cfg.batch == 0 {
+            return Err(BackendError::BadConfig);
+        }
+        let tp = Transport::open(shm, cfg.noncoherent)?;
+        let host_id = tp.register_host_as(cfg.hostname, now_ns, cfg.takeover)?;
+        let path = path_field(cfg.path);
+        let dev_sectors = media.size() / 512;
+        // Non-coherent mode relies on entry and payload CRCs: only offer it with both.
+        let crcs = tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
+        let mut features = if cfg.noncoherent && tp.info.flags & crcs == crcs {
+            features::NONCOHERENT
+        } else {
+            0
+        };
+        if cfg.discard_wz {
+            features |= features::DISCARD_WZ;
+        }
+        let mut existing = None;
+        for id in 0..tp.info.backend_num {
+            if let Some(b) = tp.backend(id)?
+                && b.rec.state != STATE_NONE
+                && b.rec.host_id == host_id
+                && b.rec.path == path
+            {
+                existing = Some((id, b.rec));
+                break;
+            }
+        }
+        if cfg.durable.offer {
+            features |= features::DURABLE_TOKENS;
+        }
+        let mut me = Self {
+            tp: tp.clone(),
+            cfg,
+            host_id,
+            backend_id: 0,
+            st: Stager::new(media, &mut []),
+            scratch,
+            incarnation: 1,
+            now: now_ns,
+            chans: heapless::Vec::new(),
+            last_hb: now_ns,
+            rec: BackendInfo::default(),
+        };
+        let flags = tp.info.flags;
+        if let Some((id, rec)) = existing {
+            if is_alive(rec.alive_ts, now_ns) && !cfg.takeover {
+                return Err(TransportError::Alive.into());
+            }
+            if rec.dev_size != dev_sectors
+                || rec.n_handlers == 0
+                || rec.n_handlers as usize > MAX_CHANNELS
+            {
+                return Err(BackendError::Mismatch);
+            }
+            me.backend_id = id;
+            for i in 0..rec.n_handlers {
+                let seg_id = rec.handler_channels[i as usize];
+                let seg = tp.segment(seg_id)?.ok_or(BackendError::Mismatch)?;
+                if seg.rec.seg_type != SEG_TYPE_CHANNEL || seg.rec.backend_id != id {
+                    return Err(BackendError::Mismatch);
+                }
+                let g = ChannelGeom::new(
+                    tp.channel_base(seg_id)?,
+                    flags,
+                    cfg.sabotage.shared_ctrl_line,
+                );
+                let ch = me.reattach_channel(i, seg_id, g)?;
+                let _ = me.chans.push(ch);
+            }
+            me.rec = BackendInfo {
+                features,
+                alive_ts: now_ns,
+                state: STATE_RUNNING,
+                ..rec
+            };
+        } else {
+            me.backend_id = tp.find_free(SlotKind::Backend, 0)?;
+            let mut hc = [0u32; 128];
+            let mut hint = 0;
+            for i in 0..cfg.n_handlers {
+                let seg_id = tp.find_free(SlotKind::Segment, hint)?;
+                hint = seg_id + 1;
+                let base = tp.channel_base(seg_id)?;
+                // v3: zero the whole segment, then write the segment info.
+                shm.fill(base, SEGMENT_SIZE, 0)?;
+                if cfg.noncoherent {
+                    shm.write_back(base, SEGMENT_SIZE)?;
+                    shm.store_fence();
+                }
+                let si = SegmentInfo {
+                    seg_type: SEG_TYPE_CHANNEL,
+                    state: STATE_RUNNING,
+                    flags: 0,
+                    next_seg: 0,
+                    backend_id: me.backend_id,
+                };
+                tp.write_segment(seg_id, &si)?;
+                hc[i as usize] = seg_id;
+                let g = ChannelGeom::new(base, flags, cfg.sabotage.shared_ctrl_line);
+                let _ = me.chans.push(Chan::new(i, seg_id, g, false));
+                shm.tracer
+                    .event(&TraceEvent::ChannelProvisioned { chan: i, seg_id });
+            }
+            me.rec = BackendInfo {
+                state: STATE_RUNNING,
+                host_id,
+                alive_ts: now_ns,
+                dev_size: dev_sectors,
+                path,
+                n_handlers: cfg.n_handlers,
+                handler_channels: hc,
+                features,
+                ..BackendInfo::default()
+            };
+        }
+        tp.write_backend(me.backend_id, &me.rec)?;
+        // Durability lines: a new incarnation (hosts learn that staged writes of
+        // the previous one may be lost); re-attached channels keep their watermark.
+        if cfg.durable.offer {
+            for i in 0..me.chans.len() {
+                let mut ch = me.chans[i];
+                if let Some(l) = read_dur_dev(shm, &ch.g, cfg.noncoherent)? {
+                    me.incarnation = me.incarnation.max(l.incarnation.wrapping_add(1)).max(1);
+                    ch.dur_pub = l.durable_tid;
+                }
+                me.chans[i] = ch;
+            }
+            for i in 0..me.chans.len() {
+                let mut ch = me.chans[i];
+                me.refresh_durable(&mut ch)?;
+                me.chans[i] = ch;
+            }
+        }
+        shm.tracer.event(&TraceEvent::Heartbeat {
+            kind: RecordKind::Backend,
+            id: me.backend_id,
+            alive_ts: now_ns,
+        });
+        Ok(me)
+    }
+
+    /// Re-attach: resume at `submr_tail`, skip what is DONE or already completed.
+    pub(super) fn reattach_channel(
+        &self,
+        idx: u32,
+        seg_id: u32,
+        g: ChannelGeom,
+    ) -> Result<Chan, BackendError> {
+        let shm = self.shm();
+        let mut ch = Chan::new(idx, seg_id, g, true);
+        let nc_line = if self.cfg.noncoherent {
+            read_host_line(shm, &g, true)?
+        } else {
+            None
+        };
+        let (tail, compr_head, compr_tail) = match nc_line {
+            Some(h) if h.epoch != 0 => {
+                ch.mode = Mode::Nc;
+                // Our epoch is the one we acknowledged; if the host has moved on (a
+                // RESET we never answered) the next poll performs that reset.
+                let d = read_dev_line(shm, &g, true)?.unwrap_or_default();
+                ch.epoch = d.ack_epoch;
+                if d.ack_epoch != h.epoch {
+                    shm.tracer.event(&TraceEvent::Reattached {
+                        chan: idx,
+                        cursor: 0,
+                    });
+                    return Ok(ch);
+                }
+                // Non-coherent mode never accepts an arbitrary first tid: a stale or
+                // not-yet-landed SE (even an all-zero one, whose CRC is 0) must not run.
+                ch.expect_tid = Some(h.tail_tid);
+                (h.submr_tail, d.compr_head, h.compr_tail)
+            }
+            _ => {
+                let ct = shm.load_u32(g.ctrl(ctrl::COMPR_TAIL))?;
+                (
+                    shm.load_u32(g.ctrl(ctrl::SUBMR_TAIL))?,
+                    shm.load_u32(g.ctrl(ctrl::COMPR_HEAD))?,
+                    ct,
+                )
+            }
+        };
+        if !g.valid_se_pos(tail) || !g.valid_ce_pos(compr_head) || !g.valid_ce_pos(compr_tail) {
+            return Err(BackendError::BadPointer { chan: idx });
+        }
+        ch.cursor = tail;
+        ch.compr_head = compr_head;
+        if compr_head != compr_tail {
+            // Published CEs not yet consumed: their SEs must not run again.
+            let last = if compr_head == 0 {
+                g.compr_size() - g.el.ce_size
+            } else {
+                compr_head - g.el.ce_size
+            };
+            let mut b = [0u8; MAX_CE_SIZE];
+            let n = g.el.ce_size as usize;
+            if ch.mode == Mode::Nc {
+                shm.invalidate(g.ce(last), n as u64)?;
+            }
+            shm.read(g.ce(last), &mut b[..n])?;
+            if g.el.entry_crc_ok(&b, g.el.ce_size)
+                && let Some(ce) = g.el.decode_ce(&b[..n])
+            {
+                ch.skip_upto = Some(ce.req_tid);
+            }
+        }
+        shm.tracer.event(&TraceEvent::Reattached {
+            chan: idx,
+            cursor: tail,
+        });
+        Ok(ch)
+    }
+
+    /// Clean stop (backend-stop): refuse while a running, alive blkdev references
+    /// this backend; then clear the channel segment infos and the backend record.
+    #[allow(clippy::result_large_err)]
+    pub fn stop(mut self, now_ns: u64) -> Result<D, (Self, BackendError)> {
+        match self.try_stop(now_ns) {
+            Ok(()) => Ok(self.st.into_parts().0),
+            Err(e) => Err((self, e)),
+        }
+    }
+
+    pub(super) fn try_stop(&mut self, now_ns: u64) -> Result<(), BackendError> {
+        for id in 0..self.tp.info.blkdev_num {
+            if let Some(b) = self.tp.blkdev(id)?
+                && b.rec.state == STATE_RUNNING
+                && b.rec.backend_id == self.backend_id
+                && is_alive(b.rec.alive_ts, now_ns)
+            {
+                return Err(BackendError::Busy);
+            }
+        }
+        for c in self.chans.iter() {
+            self.tp.clear(SlotKind::Segment, c.seg_id)?;
+        }
+        self.tp.clear(SlotKind::Backend, self.backend_id)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,384 @@
+//! The serve loop: heartbeat, management plane (v3 RESET, non-coherent epoch
+//! bump) and data plane (fetch an SE, hand it to its op handler, post the CE,
+//! publish `compr_head`).
+
+use super::*;
+
+impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
+    /// One round: heartbeat if due (≤ 5 s), management plane, data plane.
+    pub fn poll(&mut self, now_ns: u64) -> Result<PollStats, BackendError> {
+        let mut st = PollStats::default();
+        if now_ns.saturating_sub(self.last_hb) >= HB_INTERVAL_NS - HB_INTERVAL_NS / 10 {
+            self.heartbeat(now_ns)?;
+            st.heartbeats += 1;
+        }
+        self.now = now_ns;
+        let mut first_err = None;
+        for i in 0..self.chans.len() {
+            let mut ch = self.chans[i];
+            let r = self.poll_channel(&mut ch, &mut st);
+            self.chans[i] = ch;
+            if let Err(e) = r {
+                // Debug only: a peer's bad pointer persists across polls, and the
+                // caller reports the returned error (deduplicated) instead.
+                log::debug!("cbd backend: channel {}: {:?}", ch.idx, e);
+                first_err.get_or_insert(e);
+            }
+        }
+        // ---- durability: write back + flush once a deadline passed, then publish
+        // the watermarks (after every compr_head of this poll: a watermark never
+        // runs ahead of the CE it covers).
+        if self.st.due(now_ns)
+            && let Err(e) = self.st.sync()
+        {
+            log::warn!("cbd backend: write-back/flush failed: {e:?}");
+            first_err.get_or_insert(BackendError::Media);
+        }
+        if let Err(e) = self.publish_watermarks() {
+            first_err.get_or_insert(e);
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(st),
+        }
+    }
+
+    /// Rewrite the host and backend records with a fresh `alive_ts`.
+    pub fn heartbeat(&mut self, now_ns: u64) -> Result<(), BackendError> {
+        self.last_hb = now_ns;
+        self.rec.alive_ts = now_ns;
+        self.tp.write_backend(self.backend_id, &self.rec)?;
+        if let Some(mut h) = self.tp.host(self.host_id)?.map(|l| l.rec) {
+            h.alive_ts = now_ns;
+            self.tp.write_host(self.host_id, &h)?;
+        }
+        let ev = TraceEvent::Heartbeat {
+            kind: RecordKind::Backend,
+            id: self.backend_id,
+            alive_ts: now_ns,
+        };
+        self.shm().tracer.event(&ev);
+        Ok(())
+    }
+
+    pub(super) fn poll_channel(
+        &mut self,
+        ch: &mut Chan,
+        st: &mut PollStats,
+    ) -> Result<(), BackendError> {
+        let shm = self.shm();
+        let g = ch.g;
+        // ---- management plane
+        let mut host_line = None;
+        if self.cfg.noncoherent
+            && let Some(h) = read_host_line(shm, &g, true)?
+            && h.epoch != 0
+        {
+            if h.epoch != ch.epoch || ch.mode != Mode::Nc {
+                self.nc_reset(ch, &h)?;
+                st.resets += 1;
+            }
+            host_line = Some(h);
+        }
+        if host_line.is_none() {
+            if self.v3_mgmt(ch)? {
+                st.resets += 1;
+            }
+            if ch.mode != Mode::V3 {
+                return Ok(());
+            }
+        }
+        // ---- data plane
+        let (head, compr_tail) = match host_line {
+            Some(h) => (h.submr_head, h.compr_tail),
+            None => (
+                shm.load_u32(g.ctrl(ctrl::SUBMR_HEAD))?,
+                shm.load_u32(g.ctrl(ctrl::COMPR_TAIL))?,
+            ),
+        };
+        if !g.valid_se_pos(head) || !g.valid_ce_pos(compr_tail) {
+            return Err(BackendError::BadPointer { chan: ch.idx });
+        }
+        if ch.durable && ch.cursor != head {
+            ch.power_us =
+                read_dur_host(shm, &g, self.cfg.noncoherent)?.map_or(0, |l| l.power_window_us);
+        }
+        let mut done = 0;
+        let mut result = Ok(());
+        while ch.cursor != head && done < self.cfg.batch {
+            // Never overrun compr_tail: keep one CE slot empty.
+            if g.next_ce(ch.compr_head) == compr_tail {
+                break;
+            }
+            match self.handle_se(ch) {
+                Ok(()) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            done += 1;
+        }
+        if done > 0 {
+            st.ses += done;
+            self.publish_compr_head(ch)?;
+        }
+        result
+    }
+
+    pub(super) fn publish_compr_head(&mut self, ch: &Chan) -> Result<(), BackendError> {
+        let shm = self.shm();
+        let g = ch.g;
+        shm.store_fence();
+        match ch.mode {
+            Mode::V3 => shm.store_u32(g.ctrl(ctrl::COMPR_HEAD), ch.compr_head)?,
+            Mode::Nc => {
+                let line = DevLine {
+                    ack_epoch: ch.epoch,
+                    compr_head: ch.compr_head,
+                }
+                .encode();
+                publish_line(shm, g.dev_line, &line, true)?;
+            }
+        }
+        shm.tracer.event(&TraceEvent::PointerPublished {
+            chan: ch.idx,
+            which: Pointer::ComprHead,
+            value: ch.compr_head,
+        });
+        Ok(())
+    }
+
+    /// v3 management plane: answer a pending command. Returns true if a RESET ran.
+    pub(super) fn v3_mgmt(&mut self, ch: &mut Chan) -> Result<bool, BackendError> {
+        let shm = self.shm();
+        let g = ch.g;
+        let nc = self.cfg.noncoherent;
+        let cmd = meta::read_latest::<MgmtCmd, M>(shm, g.ctrl(ctrl::MGMT_CMD), nc)?;
+        let Some(cmd) = cmd else { return Ok(false) };
+        let ret_seq = meta::read_latest::<MgmtRet, M>(shm, g.ctrl(ctrl::MGMT_RET), nc)?
+            .map_or(0, |r| r.rec.cmd_seq);
+        if cmd.rec.cmd_seq == ret_seq {
+            return Ok(false);
+        }
+        shm.tracer.event(&TraceEvent::MgmtCommand {
+            chan: ch.idx,
+            cmd_seq: cmd.rec.cmd_seq as u32,
+            op: cmd.rec.cmd_op,
+        });
+        let ret = if cmd.rec.cmd_op == MGMT_OP_RESET {
+            // Our handler is synchronous: nothing is ever in flight between polls.
+            // Completed-but-staged writes become durable before the RESET is
+            // answered; v3 tids restart at 0, so the watermark restarts too.
+            self.sync_for_reset(ch);
+            self.st.forget_chan(ch.idx as u8);
+            ch.dur_pub = 0;
+            ch.flush_eio = false;
+            ch.cursor = 0;
+            ch.expect_tid = None;
+            ch.skip_upto = None;
+            ch.compr_head = 0;
+            ch.mode = Mode::V3;
+            ch.epoch = 0;
+            for p in [
+                ctrl::SUBMR_HEAD,
+                ctrl::SUBMR_TAIL,
+                ctrl::COMPR_HEAD,
+                ctrl::COMPR_TAIL,
+            ] {
+                shm.store_u32(g.ctrl(p), 0)?;
+            }
+            shm.fill(g.ce(0), g.el.compr_size() + g.el.submr_size(), 0)?;
+            shm.write_back(g.ce(0), g.el.compr_size() + g.el.submr_size())?;
+            shm.full_fence();
+            self.refresh_durable(ch)?;
+            MGMT_RET_OK
+        } else {
+            MGMT_RET_EIO
+        };
+        let r = MgmtRet {
+            cmd_seq: cmd.rec.cmd_seq,
+            cmd_ret: ret,
+        };
+        meta::write_record(
+            shm,
+            g.ctrl(ctrl::MGMT_RET),
+            &r,
+            RecordKind::MgmtRet,
+            ch.idx,
+            nc,
+        )?;
+        shm.tracer.event(&TraceEvent::MgmtAnswered {
+            chan: ch.idx,
+            cmd_seq: cmd.rec.cmd_seq as u32,
+            ret,
+        });
+        Ok(ret == MGMT_RET_OK)
+    }
+
+    /// Non-coherent reset: the host bumped its epoch (with all its pointers at 0).
+    pub(super) fn nc_reset(&mut self, ch: &mut Chan, h: &HostLine) -> Result<(), BackendError> {
+        let shm = self.shm();
+        let g = ch.g;
+        shm.tracer.event(&TraceEvent::MgmtCommand {
+            chan: ch.idx,
+            cmd_seq: h.epoch,
+            op: MGMT_OP_RESET,
+        });
+        // Tids are monotonic across epochs: the watermark carries over.
+        self.sync_for_reset(ch);
+        ch.flush_eio = false;
+        ch.mode = Mode::Nc;
+        ch.epoch = h.epoch;
+        ch.cursor = 0;
+        ch.compr_head = 0;
+        ch.expect_tid = Some(h.base_tid);
+        ch.skip_upto = None;
+        ch.durable = self.cfg.durable.offer && h.features as u64 & features::DURABLE_TOKENS != 0;
+        ch.power_us = 0;
+        if ch.durable {
+            ch.dur_pub = ch.dur_pub.max(self.st.watermark(ch.idx as u8, h.base_tid));
+            self.publish_dur_line(ch)?;
+        }
+        // The CE ring is device-owned: zero it and write it back. The SE ring is
+        // host-owned and never touched (stale SEs are rejected by tid + CRC).
+        shm.fill(g.ce(0), g.el.compr_size(), 0)?;
+        shm.write_back(g.ce(0), g.el.compr_size())?;
+        shm.store_fence();
+        let line = DevLine {
+            ack_epoch: h.epoch,
+            compr_head: 0,
+        }
+        .encode();
+        publish_line(shm, g.dev_line, &line, true)?;
+        shm.tracer.event(&TraceEvent::MgmtAnswered {
+            chan: ch.idx,
+            cmd_seq: h.epoch,
+            ret: MGMT_RET_OK,
+        });
+        Ok(())
+    }
+
+    /// Read (copy) the SE at the cursor. Non-coherent mode: invalidate first and
+    /// re-read a bounded number of times until CRC and tid are right.
+    pub(super) fn fetch_se(&self, ch: &Chan) -> Result<Option<(Se, bool)>, BackendError> {
+        let shm = self.shm();
+        let g = ch.g;
+        let n = g.el.se_size as usize;
+        let mut b = [0u8; MAX_SE_SIZE];
+        let tries = if ch.mode == Mode::Nc {
+            self.cfg.nc_retries.max(1)
+        } else {
+            1
+        };
+        let sab = self.cfg.sabotage;
+        for attempt in 0..tries {
+            if ch.mode == Mode::Nc && !sab.skip_se_invalidate {
+                shm.invalidate(g.se(ch.cursor), n as u64)?;
+            }
+            shm.read(g.se(ch.cursor), &mut b[..n])?;
+            let Some(se) = g.el.decode_se(&b[..n]) else {
+                return Ok(None);
+            };
+            let crc_ok = sab.skip_crc_check || g.el.entry_crc_ok(&b, g.el.se_size);
+            if ch.mode == Mode::V3 {
+                return Ok(Some((se, crc_ok)));
+            }
+            let tid_ok = ch.expect_tid.is_none_or(|t| t == se.req_tid);
+            if crc_ok && tid_ok {
+                return Ok(Some((se, true)));
+            }
+            if attempt == 0 {
+                let why = if crc_ok { Reject::Tid } else { Reject::SeCrc };
+                shm.tracer.event(&TraceEvent::Rejected {
+                    chan: ch.idx,
+                    pos: ch.cursor,
+                    why,
+                });
+            }
+        }
+        shm.tracer.event(&TraceEvent::Rejected {
+            chan: ch.idx,
+            pos: ch.cursor,
+            why: Reject::StaleAfterRetries,
+        });
+        Ok(None)
+    }
+
+    pub(super) fn handle_se(&mut self, ch: &mut Chan) -> Result<(), BackendError> {
+        let shm = self.shm();
+        let g = ch.g;
+        let Some((se, crc_ok)) = self.fetch_se(ch)? else {
+            return Err(BackendError::Stale { chan: ch.idx });
+        };
+        shm.tracer.event(&TraceEvent::SeSeen {
+            chan: ch.idx,
+            pos: ch.cursor,
+            req_tid: se.req_tid,
+            op: se.op,
+            flags: se.flags,
+        });
+        let pos = ch.cursor;
+        let done_already = crc_ok
+            && (se.flags & SE_FLAG_DONE != 0 || ch.skip_upto.is_some_and(|t| se.req_tid <= t));
+        if done_already {
+            shm.tracer.event(&TraceEvent::SeSkipped {
+                chan: ch.idx,
+                pos,
+                req_tid: se.req_tid,
+            });
+            ch.cursor = g.next_se(pos);
+            ch.expect_tid = Some(se.req_tid.wrapping_add(1));
+            return Ok(());
+        }
+        ch.skip_upto = None;
+        let mut ce = Ce {
+            req_tid: se.req_tid,
+            ..Ce::default()
+        };
+        if !crc_ok {
+            // v3 mode: entry CRC failed. Answer with an error and keep serving.
+            shm.tracer.event(&TraceEvent::Rejected {
+                chan: ch.idx,
+                pos,
+                why: Reject::SeCrc,
+            });
+            ce.result = errno::EBADMSG;
+        } else if ch.expect_tid.is_some_and(|t| t != se.req_tid) {
+            shm.tracer.event(&TraceEvent::Rejected {
+                chan: ch.idx,
+                pos,
+                why: Reject::Tid,
+            });
+            ce.result = errno::EINVAL;
+        } else {
+            ce.result = self.execute(ch, &se, &mut ce)?;
+        }
+        ch.expect_tid = Some(se.req_tid.wrapping_add(1));
+        self.post_ce(ch, &mut ce)?;
+        ch.cursor = g.next_se(pos);
+        Ok(())
+    }
+
+    pub(super) fn post_ce(&mut self, ch: &mut Chan, ce: &mut Ce) -> Result<(), BackendError> {
+        let shm = self.shm();
+        let g = ch.g;
+        let n = g.el.ce_size;
+        let mut b = [0u8; MAX_CE_SIZE];
+        g.el.encode_ce(ce, &mut b);
+        g.el.seal_ce(&mut b);
+        let off = g.ce(ch.compr_head);
+        shm.write(off, &b[..n as usize])?;
+        if ch.mode == Mode::Nc && !self.cfg.sabotage.skip_ce_write_back {
+            shm.write_back(off, n as u64)?;
+        }
+        shm.tracer.event(&TraceEvent::CePosted {
+            chan: ch.idx,
+            pos: ch.compr_head,
+            req_tid: ce.req_tid,
+            result: ce.result,
+        });
+        ch.compr_head = g.next_ce(ch.compr_head);
+        Ok(())
+    }
+}
