@@ -189,9 +189,9 @@ pub struct Backend<'a, M: SharedMem + ?Sized, D: Media> {
     rec: BackendInfo,
 }
 
-fn path_field(p: &str) -> [u8; 128] {
-    let mut a = [0u8; 128];
-    let n = p.len().min(127);
+fn path_field(p: &str) -> [u8; backend_rec::PATH_LEN] {
+    let mut a = [0u8; backend_rec::PATH_LEN];
+    let n = p.len().min(backend_rec::PATH_LEN - 1);
     a[..n].copy_from_slice(&p.as_bytes()[..n]);
     a
 }

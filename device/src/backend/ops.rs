@@ -31,8 +31,8 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         let (chan, tid) = (ch.idx as u8, se.req_tid);
         let durable_flag = if ch.durable { CE_FLAG_DURABLE } else { 0 };
         let range_ok = |off: u64, len: u64| {
-            off.is_multiple_of(512)
-                && len.is_multiple_of(512)
+            off.is_multiple_of(SECTOR)
+                && len.is_multiple_of(SECTOR)
                 && off.checked_add(len).is_some_and(|e| e <= size)
         };
         let media_op =

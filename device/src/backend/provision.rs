@@ -25,7 +25,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         let tp = Transport::open(shm, cfg.noncoherent)?;
         let host_id = tp.register_host_as(cfg.hostname, now_ns, cfg.takeover)?;
         let path = path_field(cfg.path);
-        let dev_sectors = media.size() / 512;
+        let dev_sectors = media.size() / SECTOR;
         // Non-coherent mode relies on entry and payload CRCs: only offer it with both.
         let crcs = tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
         let mut features = if cfg.noncoherent && tp.info.flags & crcs == crcs {
@@ -97,7 +97,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             };
         } else {
             me.backend_id = tp.find_free(SlotKind::Backend, 0)?;
-            let mut hc = [0u32; 128];
+            let mut hc = [0u32; backend_rec::MAX_HANDLERS];
             let mut hint = 0;
             for i in 0..cfg.n_handlers {
                 let seg_id = tp.find_free(SlotKind::Segment, hint)?;

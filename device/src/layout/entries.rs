@@ -25,6 +25,227 @@ const _: () = assert!(
         && SE_FLAG_EPHEMERAL & SE_FLAG_CRITICAL == 0
 );
 
+// The SE and CE wire formats. CBD v3 compiles its `struct cbd_se` / `struct cbd_ce`
+// with `se_crc` (CHANNEL_CRC) and `data_crc` (CHANNEL_DATA_CRC) as optional leading
+// fields; the transport flags say which were compiled in, so there are four of each.
+
+wire! {
+    /// SE without CRCs (no CRC flag): 40 bytes.
+    pub mod se_plain: 40 bytes as usize {
+        OP: u32 = 0,
+        /// [`super::SE_FLAG_DONE`], intent bits.
+        FLAGS: u32 = 4,
+        REQ_TID: u64 = 8,
+        OFFSET: u64 = 16,
+        LEN: u32 = 24,
+        DATA_OFF: u32 = 28,
+        DATA_LEN: u32 = 32,
+    }
+}
+wire! {
+    /// SE with the entry CRC only (CHANNEL_CRC): 48 bytes.
+    pub mod se_crc: 48 bytes as usize {
+        SE_CRC: u32 = 0,
+        OP: u32 = 4,
+        FLAGS: u32 = 8,
+        REQ_TID: u64 = 16,
+        OFFSET: u64 = 24,
+        LEN: u32 = 32,
+        DATA_OFF: u32 = 36,
+        DATA_LEN: u32 = 40,
+    }
+}
+wire! {
+    /// SE with the payload CRC only (CHANNEL_DATA_CRC): 48 bytes.
+    pub mod se_data_crc: 48 bytes as usize {
+        DATA_CRC: u32 = 0,
+        OP: u32 = 4,
+        FLAGS: u32 = 8,
+        REQ_TID: u64 = 16,
+        OFFSET: u64 = 24,
+        LEN: u32 = 32,
+        DATA_OFF: u32 = 36,
+        DATA_LEN: u32 = 40,
+    }
+}
+wire! {
+    /// SE with both CRCs (CHANNEL_CRC | CHANNEL_DATA_CRC, the non-coherent mode): 48 bytes.
+    pub mod se_both_crc: 48 bytes as usize {
+        /// crc32 over bytes 4..48.
+        SE_CRC: u32 = 0,
+        /// crc32 of the WRITE payload.
+        DATA_CRC: u32 = 4,
+        OP: u32 = 8,
+        FLAGS: u32 = 12,
+        REQ_TID: u64 = 16,
+        OFFSET: u64 = 24,
+        LEN: u32 = 32,
+        DATA_OFF: u32 = 36,
+        DATA_LEN: u32 = 40,
+    }
+}
+wire! {
+    /// CE without CRCs: 16 bytes.
+    pub mod ce_plain: 16 bytes as usize {
+        REQ_TID: u64 = 0,
+        /// 0 or a negative errno ([`super::errno`]).
+        RESULT: u32 = 8,
+        /// [`super::CE_FLAG_DURABLE`].
+        FLAGS: u32 = 12,
+    }
+}
+wire! {
+    /// CE with the entry CRC only: 24 bytes.
+    pub mod ce_crc: 24 bytes as usize {
+        CE_CRC: u32 = 0,
+        REQ_TID: u64 = 8,
+        RESULT: u32 = 16,
+        FLAGS: u32 = 20,
+    }
+}
+wire! {
+    /// CE with the payload CRC only: 24 bytes.
+    pub mod ce_data_crc: 24 bytes as usize {
+        DATA_CRC: u32 = 0,
+        REQ_TID: u64 = 8,
+        RESULT: u32 = 16,
+        FLAGS: u32 = 20,
+    }
+}
+wire! {
+    /// CE with both CRCs: 24 bytes.
+    pub mod ce_both_crc: 24 bytes as usize {
+        /// crc32 over bytes 4..24.
+        CE_CRC: u32 = 0,
+        /// crc32 of the READ payload.
+        DATA_CRC: u32 = 4,
+        REQ_TID: u64 = 8,
+        RESULT: u32 = 16,
+        FLAGS: u32 = 20,
+    }
+}
+
+/// Where each SE field is in one of the four SE formats (from its `wire!` module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeFields {
+    pub size: usize,
+    pub se_crc: Option<usize>,
+    pub data_crc: Option<usize>,
+    pub op: usize,
+    pub flags: usize,
+    pub req_tid: usize,
+    pub offset: usize,
+    pub len: usize,
+    pub data_off: usize,
+    pub data_len: usize,
+}
+
+/// Where each CE field is in one of the four CE formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CeFields {
+    pub size: usize,
+    pub ce_crc: Option<usize>,
+    pub data_crc: Option<usize>,
+    pub req_tid: usize,
+    pub result: usize,
+    pub flags: usize,
+}
+
+macro_rules! se_fields {
+    ($m:ident, $crc:expr, $dcrc:expr) => {
+        SeFields {
+            size: $m::SIZE,
+            se_crc: $crc,
+            data_crc: $dcrc,
+            op: $m::OP,
+            flags: $m::FLAGS,
+            req_tid: $m::REQ_TID,
+            offset: $m::OFFSET,
+            len: $m::LEN,
+            data_off: $m::DATA_OFF,
+            data_len: $m::DATA_LEN,
+        }
+    };
+}
+macro_rules! ce_fields {
+    ($m:ident, $crc:expr, $dcrc:expr) => {
+        CeFields {
+            size: $m::SIZE,
+            ce_crc: $crc,
+            data_crc: $dcrc,
+            req_tid: $m::REQ_TID,
+            result: $m::RESULT,
+            flags: $m::FLAGS,
+        }
+    };
+}
+
+impl SeFields {
+    pub const PLAIN: Self = se_fields!(se_plain, None, None);
+    pub const CRC: Self = se_fields!(se_crc, Some(se_crc::SE_CRC), None);
+    pub const DATA_CRC: Self = se_fields!(se_data_crc, None, Some(se_data_crc::DATA_CRC));
+    pub const BOTH_CRC: Self = se_fields!(
+        se_both_crc,
+        Some(se_both_crc::SE_CRC),
+        Some(se_both_crc::DATA_CRC)
+    );
+    /// The format for the transport's CRC flags.
+    pub const fn select(se_crc: bool, data_crc: bool) -> &'static Self {
+        match (se_crc, data_crc) {
+            (false, false) => &Self::PLAIN,
+            (true, false) => &Self::CRC,
+            (false, true) => &Self::DATA_CRC,
+            (true, true) => &Self::BOTH_CRC,
+        }
+    }
+}
+impl CeFields {
+    pub const PLAIN: Self = ce_fields!(ce_plain, None, None);
+    pub const CRC: Self = ce_fields!(ce_crc, Some(ce_crc::CE_CRC), None);
+    pub const DATA_CRC: Self = ce_fields!(ce_data_crc, None, Some(ce_data_crc::DATA_CRC));
+    pub const BOTH_CRC: Self = ce_fields!(
+        ce_both_crc,
+        Some(ce_both_crc::CE_CRC),
+        Some(ce_both_crc::DATA_CRC)
+    );
+    /// The format for the transport's CRC flags.
+    pub const fn select(ce_crc: bool, data_crc: bool) -> &'static Self {
+        match (ce_crc, data_crc) {
+            (false, false) => &Self::PLAIN,
+            (true, false) => &Self::CRC,
+            (false, true) => &Self::DATA_CRC,
+            (true, true) => &Self::BOTH_CRC,
+        }
+    }
+}
+
+/// Maximum SE/CE size over all formats.
+pub const MAX_SE_SIZE: usize = se_both_crc::SIZE;
+pub const MAX_CE_SIZE: usize = ce_both_crc::SIZE;
+
+const _: () = {
+    // The entry CRC, when present, is the first word and covers the rest (`seal`).
+    let all_se = [
+        SeFields::PLAIN,
+        SeFields::CRC,
+        SeFields::DATA_CRC,
+        SeFields::BOTH_CRC,
+    ];
+    let all_ce = [
+        CeFields::PLAIN,
+        CeFields::CRC,
+        CeFields::DATA_CRC,
+        CeFields::BOTH_CRC,
+    ];
+    let mut i = 0;
+    while i < 4 {
+        assert!(all_se[i].size <= MAX_SE_SIZE && all_ce[i].size <= MAX_CE_SIZE);
+        assert!(matches!(all_se[i].se_crc, None | Some(0)));
+        assert!(matches!(all_ce[i].ce_crc, None | Some(0)));
+        i += 1;
+    }
+};
+
 /// Geometry of SE and CE for one set of transport CRC flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryLayout {
@@ -40,23 +261,23 @@ impl EntryLayout {
     pub const fn from_flags(flags: u16) -> Self {
         let se_crc = flags & tflags::CHANNEL_CRC != 0;
         let data_crc = flags & tflags::CHANNEL_DATA_CRC != 0;
-        let any = se_crc || data_crc;
+        let se = SeFields::select(se_crc, data_crc);
+        let ce = CeFields::select(se_crc, data_crc);
         Self {
             se_crc,
             data_crc,
-            se_size: if any { 48 } else { 40 },
-            ce_size: if any { 24 } else { 16 },
-            se_flags_off: if !any {
-                4
-            } else if se_crc && data_crc {
-                12
-            } else {
-                8
-            },
+            se_size: se.size as u32,
+            ce_size: ce.size as u32,
+            se_flags_off: se.flags as u32,
         }
     }
-    fn any(&self) -> bool {
-        self.se_crc || self.data_crc
+    /// Field positions of this layout's SE.
+    pub const fn se_fields(&self) -> &'static SeFields {
+        SeFields::select(self.se_crc, self.data_crc)
+    }
+    /// Field positions of this layout's CE.
+    pub const fn ce_fields(&self) -> &'static CeFields {
+        CeFields::select(self.se_crc, self.data_crc)
     }
     pub const fn compr_size(&self) -> u64 {
         chan::COMPR_ENTRIES * self.ce_size as u64
@@ -68,51 +289,22 @@ impl EntryLayout {
         let room = chan::DATA_OFF - self.submr_off();
         room / self.se_size as u64 * self.se_size as u64
     }
-    /// (op, flags, req_tid, offset, len, data_off, data_len, se_crc?, data_crc?) offsets.
-    fn se_offsets(&self) -> [usize; 7] {
-        if !self.any() {
-            [0, 4, 8, 16, 24, 28, 32]
-        } else {
-            [
-                self.se_flags_off as usize - 4,
-                self.se_flags_off as usize,
-                16,
-                24,
-                32,
-                36,
-                40,
-            ]
-        }
-    }
-    fn crc_offsets(&self) -> (Option<usize>, Option<usize>) {
-        match (self.se_crc, self.data_crc) {
-            (true, true) => (Some(0), Some(4)),
-            (true, false) => (Some(0), None),
-            (false, true) => (None, Some(0)),
-            (false, false) => (None, None),
-        }
-    }
-    /// (req_tid, result, flags) offsets in a CE.
-    fn ce_offsets(&self) -> [usize; 3] {
-        if !self.any() { [0, 8, 12] } else { [8, 16, 20] }
-    }
 
     pub fn decode_se(&self, b: &[u8]) -> Option<Se> {
         if b.len() < self.se_size as usize {
             return None;
         }
-        let [o_op, o_fl, o_tid, o_off, o_len, o_doff, o_dlen] = self.se_offsets();
-        let (c, d) = self.crc_offsets();
+        let f = self.se_fields();
         Some(Se {
-            se_crc: c.map_or(0, |o| get_u32(b, o)),
-            data_crc: d.map_or(0, |o| get_u32(b, o)),
-            op: get_u32(b, o_op),
-            flags: get_u32(b, o_fl),
-            req_tid: get_u64(b, o_tid),
-            offset: get_u64(b, o_off),
-            len: get_u32(b, o_len),
-            data_off: get_u32(b, o_doff),
-            data_len: get_u32(b, o_dlen),
+            se_crc: f.se_crc.map_or(0, |o| get_u32(b, o)),
+            data_crc: f.data_crc.map_or(0, |o| get_u32(b, o)),
+            op: get_u32(b, f.op),
+            flags: get_u32(b, f.flags),
+            req_tid: get_u64(b, f.req_tid),
+            offset: get_u64(b, f.offset),
+            len: get_u32(b, f.len),
+            data_off: get_u32(b, f.data_off),
+            data_len: get_u32(b, f.data_len),
         })
     }
 
@@ -121,21 +313,20 @@ impl EntryLayout {
     pub fn encode_se(&self, se: &Se, b: &mut [u8]) {
         let b = &mut b[..self.se_size as usize];
         b.fill(0);
-        let [o_op, o_fl, o_tid, o_off, o_len, o_doff, o_dlen] = self.se_offsets();
-        let (c, d) = self.crc_offsets();
-        if let Some(o) = c {
+        let f = self.se_fields();
+        if let Some(o) = f.se_crc {
             put_u32(b, o, se.se_crc);
         }
-        if let Some(o) = d {
+        if let Some(o) = f.data_crc {
             put_u32(b, o, se.data_crc);
         }
-        put_u32(b, o_op, se.op);
-        put_u32(b, o_fl, se.flags);
-        put_u64(b, o_tid, se.req_tid);
-        put_u64(b, o_off, se.offset);
-        put_u32(b, o_len, se.len);
-        put_u32(b, o_doff, se.data_off);
-        put_u32(b, o_dlen, se.data_len);
+        put_u32(b, f.op, se.op);
+        put_u32(b, f.flags, se.flags);
+        put_u64(b, f.req_tid, se.req_tid);
+        put_u64(b, f.offset, se.offset);
+        put_u32(b, f.len, se.len);
+        put_u32(b, f.data_off, se.data_off);
+        put_u32(b, f.data_len, se.data_len);
     }
 
     /// Compute and store the entry CRC (if this layout has one) over bytes 4..size.
@@ -162,31 +353,29 @@ impl EntryLayout {
         if b.len() < self.ce_size as usize {
             return None;
         }
-        let [o_tid, o_res, o_fl] = self.ce_offsets();
-        let (c, d) = self.crc_offsets();
+        let f = self.ce_fields();
         Some(Ce {
-            ce_crc: c.map_or(0, |o| get_u32(b, o)),
-            data_crc: d.map_or(0, |o| get_u32(b, o)),
-            req_tid: get_u64(b, o_tid),
-            result: get_u32(b, o_res) as i32,
-            flags: get_u32(b, o_fl),
+            ce_crc: f.ce_crc.map_or(0, |o| get_u32(b, o)),
+            data_crc: f.data_crc.map_or(0, |o| get_u32(b, o)),
+            req_tid: get_u64(b, f.req_tid),
+            result: get_u32(b, f.result) as i32,
+            flags: get_u32(b, f.flags),
         })
     }
 
     pub fn encode_ce(&self, ce: &Ce, b: &mut [u8]) {
         let b = &mut b[..self.ce_size as usize];
         b.fill(0);
-        let [o_tid, o_res, o_fl] = self.ce_offsets();
-        let (c, d) = self.crc_offsets();
-        if let Some(o) = c {
+        let f = self.ce_fields();
+        if let Some(o) = f.ce_crc {
             put_u32(b, o, ce.ce_crc);
         }
-        if let Some(o) = d {
+        if let Some(o) = f.data_crc {
             put_u32(b, o, ce.data_crc);
         }
-        put_u64(b, o_tid, ce.req_tid);
-        put_u32(b, o_res, ce.result as u32);
-        put_u32(b, o_fl, ce.flags);
+        put_u64(b, f.req_tid, ce.req_tid);
+        put_u32(b, f.result, ce.result as u32);
+        put_u32(b, f.flags, ce.flags);
     }
 }
 
@@ -232,7 +421,3 @@ pub mod errno {
     pub const EOPNOTSUPP: i32 = -95;
     pub const EBADMSG: i32 = -74;
 }
-
-/// Maximum SE/CE size over all layouts.
-pub const MAX_SE_SIZE: usize = 48;
-pub const MAX_CE_SIZE: usize = 24;

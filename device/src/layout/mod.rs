@@ -1,18 +1,34 @@
-//! The CBD v3 on-memory format, declared once by explicit offsets.
+//! The CBD v3 on-memory format, declared once.
+//!
+//! Every layout (transport info, records, control page, non-coherent and
+//! durability lines, the four SE and four CE formats) is a `wire!` module: a
+//! list of `NAME: type = offset` that yields the offset constants the engines
+//! index with, a [`Table`] of the same fields (the one `docs/protocol.md` is
+//! tested against, see `device/tests/doc_tables.rs`) and compile-time checks
+//! that each offset and the size agree with C's layout of the same fields (the
+//! Linux CBD v3 driver's structs). Region-level constants (areas, segment map,
+//! line positions) follow with their own `const` assertions.
+//!
+//! Rooms: `wire` (the macro, tables, little-endian accessors),
+//! `transport_info` (transport info, region constants), `records` (meta header,
+//! records, extension area, features), `segment` (channel segment map, control
+//! page, lines), `entries` (SE/CE formats, ops, flags, errno).
 //!
 //! Every structure is encoded/decoded little-endian from byte slices; nothing
-//! here depends on Rust struct layout. Each offset table is followed by
-//! compile-time checks (size, ordering, fits-in-slot), so a typo fails the build.
-//! `docs/protocol.md` draws the same tables.
-//!
-//! Decoders take untrusted bytes: they return `None` when the slice is too short
-//! and otherwise accept any bit pattern (validation of values is the caller's job).
+//! here depends on Rust struct layout at run time. Decoders take untrusted bytes:
+//! they return `None` when the slice is too short and otherwise accept any bit
+//! pattern (validation of values is the caller's job).
 
 /// Page / record-copy size.
 pub const PAGE: usize = 4096;
 /// One 64-byte cache line: the unit of write-back in non-coherent mode.
 pub const LINE: usize = 64;
+/// The sector: unit of device offsets and lengths.
+pub const SECTOR: u64 = 512;
 const MIB: u64 = 1024 * 1024;
+
+#[macro_use]
+mod wire;
 
 mod entries;
 mod records;
@@ -23,33 +39,30 @@ pub use entries::*;
 pub use records::*;
 pub use segment::*;
 pub use transport_info::*;
+pub use wire::{Field, Table};
+pub(crate) use wire::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 
-// --------------------------------------------------------------------------------------
-// little-endian helpers (callers guarantee the bounds; all uses are on checked slices)
-
-#[inline]
-pub(crate) fn get_u16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-#[inline]
-pub(crate) fn get_u32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-#[inline]
-pub(crate) fn get_u64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
-}
-#[inline]
-pub(crate) fn put_u16(b: &mut [u8], o: usize, v: u16) {
-    b[o..o + 2].copy_from_slice(&v.to_le_bytes());
-}
-#[inline]
-pub(crate) fn put_u32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-}
-#[inline]
-pub(crate) fn put_u64(b: &mut [u8], o: usize, v: u64) {
-    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
-}
+/// Every layout declared with `wire!`, in the order `docs/protocol.md` draws them.
+pub const TABLES: &[Table] = &[
+    tinfo::TABLE,
+    meta::TABLE,
+    host_rec::TABLE,
+    backend_rec::TABLE,
+    blkdev_rec::TABLE,
+    segment_rec::TABLE,
+    mgmt_rec::TABLE,
+    ext::TABLE,
+    ctrl::TABLE,
+    nc_host::TABLE,
+    nc_dev::TABLE,
+    dur_dev::TABLE,
+    dur_host::TABLE,
+    se_plain::TABLE,
+    se_crc::TABLE,
+    se_data_crc::TABLE,
+    se_both_crc::TABLE,
+    ce_plain::TABLE,
+    ce_crc::TABLE,
+    ce_data_crc::TABLE,
+    ce_both_crc::TABLE,
+];

@@ -3,13 +3,16 @@
 
 use super::*;
 
-pub mod meta {
-    pub const CRC: usize = 0;
-    pub const SEQ: usize = 4;
-    pub const VERSION: usize = 5;
-    pub const SIZE: usize = 8;
+wire! {
+    /// Meta header: the first 8 bytes of every two-copy record.
+    pub mod meta: 8 bytes as usize {
+        /// crc32 (seed 0, no final xor) over bytes 4 .. end of the copy.
+        CRC: u32 = 0,
+        SEQ: u8 = 4,
+        VERSION: u8 = 5,
+        RSVD: u16 = 6,
+    }
 }
-const _: () = assert!(meta::SEQ == meta::CRC + 4 && meta::VERSION == 5 && meta::SIZE == 8);
 
 /// Object states shared by host/backend/blkdev/segment records.
 pub const STATE_NONE: u8 = 0;
@@ -20,14 +23,19 @@ pub const SEG_TYPE_NONE: u8 = 0;
 pub const SEG_TYPE_CHANNEL: u8 = 1;
 pub const SEG_TYPE_CACHE: u8 = 2;
 
-/// Extension area inside the padding of our own 4 KiB record copies (backend and blkdev).
-/// A plain CBD v3 reader never looks past its struct, and the slot CRC covers it.
-pub mod ext {
+wire! {
+    /// Extension area inside the padding of our own 4 KiB record copies (backend and
+    /// blkdev), at [`ext::OFF`]. A plain CBD v3 reader never looks past its struct,
+    /// and the slot CRC covers it. The constants are offsets in the copy.
+    pub mod ext: 16 bytes at OFF as usize {
+        /// "CBDX" ([`MAGIC_VALUE`]).
+        MAGIC: u32 = 0,
+        VERSION: u16 = 4,
+        FEATURES: u64 = 8,
+    }
+    /// Where the extension area starts in a record copy.
     pub const OFF: usize = 1024;
-    pub const MAGIC: usize = OFF; // u32 "CBDX"
-    pub const VERSION: usize = OFF + 4; // u16
-    pub const FEATURES: usize = OFF + 8; // u64
-    pub const END: usize = OFF + 16;
+    pub const END: usize = OFF + SIZE;
     pub const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"CBDX");
 }
 /// Feature bits (backend record: offered; blkdev record: accepted).
@@ -59,23 +67,22 @@ fn str_field<const N: usize>(b: &[u8], o: usize) -> [u8; N] {
     a
 }
 
-/// Host info (v3 struct: 56 bytes).
-pub mod host_rec {
-    pub const STATE: usize = 8;
-    pub const ALIVE_TS: usize = 16;
-    pub const HOSTNAME: usize = 24;
+wire! {
+    /// Host info (v3 `struct cbd_host_info`, 56 bytes).
+    pub mod host_rec: 56 bytes as usize {
+        HEADER: [u8; 8] = 0,
+        STATE: u8 = 8,
+        ALIVE_TS: u64 = 16,
+        HOSTNAME: [u8; HOSTNAME_LEN] = 24,
+    }
     pub const HOSTNAME_LEN: usize = 32;
-    pub const SIZE: usize = 56;
 }
-const _: () = assert!(
-    host_rec::HOSTNAME + host_rec::HOSTNAME_LEN == host_rec::SIZE && host_rec::SIZE <= PAGE
-);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostInfo {
     pub state: u8,
     pub alive_ts: u64,
-    pub hostname: [u8; 32],
+    pub hostname: [u8; host_rec::HOSTNAME_LEN],
 }
 impl Record for HostInfo {
     const COPY_SIZE: usize = PAGE;
@@ -96,29 +103,32 @@ impl Record for HostInfo {
     }
 }
 
-/// Backend info (v3 struct: 696 bytes) plus our extension area.
-pub mod backend_rec {
-    pub const STATE: usize = 8;
-    pub const HOST_ID: usize = 12;
-    pub const ALIVE_TS: usize = 16;
-    pub const DEV_SIZE: usize = 24;
-    pub const PATH: usize = 32;
+wire! {
+    /// Backend info (v3 `struct cbd_backend_info`, 696 bytes) plus our extension area.
+    pub mod backend_rec: 696 bytes as usize {
+        HEADER: [u8; 8] = 0,
+        STATE: u8 = 8,
+        HOST_ID: u32 = 12,
+        ALIVE_TS: u64 = 16,
+        /// In 512-byte sectors.
+        DEV_SIZE: u64 = 24,
+        PATH: [u8; PATH_LEN] = 32,
+        N_HANDLERS: u32 = 160,
+        HANDLER_CHANNELS: [u32; MAX_HANDLERS] = 164,
+        /// `struct cbd_cache_info` (unused by cbdfw, kept as written).
+        CACHE_SEG_ID: u32 = 676,
+        CACHE_N_SEGS: u32 = 680,
+        CACHE_GC_PERCENT: u16 = 684,
+        CACHE_RES: u16 = 686,
+        CACHE_RES2: u32 = 688,
+    }
     pub const PATH_LEN: usize = 128;
-    pub const N_HANDLERS: usize = 160;
-    pub const HANDLER_CHANNELS: usize = 164;
     pub const MAX_HANDLERS: usize = 128;
-    pub const CACHE_SEG_ID: usize = 676;
-    pub const CACHE_N_SEGS: usize = 680;
-    pub const CACHE_GC_PERCENT: usize = 684;
-    pub const CACHE_RES: usize = 686;
-    pub const CACHE_RES2: usize = 688;
-    pub const SIZE: usize = 696;
 }
 const _: () = {
     use backend_rec::*;
-    assert!(PATH + PATH_LEN == N_HANDLERS && HANDLER_CHANNELS == N_HANDLERS + 4);
-    assert!(HANDLER_CHANNELS + 4 * MAX_HANDLERS == CACHE_SEG_ID);
-    assert!(CACHE_RES2 + 4 <= SIZE && SIZE <= ext::OFF && ext::END <= PAGE);
+    assert!(PATH + PATH_LEN == N_HANDLERS && HANDLER_CHANNELS + 4 * MAX_HANDLERS == CACHE_SEG_ID);
+    assert!(SIZE <= ext::OFF && ext::END <= PAGE);
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,9 +138,9 @@ pub struct BackendInfo {
     pub alive_ts: u64,
     /// In 512-byte sectors.
     pub dev_size: u64,
-    pub path: [u8; 128],
+    pub path: [u8; backend_rec::PATH_LEN],
     pub n_handlers: u32,
-    pub handler_channels: [u32; 128],
+    pub handler_channels: [u32; backend_rec::MAX_HANDLERS],
     pub cache_seg_id: u32,
     pub cache_n_segs: u32,
     pub cache_gc_percent: u16,
@@ -144,9 +154,9 @@ impl Default for BackendInfo {
             host_id: 0,
             alive_ts: 0,
             dev_size: 0,
-            path: [0; 128],
+            path: [0; backend_rec::PATH_LEN],
             n_handlers: 0,
-            handler_channels: [0; 128],
+            handler_channels: [0; backend_rec::MAX_HANDLERS],
             cache_seg_id: 0,
             cache_n_segs: 0,
             cache_gc_percent: 0,
@@ -173,7 +183,7 @@ impl Record for BackendInfo {
     const STRUCT_SIZE: usize = backend_rec::SIZE;
     fn decode_body(b: &[u8]) -> Self {
         use backend_rec::*;
-        let mut hc = [0u32; 128];
+        let mut hc = [0u32; MAX_HANDLERS];
         for (i, h) in hc.iter_mut().enumerate() {
             *h = get_u32(b, HANDLER_CHANNELS + 4 * i);
         }
@@ -209,17 +219,18 @@ impl Record for BackendInfo {
     }
 }
 
-/// Blkdev info (v3 struct: 40 bytes) plus our extension area.
-pub mod blkdev_rec {
-    pub const STATE: usize = 8;
-    pub const ALIVE_TS: usize = 16;
-    pub const BACKEND_ID: usize = 24;
-    pub const HOST_ID: usize = 28;
-    pub const MAPPED_ID: usize = 32;
-    pub const SIZE: usize = 40;
+wire! {
+    /// Blkdev info (v3 `struct cbd_blkdev_info`, 40 bytes) plus our extension area.
+    pub mod blkdev_rec: 40 bytes as usize {
+        HEADER: [u8; 8] = 0,
+        STATE: u8 = 8,
+        ALIVE_TS: u64 = 16,
+        BACKEND_ID: u32 = 24,
+        HOST_ID: u32 = 28,
+        MAPPED_ID: u32 = 32,
+    }
 }
-const _: () =
-    assert!(blkdev_rec::MAPPED_ID + 4 <= blkdev_rec::SIZE && blkdev_rec::SIZE <= ext::OFF);
+const _: () = assert!(blkdev_rec::SIZE <= ext::OFF);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BlkdevInfo {
@@ -256,16 +267,18 @@ impl Record for BlkdevInfo {
     }
 }
 
-/// Segment info (20 bytes; copies at segment offset 0 and 4096).
-pub mod segment_rec {
-    pub const TYPE: usize = 8;
-    pub const STATE: usize = 9;
-    pub const FLAGS: usize = 10;
-    pub const NEXT_SEG: usize = 12;
-    pub const BACKEND_ID: usize = 16;
-    pub const SIZE: usize = 20;
+wire! {
+    /// Segment info (v3 `struct cbd_segment_info`, 20 bytes; copies at segment offset
+    /// 0 and 4096).
+    pub mod segment_rec: 20 bytes as usize {
+        HEADER: [u8; 8] = 0,
+        TYPE: u8 = 8,
+        STATE: u8 = 9,
+        FLAGS: u16 = 10,
+        NEXT_SEG: u32 = 12,
+        BACKEND_ID: u32 = 16,
+    }
 }
-const _: () = assert!(segment_rec::BACKEND_ID + 4 == segment_rec::SIZE);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -298,11 +311,17 @@ impl Record for SegmentInfo {
     }
 }
 
-/// Management command / return record (16 bytes per copy, two adjacent copies).
-pub mod mgmt_rec {
-    pub const CMD_SEQ: usize = 8;
-    pub const CMD_OP: usize = 9; // cmd_ret for the return record
-    pub const SIZE: usize = 16;
+wire! {
+    /// Management command / return record (v3 `struct cbd_channel_mgmt_cmd` /
+    /// `_ret`, 16 bytes per copy, two adjacent copies).
+    pub mod mgmt_rec: 16 bytes as usize {
+        HEADER: [u8; 8] = 0,
+        CMD_SEQ: u8 = 8,
+        /// `cmd_ret` in the return record.
+        CMD_OP: u8 = 9,
+        RSVD: u16 = 10,
+        RSVD1: u32 = 12,
+    }
 }
 pub const MGMT_OP_NONE: u8 = 0;
 pub const MGMT_OP_RESET: u8 = 1;

@@ -3,33 +3,29 @@
 
 use super::*;
 
-pub mod tinfo {
-    pub const MAGIC: usize = 0;
-    pub const VERSION: usize = 8;
-    pub const FLAGS: usize = 10;
-    // 12..16 padding
-    pub const HOST_AREA_OFF: usize = 16;
-    pub const HOST_INFO_SIZE: usize = 24;
-    pub const HOST_NUM: usize = 28;
-    pub const BACKEND_AREA_OFF: usize = 32;
-    pub const BACKEND_INFO_SIZE: usize = 40;
-    pub const BACKEND_NUM: usize = 44;
-    pub const BLKDEV_AREA_OFF: usize = 48;
-    pub const BLKDEV_INFO_SIZE: usize = 56;
-    pub const BLKDEV_NUM: usize = 60;
-    pub const SEGMENT_AREA_OFF: usize = 64;
-    pub const SEGMENT_SIZE: usize = 72;
-    pub const SEGMENT_NUM: usize = 76;
-    pub const SIZE: usize = 80;
+wire! {
+    /// Transport info: offset 0 of the transport, 80 bytes, a single copy without CRC
+    /// (v3 `struct cbd_transport_info`).
+    pub mod tinfo: 80 bytes as usize {
+        MAGIC: u64 = 0,
+        VERSION: u16 = 8,
+        /// [`super::tflags`].
+        FLAGS: u16 = 10,
+        HOST_AREA_OFF: u64 = 16,
+        HOST_INFO_SIZE: u32 = 24,
+        HOST_NUM: u32 = 28,
+        BACKEND_AREA_OFF: u64 = 32,
+        BACKEND_INFO_SIZE: u32 = 40,
+        BACKEND_NUM: u32 = 44,
+        BLKDEV_AREA_OFF: u64 = 48,
+        BLKDEV_INFO_SIZE: u32 = 56,
+        BLKDEV_NUM: u32 = 60,
+        SEGMENT_AREA_OFF: u64 = 64,
+        SEGMENT_SIZE: u32 = 72,
+        SEGMENT_NUM: u32 = 76,
+    }
 }
-const _: () = {
-    use tinfo::*;
-    assert!(VERSION == MAGIC + 8 && FLAGS == VERSION + 2 && HOST_AREA_OFF == 16);
-    assert!(HOST_INFO_SIZE == HOST_AREA_OFF + 8 && HOST_NUM == HOST_INFO_SIZE + 4);
-    assert!(BACKEND_AREA_OFF == HOST_NUM + 4 && BACKEND_NUM == BACKEND_INFO_SIZE + 4);
-    assert!(BLKDEV_AREA_OFF == BACKEND_NUM + 4 && BLKDEV_NUM == BLKDEV_INFO_SIZE + 4);
-    assert!(SEGMENT_AREA_OFF == BLKDEV_NUM + 4 && SEGMENT_NUM + 4 == SIZE && SIZE <= PAGE);
-};
+const _: () = assert!(tinfo::SIZE <= PAGE && tinfo::SIZE as u64 <= HOST_AREA_OFF);
 
 pub const TRANSPORT_MAGIC: u64 = 0x65B0_5EFA_96C5_96EF;
 pub const TRANSPORT_VERSION: u16 = 1;
