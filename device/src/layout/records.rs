@@ -42,7 +42,7 @@ wire! {
 pub mod features {
     /// Non-coherent channel mode (extensions §1): own lines, write-back/invalidate, CRCs.
     pub const NONCOHERENT: u64 = 1 << 0;
-    /// Durability tokens (issue 6, `docs/durability.md`): per-channel `durable_tid`
+    /// Durability tokens (`docs/durability.md`): per-channel `durable_tid`
     /// watermark line, CE flag DURABLE, SE intent bits, host power window.
     pub const DURABLE_TOKENS: u64 = 1 << 1;
     /// DISCARD (op 3) and WRITE_ZEROES (op 4) accepted by the backend.
