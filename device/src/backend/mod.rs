@@ -16,24 +16,16 @@ use crate::transport::{SlotKind, Transport, TransportError, is_alive};
 mod durability;
 mod ops;
 mod provision;
+mod sabotage;
 mod serve;
 
 /// Most handler channels one engine serves.
 pub const MAX_CHANNELS: usize = 16;
 
-/// Deliberate protocol violations, **only** for the adversary's negative tests.
-/// Every field must stay `false` in production.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Sabotage {
-    /// Do not write back CEs after posting them.
-    pub skip_ce_write_back: bool,
-    /// Do not invalidate SE lines before (re-)reading them.
-    pub skip_se_invalidate: bool,
-    /// Accept SEs and payloads without checking se_crc / data_crc.
-    pub skip_crc_check: bool,
-    /// Keep the device line inside the host's cache line.
-    pub shared_ctrl_line: bool,
-}
+#[cfg(feature = "sabotage")]
+pub use sabotage::Sabotage;
+#[cfg(not(feature = "sabotage"))]
+use sabotage::Sabotage;
 
 #[derive(Clone, Copy, Debug)]
 pub struct BackendConfig<'a> {
@@ -56,7 +48,22 @@ pub struct BackendConfig<'a> {
     /// (same hostname and path) without waiting for the dead incarnation's heartbeat
     /// to time out. Only correct when no other live instance uses the same name.
     pub takeover: bool,
+    /// Deliberate protocol violations for negative tests (feature `sabotage` only;
+    /// the firmware is built without it).
+    #[cfg(feature = "sabotage")]
     pub sabotage: Sabotage,
+}
+
+impl BackendConfig<'_> {
+    /// The sabotage switches in force: all off unless the `sabotage` feature is on and
+    /// a test set one (without the feature this is a constant the optimiser folds).
+    #[inline]
+    pub(crate) fn sabotage(&self) -> Sabotage {
+        #[cfg(feature = "sabotage")]
+        return self.sabotage;
+        #[cfg(not(feature = "sabotage"))]
+        return Sabotage::NONE;
+    }
 }
 
 impl Default for BackendConfig<'_> {
@@ -71,7 +78,8 @@ impl Default for BackendConfig<'_> {
             nc_retries: 512,
             durable: DurableConfig::default(),
             takeover: false,
-            sabotage: Sabotage::default(),
+            #[cfg(feature = "sabotage")]
+            sabotage: Sabotage::NONE,
         }
     }
 }

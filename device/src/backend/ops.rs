@@ -139,7 +139,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         let shm = self.shm();
         let g = ch.g;
         let len = se.len as usize;
-        let check = g.el.data_crc && !self.cfg.sabotage.skip_crc_check;
+        let check = g.el.data_crc && !self.cfg.sabotage().skip_crc_check;
         let tries = if ch.mode == Mode::Nc {
             self.cfg.nc_retries.max(1)
         } else {

@@ -84,7 +84,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
                 let g = ChannelGeom::new(
                     tp.channel_base(seg_id)?,
                     flags,
-                    cfg.sabotage.shared_ctrl_line,
+                    cfg.sabotage().shared_ctrl_line,
                 );
                 let ch = me.reattach_channel(i, seg_id, g)?;
                 let _ = me.chans.push(ch);
@@ -118,7 +118,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
                 };
                 tp.write_segment(seg_id, &si)?;
                 hc[i as usize] = seg_id;
-                let g = ChannelGeom::new(base, flags, cfg.sabotage.shared_ctrl_line);
+                let g = ChannelGeom::new(base, flags, cfg.sabotage().shared_ctrl_line);
                 let _ = me.chans.push(Chan::new(i, seg_id, g, false));
                 shm.tracer
                     .event(&TraceEvent::ChannelProvisioned { chan: i, seg_id });

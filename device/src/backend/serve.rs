@@ -271,7 +271,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         } else {
             1
         };
-        let sab = self.cfg.sabotage;
+        let sab = self.cfg.sabotage();
         for attempt in 0..tries {
             if ch.mode == Mode::Nc && !sab.skip_se_invalidate {
                 shm.invalidate(g.se(ch.cursor), n as u64)?;
@@ -369,7 +369,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         g.el.seal_ce(&mut b);
         let off = g.ce(ch.compr_head);
         shm.write(off, &b[..n as usize])?;
-        if ch.mode == Mode::Nc && !self.cfg.sabotage.skip_ce_write_back {
+        if ch.mode == Mode::Nc && !self.cfg.sabotage().skip_ce_write_back {
             shm.write_back(off, n as u64)?;
         }
         shm.tracer.event(&TraceEvent::CePosted {
