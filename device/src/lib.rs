@@ -8,6 +8,7 @@
 //!   (two-copy records), [`shm`] (the shared-memory access layer),
 //!   [`transport`], [`backend`] (the device engine), [`host`] (the blkdev role),
 //!   [`media`], [`trace`].
+//! * [`rng`] — the one deterministic PRNG (SplitMix64) of tests and simulations.
 //! * `std` feature: [`native`] (coherent heap/mmap memory), [`adversary`]
 //!   (adversarial non-coherent memory) and [`journal`] (the journal-commit workload).
 //!
@@ -26,6 +27,7 @@ pub mod host;
 pub mod layout;
 pub mod media;
 pub mod meta;
+pub mod rng;
 pub mod shm;
 pub mod trace;
 pub mod transport;
