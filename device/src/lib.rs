@@ -10,7 +10,11 @@
 //!   [`media`], [`trace`].
 //! * [`rng`] — the one deterministic PRNG (SplitMix64) of tests and simulations.
 //! * `std` feature: [`native`] (coherent heap/mmap memory), [`adversary`]
-//!   (adversarial non-coherent memory) and [`journal`] (the journal-commit workload).
+//!   (adversarial non-coherent memory), [`rig`] (a backend on one channel with the
+//!   host side played by hand, for tests with hand-made entries) and [`journal`]
+//!   (the journal-commit workload).
+//! * `sabotage` feature (tests only): `backend::Sabotage`, deliberate protocol
+//!   violations for the adversary's negative tests.
 //!
 //! The crate is `no_std` and allocation-free so that the same code runs in the
 //! bare-metal kernel and natively in tests.
@@ -38,3 +42,5 @@ pub mod adversary;
 pub mod journal;
 #[cfg(feature = "std")]
 pub mod native;
+#[cfg(feature = "std")]
+pub mod rig;
