@@ -25,33 +25,11 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         let tp = Transport::open(shm, cfg.noncoherent)?;
         let host_id = tp.register_host_as(cfg.hostname, now_ns, cfg.takeover)?;
         let path = path_field(cfg.path);
+        let existing = Self::find_own_backend(&tp, host_id, &path)?;
+        let features = Self::offered_features(&cfg, tp.info.flags);
         let dev_sectors = media.size() / SECTOR;
-        // Non-coherent mode relies on entry and payload CRCs: only offer it with both.
-        let crcs = tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
-        let mut features = if cfg.noncoherent && tp.info.flags & crcs == crcs {
-            features::NONCOHERENT
-        } else {
-            0
-        };
-        if cfg.discard_wz {
-            features |= features::DISCARD_WZ;
-        }
-        let mut existing = None;
-        for id in 0..tp.info.backend_num {
-            if let Some(b) = tp.backend(id)?
-                && b.rec.state != STATE_NONE
-                && b.rec.host_id == host_id
-                && b.rec.path == path
-            {
-                existing = Some((id, b.rec));
-                break;
-            }
-        }
-        if cfg.durable.offer {
-            features |= features::DURABLE_TOKENS;
-        }
         let mut me = Self {
-            tp: tp.clone(),
+            tp,
             cfg,
             host_id,
             backend_id: 0,
@@ -63,95 +41,13 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             last_hb: now_ns,
             rec: BackendInfo::default(),
         };
-        let flags = tp.info.flags;
-        if let Some((id, rec)) = existing {
-            if is_alive(rec.alive_ts, now_ns) && !cfg.takeover {
-                return Err(TransportError::Alive.into());
-            }
-            if rec.dev_size != dev_sectors
-                || rec.n_handlers == 0
-                || rec.n_handlers as usize > MAX_CHANNELS
-            {
-                return Err(BackendError::Mismatch);
-            }
-            me.backend_id = id;
-            for i in 0..rec.n_handlers {
-                let seg_id = rec.handler_channels[i as usize];
-                let seg = tp.segment(seg_id)?.ok_or(BackendError::Mismatch)?;
-                if seg.rec.seg_type != SEG_TYPE_CHANNEL || seg.rec.backend_id != id {
-                    return Err(BackendError::Mismatch);
-                }
-                let g = ChannelGeom::new(
-                    tp.channel_base(seg_id)?,
-                    flags,
-                    cfg.sabotage().shared_ctrl_line,
-                );
-                let ch = me.reattach_channel(i, seg_id, g)?;
-                let _ = me.chans.push(ch);
-            }
-            me.rec = BackendInfo {
-                features,
-                alive_ts: now_ns,
-                state: STATE_RUNNING,
-                ..rec
-            };
-        } else {
-            me.backend_id = tp.find_free(SlotKind::Backend, 0)?;
-            let mut hc = [0u32; backend_rec::MAX_HANDLERS];
-            let mut hint = 0;
-            for i in 0..cfg.n_handlers {
-                let seg_id = tp.find_free(SlotKind::Segment, hint)?;
-                hint = seg_id + 1;
-                let base = tp.channel_base(seg_id)?;
-                // v3: zero the whole segment, then write the segment info.
-                shm.fill(base, SEGMENT_SIZE, 0)?;
-                if cfg.noncoherent {
-                    shm.write_back(base, SEGMENT_SIZE)?;
-                    shm.store_fence();
-                }
-                let si = SegmentInfo {
-                    seg_type: SEG_TYPE_CHANNEL,
-                    state: STATE_RUNNING,
-                    flags: 0,
-                    next_seg: 0,
-                    backend_id: me.backend_id,
-                };
-                tp.write_segment(seg_id, &si)?;
-                hc[i as usize] = seg_id;
-                let g = ChannelGeom::new(base, flags, cfg.sabotage().shared_ctrl_line);
-                let _ = me.chans.push(Chan::new(i, seg_id, g, false));
-                shm.tracer
-                    .event(&TraceEvent::ChannelProvisioned { chan: i, seg_id });
-            }
-            me.rec = BackendInfo {
-                state: STATE_RUNNING,
-                host_id,
-                alive_ts: now_ns,
-                dev_size: dev_sectors,
-                path,
-                n_handlers: cfg.n_handlers,
-                handler_channels: hc,
-                features,
-                ..BackendInfo::default()
-            };
+        match existing {
+            Some((id, rec)) => me.reattach(id, rec, dev_sectors, features, now_ns)?,
+            None => me.provision(path, dev_sectors, features, now_ns)?,
         }
-        tp.write_backend(me.backend_id, &me.rec)?;
-        // Durability lines: a new incarnation (hosts learn that staged writes of
-        // the previous one may be lost); re-attached channels keep their watermark.
+        me.tp.write_backend(me.backend_id, &me.rec)?;
         if cfg.durable.offer {
-            for i in 0..me.chans.len() {
-                let mut ch = me.chans[i];
-                if let Some(l) = read_dur_dev(shm, &ch.g, cfg.noncoherent)? {
-                    me.incarnation = me.incarnation.max(l.incarnation.wrapping_add(1)).max(1);
-                    ch.dur_pub = l.durable_tid;
-                }
-                me.chans[i] = ch;
-            }
-            for i in 0..me.chans.len() {
-                let mut ch = me.chans[i];
-                me.refresh_durable(&mut ch)?;
-                me.chans[i] = ch;
-            }
+            me.start_durability()?;
         }
         shm.tracer.event(&TraceEvent::Heartbeat {
             kind: RecordKind::Backend,
@@ -159,6 +55,157 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             alive_ts: now_ns,
         });
         Ok(me)
+    }
+
+    /// The feature bits this backend advertises on a transport with `flags`.
+    fn offered_features(cfg: &BackendConfig<'_>, flags: u16) -> u64 {
+        // Non-coherent mode relies on entry and payload CRCs: only offer it with both.
+        let crcs = tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
+        let mut f = 0;
+        if cfg.noncoherent && flags & crcs == crcs {
+            f |= features::NONCOHERENT;
+        }
+        if cfg.discard_wz {
+            f |= features::DISCARD_WZ;
+        }
+        if cfg.durable.offer {
+            f |= features::DURABLE_TOKENS;
+        }
+        f
+    }
+
+    /// This host's backend record with the same path, if one is in use.
+    fn find_own_backend(
+        tp: &Transport<'a, M>,
+        host_id: u32,
+        path: &[u8; backend_rec::PATH_LEN],
+    ) -> Result<Option<(u32, BackendInfo)>, BackendError> {
+        for id in 0..tp.info.backend_num {
+            if let Some(b) = tp.backend(id)?
+                && b.rec.state != STATE_NONE
+                && b.rec.host_id == host_id
+                && b.rec.path == *path
+            {
+                return Ok(Some((id, b.rec)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Take over the dead (or, with `takeover`, our own previous) backend record `id`
+    /// and re-attach each of its channels.
+    fn reattach(
+        &mut self,
+        id: u32,
+        rec: BackendInfo,
+        dev_sectors: u64,
+        features: u64,
+        now_ns: u64,
+    ) -> Result<(), BackendError> {
+        if is_alive(rec.alive_ts, now_ns) && !self.cfg.takeover {
+            return Err(TransportError::Alive.into());
+        }
+        if rec.dev_size != dev_sectors
+            || rec.n_handlers == 0
+            || rec.n_handlers as usize > MAX_CHANNELS
+        {
+            return Err(BackendError::Mismatch);
+        }
+        self.backend_id = id;
+        let tp = self.tp.clone();
+        for i in 0..rec.n_handlers {
+            let seg_id = rec.handler_channels[i as usize];
+            let seg = tp.segment(seg_id)?.ok_or(BackendError::Mismatch)?;
+            if seg.rec.seg_type != SEG_TYPE_CHANNEL || seg.rec.backend_id != id {
+                return Err(BackendError::Mismatch);
+            }
+            let g = ChannelGeom::new(
+                tp.channel_base(seg_id)?,
+                tp.info.flags,
+                self.cfg.sabotage().shared_ctrl_line,
+            );
+            let ch = self.reattach_channel(i, seg_id, g)?;
+            let _ = self.chans.push(ch);
+        }
+        self.rec = BackendInfo {
+            features,
+            alive_ts: now_ns,
+            state: STATE_RUNNING,
+            ..rec
+        };
+        Ok(())
+    }
+
+    /// Take a free backend slot and `n_handlers` free segments, zero each segment
+    /// (v3) and write its segment info.
+    fn provision(
+        &mut self,
+        path: [u8; backend_rec::PATH_LEN],
+        dev_sectors: u64,
+        features: u64,
+        now_ns: u64,
+    ) -> Result<(), BackendError> {
+        let tp = self.tp.clone();
+        let shm = self.shm();
+        self.backend_id = tp.find_free(SlotKind::Backend, 0)?;
+        let mut hc = [0u32; backend_rec::MAX_HANDLERS];
+        let mut hint = 0;
+        for i in 0..self.cfg.n_handlers {
+            let seg_id = tp.find_free(SlotKind::Segment, hint)?;
+            hint = seg_id + 1;
+            let base = tp.channel_base(seg_id)?;
+            // v3: zero the whole segment, then write the segment info.
+            shm.fill(base, SEGMENT_SIZE, 0)?;
+            if self.cfg.noncoherent {
+                shm.write_back(base, SEGMENT_SIZE)?;
+                shm.store_fence();
+            }
+            let si = SegmentInfo {
+                seg_type: SEG_TYPE_CHANNEL,
+                state: STATE_RUNNING,
+                flags: 0,
+                next_seg: 0,
+                backend_id: self.backend_id,
+            };
+            tp.write_segment(seg_id, &si)?;
+            hc[i as usize] = seg_id;
+            let g = ChannelGeom::new(base, tp.info.flags, self.cfg.sabotage().shared_ctrl_line);
+            let _ = self.chans.push(Chan::new(i, seg_id, g, false));
+            shm.tracer
+                .event(&TraceEvent::ChannelProvisioned { chan: i, seg_id });
+        }
+        self.rec = BackendInfo {
+            state: STATE_RUNNING,
+            host_id: self.host_id,
+            alive_ts: now_ns,
+            dev_size: dev_sectors,
+            path,
+            n_handlers: self.cfg.n_handlers,
+            handler_channels: hc,
+            features,
+            ..BackendInfo::default()
+        };
+        Ok(())
+    }
+
+    /// Durability lines at start: a new incarnation (hosts learn that staged writes
+    /// of the previous one may be lost); re-attached channels keep their watermark.
+    fn start_durability(&mut self) -> Result<(), BackendError> {
+        let shm = self.shm();
+        for i in 0..self.chans.len() {
+            let mut ch = self.chans[i];
+            if let Some(l) = read_dur_dev(shm, &ch.g, self.cfg.noncoherent)? {
+                self.incarnation = self.incarnation.max(l.incarnation.wrapping_add(1)).max(1);
+                ch.dur_pub = l.durable_tid;
+            }
+            self.chans[i] = ch;
+        }
+        for i in 0..self.chans.len() {
+            let mut ch = self.chans[i];
+            self.refresh_durable(&mut ch)?;
+            self.chans[i] = ch;
+        }
+        Ok(())
     }
 
     /// Re-attach: resume at `submr_tail`, skip what is DONE or already completed.
