@@ -3,6 +3,13 @@
 //! Non-blocking: [`Backend::poll`] does a bounded amount of work (heartbeat,
 //! management plane, up to `batch` SEs per channel) and returns, so the kernel
 //! can call it from its busy-poll loop and tests can interleave it with a host.
+//!
+//! Rooms: this file (configuration, errors, per-channel state, accessors),
+//! `provision.rs` (start: provision or re-attach; stop), `serve.rs` (the poll
+//! loop and data plane: fetch SE, post CE, publish `compr_head`), `mgmt.rs`
+//! (v3 RESET and the non-coherent epoch bump), `ops.rs` (one handler per op),
+//! `durability.rs` (durability-token negotiation and watermarks), `sabotage.rs`
+//! (test-only rule breaking, feature `sabotage`).
 
 use crate::channel::*;
 use crate::durable::{DurableConfig, Intent, Stager, StagerStats};
@@ -14,6 +21,7 @@ use crate::trace::{CopyDir, Pointer, RecordKind, Reject, TraceEvent};
 use crate::transport::{SlotKind, Transport, TransportError, is_alive};
 
 mod durability;
+mod mgmt;
 mod ops;
 mod provision;
 mod sabotage;
