@@ -1,7 +1,7 @@
 //! A test rig for backends: one channel on a fresh transport, with the host
 //! side played by hand (feature `std`).
 //!
-//! A real host ([`crate::host`]) only ever writes well-formed entries. To test
+//! A real host engine only ever writes well-formed entries. To test
 //! what a backend does with anything else — a junk SE, a wrong tid, a bad CRC, a
 //! hostile ring pointer — the test has to write the shared memory itself. [`Rig`]
 //! does the bookkeeping for that, in the spirit of the mock queue of rust-vmm's
