@@ -5,7 +5,7 @@
 //! start the block device with one channel per ublk queue.
 //!
 //! The blkdev I/O engine (submit + poll completions on a channel) is the `device` crate's
-//! `device::host`; [`crate::engine::CbdDisk`] wires it to ublk.
+//! `device::host`; [`super::cbd_disk::CbdDisk`] wires it to ublk.
 
 use std::fmt;
 
@@ -15,7 +15,7 @@ use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, TransportError, format_flags, is_alive};
 
-use crate::mem::MappedMem;
+use super::mem::MappedMem;
 
 /// Options of the CBD path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -254,8 +254,8 @@ pub fn prepare(
 pub fn start(
     mem: &'static MappedMem,
     opts: &CbdOptions,
-) -> Result<Box<dyn crate::disk::Disk>, CbdError> {
-    let disk = crate::engine::CbdDisk::start(mem, opts, std::sync::Arc::new(now_ns))?;
+) -> Result<Box<dyn super::disk::Disk>, CbdError> {
+    let disk = super::cbd_disk::CbdDisk::start(mem, opts, std::sync::Arc::new(now_ns))?;
     Ok(Box::new(disk))
 }
 
@@ -265,7 +265,7 @@ mod tests {
     use device::layout::BackendInfo;
 
     fn mapped(len: u64) -> &'static MappedMem {
-        let (f, p) = crate::mem::tests::tmpfile(len);
+        let (f, p) = crate::linux::mem::tests::tmpfile(len);
         std::fs::remove_file(&p).unwrap();
         Box::leak(Box::new(MappedMem::map(f, 0, len as usize).unwrap()))
     }

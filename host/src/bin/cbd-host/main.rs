@@ -5,15 +5,17 @@
 //!  cargo build -p host --release --target x86_64-unknown-linux-gnu`
 //! (or `boot::guest::build_host_binary()`).
 
+mod cli;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use host::cli::{self, BackendKind, Command};
-use host::disk::{Disk, RamDisk};
-use host::{cbd, map, ublk};
+use cli::{BackendKind, Command};
+use host::linux::disk::{Disk, RamDisk};
+use host::linux::{attach, map, ublk};
 
 struct StderrLog;
 impl log::Log for StderrLog {
@@ -91,7 +93,7 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 args.size,
             )?));
             log::info!("write-back instruction: {:?}", mem.write_back_insn());
-            let opts = cbd::CbdOptions {
+            let opts = attach::CbdOptions {
                 hostname: args.hostname.clone().unwrap_or_else(hostname),
                 backend_id: args.backend_id,
                 queues: args.ublk.queues,
@@ -103,7 +105,7 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 power_window_us: args.power_window_us,
                 default_intent: args.default_intent,
             };
-            Arc::from(cbd::start(mem, &opts)?)
+            Arc::from(attach::start(mem, &opts)?)
         }
     };
     log::info!(

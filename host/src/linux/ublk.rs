@@ -12,7 +12,7 @@ use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{BufDesc, UblkFlags, UblkIORes, sys};
 
-use crate::disk::{Disk, Errno, Op, Req};
+use super::disk::{Disk, Errno, Op, Req};
 
 /// ublk device options.
 #[derive(Clone, Debug, PartialEq, Eq)]

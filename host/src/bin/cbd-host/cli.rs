@@ -1,8 +1,8 @@
 //! Command line of `cbd-host`.
 
-use crate::map::TransportSpec;
-use crate::ublk::UblkOptions;
 use device::host::Intent;
+use host::linux::map::TransportSpec;
+use host::linux::ublk::UblkOptions;
 
 /// Where a running cbd-host keeps its counters by default (`cbd-host stats N` reads it).
 pub fn default_stats_path(dev_id: i32) -> String {

@@ -30,9 +30,9 @@ use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, is_alive};
 
-use crate::cbd::{CbdError, CbdOptions, Registered};
-use crate::disk::{Disk, Errno, Op, QueueIo, Req, Sink, Stats};
-use crate::mem::MappedMem;
+use super::attach::{CbdError, CbdOptions, Registered};
+use super::disk::{Disk, Errno, Op, QueueIo, Req, Sink, Stats};
+use super::mem::MappedMem;
 
 /// How often (in clock time) a waiting request re-checks the backend's liveness...
 pub const LIVENESS_CHECK_NS: u64 = 100_000_000;
@@ -191,7 +191,7 @@ impl CbdDisk {
         clock: Clock,
     ) -> Result<CbdDisk, CbdError> {
         // Clear errors for missing/stopped/dead backends first.
-        let reg0 = crate::cbd::prepare(mem, opts, &*clock)?;
+        let reg0 = super::attach::prepare(mem, opts, &*clock)?;
         let hostname: &'static str = Box::leak(opts.hostname.clone().into_boxed_str());
         let cfg = HostConfig {
             hostname,
