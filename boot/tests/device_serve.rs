@@ -1,6 +1,6 @@
 //! The device kernel, booted in QEMU in backend mode on the ivshmem topology, serves
 //! a CBD host running natively on the same shared file: our host engine
-//! (`device::host`) registers, finds the live backend, dev-starts (RESET handshake)
+//! (`host::engine`) registers, finds the live backend, dev-starts (RESET handshake)
 //! and runs a verified random READ/WRITE/FLUSH workload on both channels. Then the
 //! blkdev stops and the device stops cleanly on its console.
 
@@ -13,11 +13,11 @@ use boot::device_vm::DeviceVm;
 use boot::qemu::{Echo, Firmware, Input, Vm};
 use boot::status::KernelStatus;
 use boot::topology::{self, SharedFile};
-use device::host::{Host, HostConfig, HostError, Request};
 use device::layout::op;
 use device::native::MmapMem;
 use device::shm::Shm;
 use device::trace::NoTrace;
+use host::engine::{Host, HostConfig, HostError, Request};
 
 #[test]
 fn device_kernel_serves_a_native_host_over_ivshmem() {

@@ -6,10 +6,10 @@
 //! * CBD v3 protocol (see `docs/protocol.md`):
 //!   [`layout`] (on-memory format, declared once by offset), [`crc`], [`meta`]
 //!   (two-copy records), [`shm`] (the shared-memory access layer),
-//!   [`transport`], [`backend`] (the device engine), [`host`] (the blkdev role),
+//!   [`transport`], [`backend`] (the device engine; the host role is the `host` crate),
 //!   [`media`], [`trace`].
-//! * `std` feature: [`native`] (coherent heap/mmap memory), [`adversary`]
-//!   (adversarial non-coherent memory) and [`journal`] (the journal-commit workload).
+//! * `std` feature: [`native`] (coherent heap/mmap memory) and [`adversary`]
+//!   (adversarial non-coherent memory).
 //!
 //! The crate is `no_std` and allocation-free so that the same code runs in the
 //! bare-metal kernel and natively in tests.
@@ -21,7 +21,6 @@ pub mod backend;
 pub mod channel;
 pub mod crc;
 pub mod durable;
-pub mod host;
 pub mod layout;
 pub mod media;
 pub mod meta;
@@ -31,7 +30,5 @@ pub mod transport;
 
 #[cfg(feature = "std")]
 pub mod adversary;
-#[cfg(feature = "std")]
-pub mod journal;
 #[cfg(feature = "std")]
 pub mod native;

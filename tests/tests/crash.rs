@@ -1,6 +1,6 @@
 //! Crash tests (issue 6 item 5): the device kernel, booted in QEMU in backend mode
 //! with a virtio-blk disk image as its media and RAM staging, serves a native host
-//! (`device::host`, in this process) over the ivshmem shared file. The host runs a
+//! (`host::engine`, in this process) over the ivshmem shared file. The host runs a
 //! write workload of 1–4 block writes whose every 512-byte sector names (block,
 //! version), STANDARD intent (1 in 16 CRITICAL), with a FLUSH or a watermark wait
 //! every N writes. A killer thread SIGKILLs QEMU at a random moment of it.
@@ -41,11 +41,11 @@ use boot::qemu::{Echo, Firmware, Input, Vm};
 use boot::status::KernelStatus;
 use boot::topology::{self, SharedFile};
 use device::durable::Intent;
-use device::host::{Blkdev, Completion, Host, HostConfig, HostError, Request};
 use device::layout::{errno, op};
 use device::native::MmapMem;
 use device::shm::Shm;
 use device::trace::NoTrace;
+use host::engine::{Blkdev, Completion, Host, HostConfig, HostError, Request};
 
 const BLOCK: usize = 4096;
 const SECT: usize = 512;

@@ -24,7 +24,7 @@ pub struct CbdOptions {
     pub backend_id: u32,
     /// Number of channels (= ublk queues).
     pub queues: u16,
-    /// Requests in flight per channel (the ublk queue depth; at most device::host::MAX_DEPTH).
+    /// Requests in flight per channel (the ublk queue depth; at most crate::engine::MAX_DEPTH).
     pub depth: u16,
     /// Write back / invalidate around every shared record access (non-coherent memory, e.g.
     /// two machines on a CXL switch). Off for coherent sharing (one machine, ivshmem).
@@ -40,7 +40,7 @@ pub struct CbdOptions {
     /// Power window advertised to the backend (µs; 0 = none). Only with durability tokens.
     pub power_window_us: u64,
     /// Intent of plain (non-FUA) writes when durability tokens are on.
-    pub default_intent: device::host::Intent,
+    pub default_intent: crate::engine::Intent,
 }
 
 impl CbdOptions {
@@ -56,7 +56,7 @@ impl CbdOptions {
             wait_backend_ns: 0,
             plain_v3: false,
             power_window_us: 0,
-            default_intent: device::host::Intent::Standard,
+            default_intent: crate::engine::Intent::Standard,
         }
     }
 }
@@ -79,7 +79,7 @@ pub enum CbdError {
     /// The host engine refused (dev-start, RESET, ...).
     Engine {
         step: &'static str,
-        err: device::host::HostError,
+        err: crate::engine::HostError,
     },
 }
 
@@ -112,19 +112,19 @@ impl fmt::Display for CbdError {
                 HB_TIMEOUT_NS / 1_000_000_000
             ),
             CbdError::Engine { step, err } => match err {
-                device::host::HostError::InUse => write!(
+                crate::engine::HostError::InUse => write!(
                     f,
                     "{step}: the backend already serves a running blkdev (another host?)"
                 ),
-                device::host::HostError::Unsupported => write!(
+                crate::engine::HostError::Unsupported => write!(
                     f,
                     "{step}: the backend does not offer the non-coherent mode (--noncoherent)"
                 ),
-                device::host::HostError::Invalid => write!(
+                crate::engine::HostError::Invalid => write!(
                     f,
                     "{step}: invalid request (more --queues than the backend has channels?)"
                 ),
-                device::host::HostError::Timeout => {
+                crate::engine::HostError::Timeout => {
                     write!(f, "{step}: the backend did not answer within 30 s")
                 }
                 other => write!(f, "{step}: {other:?}"),

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use device::host::{
+use crate::engine::{
     Blkdev, Completion, Host, HostConfig, HostError, HostQueue, Intent, Request, TokenStats,
 };
 use device::layout::{STATE_RUNNING, chan, op};
@@ -196,7 +196,7 @@ impl CbdDisk {
         let cfg = HostConfig {
             hostname,
             noncoherent: opts.noncoherent && !opts.plain_v3,
-            queue_depth: opts.depth.clamp(1, device::host::MAX_DEPTH as u16) as usize,
+            queue_depth: opts.depth.clamp(1, crate::engine::MAX_DEPTH as u16) as usize,
             durable_tokens: !opts.plain_v3,
             ..HostConfig::default()
         };

@@ -1,6 +1,6 @@
 //! Command line of `cbd-host`.
 
-use device::host::Intent;
+use host::engine::Intent;
 use host::linux::map::TransportSpec;
 use host::linux::ublk::UblkOptions;
 

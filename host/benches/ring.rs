@@ -6,12 +6,12 @@
 //! `cargo run -p device --release --features std --bin ring-bench [-- seconds]`
 
 use device::backend::{Backend, BackendConfig};
-use device::host::{Host, HostConfig, HostError, Request};
 use device::layout::*;
 use device::native::{HeapMem, VecMedia, now_ns};
 use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
+use host::engine::{Host, HostConfig, HostError, Request};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::time::{Duration, Instant};
 

@@ -5,13 +5,13 @@
 //! Non-blocking like the backend: [`HostQueue::submit`] and [`HostQueue::poll`]
 //! return immediately (`Busy` / `None` when there is nothing to do).
 
-use crate::channel::*;
-pub use crate::durable::Intent;
-use crate::layout::*;
-use crate::meta;
-use crate::shm::{OutOfBounds, SharedMem, Shm};
-use crate::trace::{CopyDir, Pointer, RecordKind, Reject, TraceEvent};
-use crate::transport::{SlotKind, Transport, TransportError, is_alive};
+use device::channel::*;
+pub use device::durable::Intent;
+use device::layout::*;
+use device::meta;
+use device::shm::{OutOfBounds, SharedMem, Shm};
+use device::trace::{CopyDir, Pointer, RecordKind, Reject, TraceEvent};
+use device::transport::{SlotKind, Transport, TransportError, is_alive};
 
 /// Most queues (channels) per blkdev and most requests in flight per queue.
 pub const MAX_QUEUES: usize = 16;
@@ -1073,4 +1073,12 @@ impl<'a, M: SharedMem + ?Sized> Blkdev<'a, M> {
         self.tp.clear(SlotKind::Blkdev, self.blkdev_id)?;
         Ok(())
     }
+}
+
+// Little-endian words of an entry image (`device::layout`'s helpers are crate-private).
+fn get_u32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+fn put_u32(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
 }

@@ -4,7 +4,7 @@
 //!
 //! Host and backend engines in two threads over one coherent shared region; the
 //! workload (N STANDARD data blocks + a commit record, CRITICAL for "fua", STANDARD
-//! plus the durability watermark for "tokens") is `device::journal`. The same workload
+//! plus the durability watermark for "tokens") is `host::journal`. The same workload
 //! runs against the device kernel in QEMU with `cargo run -- bench journal`.
 //!
 //! The media is `native::CrashMedia` with a cost model: `write_us` per 4 KiB write,
@@ -12,13 +12,13 @@
 //! power-loss protection; a virtio-blk image with fsync on the host is similar).
 
 use device::backend::{Backend, BackendConfig};
-use device::host::{Host, HostConfig};
-use device::journal::{self, Journal};
 use device::layout::*;
 use device::native::{CrashMedia, HeapMem, MediaCost};
 use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
+use host::engine::{Host, HostConfig};
+use host::journal::{self, Journal};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::time::{Duration, Instant};
 

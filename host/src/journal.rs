@@ -13,9 +13,9 @@
 //! Used by `journal-bench` (native engines, simulated media) and by
 //! `cargo run -- bench journal` (the device kernel in QEMU with a virtio-blk disk).
 
-use crate::host::{HostError, HostQueue, Intent, Request};
-use crate::layout::op;
-use crate::shm::SharedMem;
+use crate::engine::{HostError, HostQueue, Intent, Request};
+use device::layout::op;
+use device::shm::SharedMem;
 use std::time::{Duration, Instant};
 
 /// Workload parameters.
