@@ -1,11 +1,11 @@
 //! The real path: a CBD v3 transport in shared memory, this program as its *host*.
 //!
-//! Steps: open (validate) the transport, register as a host (by hostname), look up the backend
-//! to dev-start against and refuse a missing, stopped or dead one with a clear message, then
-//! start the block device with one channel per ublk queue.
-//!
-//! The blkdev I/O engine (submit + poll completions on a channel) is the `device` crate's
-//! `device::host`; [`super::cbd_disk::CbdDisk`] wires it to ublk.
+//! Here: the options of the CBD path, its errors, `--format`, opening (validating) the
+//! transport and looking up the backend to dev-start against, refusing a missing, stopped or
+//! dead one with a clear message. `CbdDisk::start` (`super::cbd_disk`) begins with [`prepare`],
+//! then registers as a host (by hostname) and starts the block device with one channel per
+//! ublk queue over the blkdev engine, [`crate::engine`]. This module does not depend on
+//! `cbd_disk`.
 
 use std::fmt;
 
@@ -248,15 +248,6 @@ pub fn prepare(
             other => return other,
         }
     }
-}
-
-/// Registers, dev-starts and returns the disk to serve (wall clock).
-pub fn start(
-    mem: &'static MappedMem,
-    opts: &CbdOptions,
-) -> Result<Box<dyn super::disk::Disk>, CbdError> {
-    let disk = super::cbd_disk::CbdDisk::start(mem, opts, std::sync::Arc::new(now_ns))?;
-    Ok(Box::new(disk))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cli::{BackendKind, Command};
+use host::linux::cbd_disk::CbdDisk;
 use host::linux::disk::{Disk, RamDisk};
 use host::linux::{attach, map, ublk};
 
@@ -105,7 +106,7 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 power_window_us: args.power_window_us,
                 default_intent: args.default_intent,
             };
-            Arc::from(attach::start(mem, &opts)?)
+            Arc::new(CbdDisk::start(mem, &opts, Arc::new(attach::now_ns))?)
         }
     };
     log::info!(
