@@ -128,7 +128,7 @@ impl<'a, M: SharedMem + ?Sized> Host<'a, M> {
             let g = ChannelGeom::new(
                 tp.channel_base(seg_id)?,
                 tp.info.flags,
-                self.cfg.sabotage.shared_ctrl_line,
+                self.cfg.shared_ctrl_line(),
             );
             let mut hq = HostQueue::new(tp.shm, q, g, self.cfg.noncoherent, self.cfg);
             hq.durable = durable;

@@ -7,15 +7,19 @@
 //!
 //! This file holds the types and each queue's state; the work is split by concern:
 //! `blkdev` (register, dev-start, the blkdev record), `reset` (RESET of a queue),
-//! `submit`, `complete`, and `tokens` (durability tokens).
+//! `submit`, `complete`, `tokens` (durability tokens) and `sabotage` (rules a negative test
+//! may switch off, with the cargo feature `sabotage` only).
 
 mod blkdev;
 mod complete;
 mod reset;
+mod sabotage;
 mod submit;
 mod tokens;
 
 pub use blkdev::{Blkdev, Host};
+#[cfg(feature = "sabotage")]
+pub use sabotage::HostSabotage;
 pub use tokens::{DurableUpdate, TokenStats};
 
 pub use device::durable::Intent;
@@ -33,16 +37,6 @@ pub const MAX_TOKENS: usize = 256;
 /// v3 waits 30 s for a RESET answer.
 pub const RESET_TIMEOUT_NS: u64 = 30_000_000_000;
 
-/// Deliberate protocol violations, **only** for the adversary's negative tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HostSabotage {
-    /// Publish `submr_head` before writing back the WRITE payload (the write-back
-    /// happens at the next submission, as if the thread were preempted).
-    pub publish_before_payload_write_back: bool,
-    /// Keep the device line inside the host's cache line (must match the backend).
-    pub shared_ctrl_line: bool,
-}
-
 #[derive(Clone, Copy, Debug)]
 pub struct HostConfig<'a> {
     pub hostname: &'a str,
@@ -53,6 +47,8 @@ pub struct HostConfig<'a> {
     pub nc_retries: u32,
     /// Accept durability tokens when the backend offers them.
     pub durable_tokens: bool,
+    /// Deliberate protocol violations for negative tests (feature `sabotage` only).
+    #[cfg(feature = "sabotage")]
     pub sabotage: HostSabotage,
 }
 impl Default for HostConfig<'_> {
@@ -63,6 +59,7 @@ impl Default for HostConfig<'_> {
             queue_depth: MAX_DEPTH,
             nc_retries: 512,
             durable_tokens: true,
+            #[cfg(feature = "sabotage")]
             sabotage: HostSabotage::default(),
         }
     }
@@ -176,6 +173,7 @@ pub struct HostQueue<'a, M: SharedMem + ?Sized> {
     data_head: u64,
     data_tail: u64,
     inflight: heapless::Deque<InFlight, MAX_DEPTH>,
+    /// A payload write-back the `sabotage` switch held back (always `None` otherwise).
     deferred_wb: Option<(u32, u32)>,
     pub stats: QueueStats,
     /// Durability tokens negotiated for this queue.

@@ -121,7 +121,7 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
                 len: req.len,
             });
             if self.nc {
-                if self.cfg.sabotage.publish_before_payload_write_back {
+                if self.cfg.publish_before_payload_write_back() {
                     self.deferred_wb = Some((data_off, req.len));
                 } else {
                     data_cache_op(shm, &g, data_off, req.len, true)?;
