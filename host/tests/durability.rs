@@ -1,4 +1,4 @@
-//! Durability tokens (issue 6): crash tests over a media that loses everything not
+//! Durability tokens: crash tests over a media that loses everything not
 //! yet flushed (`native::CrashMedia`), on coherent memory and on the adversarial
 //! non-coherent memory, plus the semantics of intents / watermark / plain v3 FLUSH.
 //!
