@@ -1,5 +1,10 @@
-//! Command line of `cbd-host`.
+//! Command line of `cbd-host`, declared with `clap` (derive): `--help` is generated from the
+//! declarations below, and bad input is answered with a message naming the option and exit
+//! status 2. The flag spellings are the ones the guest scripts (`qemu/scripts/`) use.
 
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use device::layout::chan;
 use host::engine::Intent;
 use host::linux::map::TransportSpec;
 use host::linux::ublk::UblkOptions;
@@ -9,57 +14,155 @@ pub fn default_stats_path(dev_id: i32) -> String {
     format!("/run/cbd-host/ublkb{dev_id}.stats")
 }
 
-pub const USAGE: &str = "\
-usage: cbd-host [OPTIONS]
-       cbd-host stop DEV_ID
-       cbd-host stats DEV_ID     print the counters of the running cbd-host serving ublkbDEV_ID
+/// Exposes a CBD disk as a ublk block device (/dev/ublkbN).
+///
+/// Runs in the foreground; SIGINT/SIGTERM stop and delete the device.
+#[derive(Parser, Debug)]
+#[command(
+    name = "cbd-host",
+    version,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true,
+    disable_help_subcommand = true,
+    after_help = "SIZE/BYTES accept K, M, G suffixes (powers of 1024) and 0x hex."
+)]
+struct Cli {
+    #[command(subcommand)]
+    sub: Option<Sub>,
+    #[command(flatten)]
+    run: RunArgs,
+}
 
-Exposes a CBD disk as a ublk block device (/dev/ublkbN). Runs in the foreground; SIGINT/SIGTERM
-stop and delete the device.
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Stop /dev/ublkbDEV_ID (served by another cbd-host).
+    Stop {
+        #[arg(value_name = "DEV_ID", allow_negative_numbers = true)]
+        id: i32,
+    },
+    /// Print the counters of the running cbd-host serving /dev/ublkbDEV_ID.
+    Stats {
+        #[arg(value_name = "DEV_ID", allow_negative_numbers = true)]
+        id: i32,
+    },
+}
 
-Backend (what the ublk device serves):
-  --backend cbd            the CBD backend behind the shared transport (default)
-  --backend ram            TEST MODE: an in-process RAM disk (no transport needed)
-  --ram-size SIZE          RAM disk size (default 64M)
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// What the ublk device serves.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cbd, help_heading = "Backend")]
+    backend: BackendKind,
+    /// RAM disk size (--backend ram).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size,
+          help_heading = "Backend")]
+    ram_size: u64,
 
-Transport (--backend cbd):
-  --transport T            /dev/daxX.Y (CXL region in devdax mode), ivshmem[:PCI-ADDR]
-                           (ivshmem BAR2), or a file (default /dev/dax0.0)
-  --offset BYTES           offset of the transport in the device (default 0; devdax: 2M aligned)
-  --size BYTES             bytes to map (default: rest of the device)
-  --hostname NAME          host name to register as (default: the kernel's nodename)
-  --backend-id N           backend to dev-start against (default 0)
-  --noncoherent            write back/invalidate around shared records (non-coherent sharing)
-  --format                 format a CBD v3 transport if the mapping holds none (for a backend
-                           started with transport=wait); never overwrites a valid one
-  --wait-backend SECS      wait up to SECS for the backend to appear and be alive (default 0)
-  --plain-v3               plain CBD v3: none of our extensions (no durability tokens, no
-                           non-coherent mode, no DISCARD/WRITE_ZEROES); FUA = WRITE + CBD
-                           FLUSH, flush = CBD FLUSH
-  --power-window-us N      power window this host guarantees, in µs (default 0 = none;
-                           durability tokens only)
-  --default-intent I       intent of plain writes with durability tokens: standard (default)
-                           or ephemeral
+    /// /dev/daxX.Y (CXL region in devdax mode), ivshmem[:PCI-ADDR] (ivshmem BAR2), or a file.
+    #[arg(long, value_name = "T", default_value = "/dev/dax0.0",
+          value_parser = TransportSpec::parse, help_heading = "Transport (--backend cbd)")]
+    transport: TransportSpec,
+    /// Offset of the transport in the device (devdax: 2M aligned).
+    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = parse_size,
+          help_heading = "Transport (--backend cbd)")]
+    offset: u64,
+    /// Bytes to map [default: the rest of the device].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size,
+          help_heading = "Transport (--backend cbd)")]
+    size: Option<u64>,
+    /// Host name to register as [default: the kernel's nodename].
+    #[arg(long, value_name = "NAME", value_parser = parse_hostname,
+          help_heading = "Transport (--backend cbd)")]
+    hostname: Option<String>,
+    /// Backend to dev-start against.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Transport (--backend cbd)"
+    )]
+    backend_id: u32,
+    /// Write back/invalidate around shared records (non-coherent sharing).
+    #[arg(long, help_heading = "Transport (--backend cbd)")]
+    noncoherent: bool,
+    /// Format a CBD v3 transport if the mapping holds none (for a backend started with
+    /// transport=wait); never overwrites a valid one.
+    #[arg(long, help_heading = "Transport (--backend cbd)")]
+    format: bool,
+    /// Wait up to SECS for the backend to appear and be alive.
+    #[arg(
+        long = "wait-backend",
+        value_name = "SECS",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        help_heading = "Transport (--backend cbd)"
+    )]
+    wait_backend_secs: u64,
+    /// Plain CBD v3: none of our extensions (no durability tokens, no non-coherent mode, no
+    /// DISCARD/WRITE_ZEROES); FUA = WRITE + CBD FLUSH, flush = CBD FLUSH.
+    #[arg(long = "plain-v3", help_heading = "Transport (--backend cbd)")]
+    plain_v3: bool,
+    /// Power window this host guarantees, in µs (durability tokens only) [default: 0 = none].
+    #[arg(
+        long = "power-window-us",
+        value_name = "N",
+        allow_negative_numbers = true,
+        help_heading = "Transport (--backend cbd)"
+    )]
+    power_window_us: Option<u64>,
+    /// Intent of plain writes with durability tokens (FUA writes are always sent critical)
+    /// [default: standard].
+    #[arg(
+        long = "default-intent",
+        value_name = "I",
+        value_enum,
+        help_heading = "Transport (--backend cbd)"
+    )]
+    default_intent: Option<IntentArg>,
 
-Counters:
-  --stats FILE             rewrite FILE every second with the counters (default
-                           /run/cbd-host/ublkbN.stats; `--stats none` disables)
+    /// Rewrite FILE every second with the counters (`--stats none` disables)
+    /// [default: /run/cbd-host/ublkbN.stats].
+    #[arg(long, value_name = "FILE", value_parser = parse_stats, help_heading = "Counters")]
+    stats: Option<String>,
 
-ublk:
-  --dev-id N               /dev/ublkbN number (default: chosen by the driver)
-  --queues N               ublk queues = CBD channels (default 1)
-  --depth N                requests in flight per queue (default 64)
-  --io-buf BYTES           largest request (default 512K)
+    /// /dev/ublkbN number [default: chosen by the driver].
+    #[arg(
+        long = "dev-id",
+        value_name = "N",
+        allow_negative_numbers = true,
+        help_heading = "ublk"
+    )]
+    dev_id: Option<i32>,
+    /// ublk queues = CBD channels.
+    #[arg(long, value_name = "N", default_value_t = UblkOptions::default().queues,
+          value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "ublk")]
+    queues: u16,
+    /// Requests in flight per queue.
+    #[arg(long, value_name = "N", default_value_t = UblkOptions::default().depth,
+          value_parser = clap::value_parser!(u16).range(1..=4096), help_heading = "ublk")]
+    depth: u16,
+    /// Largest request: a multiple of 4096, at most 1M (the CBD request limit).
+    #[arg(long = "io-buf", value_name = "BYTES", default_value = "512K",
+          value_parser = parse_io_buf, help_heading = "ublk")]
+    io_buf: u32,
 
-  -v, --verbose            debug logging
-  -h, --help               this text
-SIZE/BYTES accept K, M, G suffixes (powers of 1024).";
+    /// Debug logging (RUST_LOG refines it).
+    #[arg(short, long)]
+    verbose: bool,
+}
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
+    /// The CBD backend behind the shared transport.
     Cbd,
-    /// Test mode.
+    /// TEST MODE: an in-process RAM disk (no transport needed).
     Ram,
+}
+
+/// The intents a plain write may carry (CRITICAL is what FUA writes get).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum IntentArg {
+    Standard,
+    Ephemeral,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,7 +191,6 @@ pub enum Command {
     Run(Box<Args>),
     Stop(i32),
     Stats(i32),
-    Help,
 }
 
 /// `4096`, `64K`, `2M`, `1G`, `0x200000`.
@@ -110,147 +212,107 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} overflows"))
 }
 
-fn num<T: std::str::FromStr>(opt: &str, v: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("{opt}: bad number {v:?}"))
+fn parse_io_buf(s: &str) -> Result<u32, String> {
+    let v = parse_size(s)?;
+    if v < 4096 || !v.is_multiple_of(4096) || v > chan::MAX_IO as u64 {
+        return Err(format!(
+            "{v} must be a multiple of 4096 and at most {}M (the CBD request limit)",
+            chan::MAX_IO >> 20
+        ));
+    }
+    Ok(v as u32)
 }
 
-/// Parses the arguments (without the program name).
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
-    let mut it = args.into_iter().peekable();
-    if let Some(sub @ ("stop" | "stats")) = it.peek().map(String::as_str) {
-        let sub = sub.to_string();
-        it.next();
-        let id = it.next().ok_or(format!("{sub}: missing DEV_ID"))?;
-        if let Some(extra) = it.next() {
-            return Err(format!("{sub}: unexpected argument {extra:?}"));
-        }
-        let id = num(&sub, &id)?;
-        return Ok(if sub == "stop" {
-            Command::Stop(id)
-        } else {
-            Command::Stats(id)
-        });
+fn parse_hostname(h: &str) -> Result<String, String> {
+    if h.is_empty() || h.len() > 63 {
+        return Err(format!("{h:?} must be 1..63 bytes"));
     }
-    let (mut pw_given, mut intent_given) = (false, false);
-    let mut a = Args {
-        backend: BackendKind::Cbd,
-        ram_size: 64 << 20,
-        transport: TransportSpec::Dax("/dev/dax0.0".into()),
-        offset: 0,
-        size: None,
-        hostname: None,
-        backend_id: 0,
-        noncoherent: false,
-        format: false,
-        wait_backend_secs: 0,
-        plain_v3: false,
-        power_window_us: 0,
-        default_intent: Intent::Standard,
-        stats: None,
-        ublk: UblkOptions::default(),
-        verbose: false,
-    };
-    while let Some(opt) = it.next() {
-        let mut val = || it.next().ok_or_else(|| format!("{opt} needs a value"));
-        match opt.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-v" | "--verbose" => a.verbose = true,
-            "--noncoherent" => a.noncoherent = true,
-            "--format" => a.format = true,
-            "--plain-v3" => a.plain_v3 = true,
-            "--power-window-us" => {
-                let v = val()?;
-                pw_given = true;
-                a.power_window_us = num(&opt, &v)?
-            }
-            "--default-intent" => {
-                intent_given = true;
-                a.default_intent = match val()?.as_str() {
-                    "standard" => Intent::Standard,
-                    "ephemeral" => Intent::Ephemeral,
-                    other => {
-                        return Err(format!(
-                            "--default-intent: {other:?} is not standard or ephemeral \
-                             (FUA writes are sent critical)"
-                        ));
-                    }
-                }
-            }
-            "--stats" => {
-                let v = val()?;
-                if v.is_empty() {
-                    return Err("--stats: empty path (use `--stats none` to disable)".into());
-                }
-                a.stats = Some(if v == "none" { String::new() } else { v })
-            }
-            "--wait-backend" => a.wait_backend_secs = num(&opt, &val()?)?,
-            "--backend" => {
-                a.backend = match val()?.as_str() {
-                    "cbd" => BackendKind::Cbd,
-                    "ram" => BackendKind::Ram,
-                    other => return Err(format!("--backend: {other:?} is not cbd or ram")),
-                }
-            }
-            "--ram-size" => a.ram_size = parse_size(&val()?)?,
-            "--transport" => a.transport = TransportSpec::parse(&val()?)?,
-            "--offset" => a.offset = parse_size(&val()?)?,
-            "--size" => a.size = Some(parse_size(&val()?)?),
-            "--hostname" => {
-                let h = val()?;
-                if h.is_empty() || h.len() > 63 {
-                    return Err(format!("--hostname: {h:?} must be 1..63 bytes"));
-                }
-                a.hostname = Some(h)
-            }
-            "--backend-id" => a.backend_id = num(&opt, &val()?)?,
-            "--dev-id" => a.ublk.dev_id = num(&opt, &val()?)?,
-            "--queues" => a.ublk.queues = num(&opt, &val()?)?,
-            "--depth" => a.ublk.depth = num(&opt, &val()?)?,
-            "--io-buf" => {
-                let v = parse_size(&val()?)?;
-                a.ublk.io_buf_bytes =
-                    u32::try_from(v).map_err(|_| format!("--io-buf: {v} too large"))?
-            }
-            other => return Err(format!("unknown argument {other:?} (see --help)")),
-        }
+    Ok(h.to_string())
+}
+
+/// `none` disables the file (kept as the empty path).
+fn parse_stats(v: &str) -> Result<String, String> {
+    match v {
+        "" => Err("empty path (use `--stats none` to disable)".into()),
+        "none" => Ok(String::new()),
+        path => Ok(path.to_string()),
     }
-    if a.plain_v3 {
+}
+
+/// Parses the arguments (with the program name first). `--help` and `--version` come back
+/// as errors too ([`clap::Error::exit`] prints them and exits 0; real errors exit 2).
+pub fn parse<I, T>(args: I) -> Result<Command, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    match cli.sub {
+        Some(Sub::Stop { id }) => return Ok(Command::Stop(id)),
+        Some(Sub::Stats { id }) => return Ok(Command::Stats(id)),
+        None => {}
+    }
+    let r = cli.run;
+    if r.plain_v3 {
         for (given, opt) in [
-            (a.noncoherent, "--noncoherent"),
-            (pw_given, "--power-window-us"),
-            (intent_given, "--default-intent"),
+            (r.noncoherent, "--noncoherent"),
+            (r.power_window_us.is_some(), "--power-window-us"),
+            (r.default_intent.is_some(), "--default-intent"),
         ] {
             if given {
-                return Err(format!(
-                    "--plain-v3 excludes {opt} (an extension of CBD v3)"
+                return Err(Cli::command().error(
+                    ErrorKind::ArgumentConflict,
+                    format!("--plain-v3 excludes {opt} (an extension of CBD v3)"),
                 ));
             }
         }
     }
-    if a.ublk.queues == 0 || a.ublk.queues > 64 {
-        return Err(format!("--queues: {} is not in 1..=64", a.ublk.queues));
-    }
-    if a.ublk.depth == 0 || a.ublk.depth > 4096 {
-        return Err(format!("--depth: {} is not in 1..=4096", a.ublk.depth));
-    }
-    if a.ublk.io_buf_bytes < 4096
-        || !a.ublk.io_buf_bytes.is_multiple_of(4096)
-        || a.ublk.io_buf_bytes > 1 << 20
-    {
-        return Err(format!(
-            "--io-buf: {} must be a multiple of 4096 and at most 1M (the CBD request limit)",
-            a.ublk.io_buf_bytes
-        ));
-    }
-    Ok(Command::Run(Box::new(a)))
+    Ok(Command::Run(Box::new(Args {
+        backend: r.backend,
+        ram_size: r.ram_size,
+        transport: r.transport,
+        offset: r.offset,
+        size: r.size,
+        hostname: r.hostname,
+        backend_id: r.backend_id,
+        noncoherent: r.noncoherent,
+        format: r.format,
+        wait_backend_secs: r.wait_backend_secs,
+        plain_v3: r.plain_v3,
+        power_window_us: r.power_window_us.unwrap_or(0),
+        default_intent: match r.default_intent {
+            None | Some(IntentArg::Standard) => Intent::Standard,
+            Some(IntentArg::Ephemeral) => Intent::Ephemeral,
+        },
+        stats: r.stats,
+        ublk: UblkOptions {
+            dev_id: r.dev_id.unwrap_or(UblkOptions::default().dev_id),
+            queues: r.queues,
+            depth: r.depth,
+            io_buf_bytes: r.io_buf,
+        },
+        verbose: r.verbose,
+    })))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Result<Command, String> {
-        parse(s.split_whitespace().map(str::to_string))
+    fn p(s: &str) -> Result<Command, clap::Error> {
+        parse(std::iter::once("cbd-host").chain(s.split_whitespace()))
+    }
+
+    fn run(s: &str) -> Args {
+        match p(s) {
+            Ok(Command::Run(a)) => *a,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_declaration_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
@@ -267,26 +329,21 @@ mod tests {
 
     #[test]
     fn defaults_and_options() {
-        let Command::Run(a) = p("").unwrap() else {
-            panic!()
-        };
+        let a = run("");
         assert_eq!(a.backend, BackendKind::Cbd);
+        assert_eq!(a.ram_size, 64 << 20);
         assert_eq!(a.transport, TransportSpec::Dax("/dev/dax0.0".into()));
         assert_eq!(a.ublk, UblkOptions::default());
-        let Command::Run(a) =
-            p("--backend ram --ram-size 32M --queues 2 --depth 16 --dev-id 3 -v").unwrap()
-        else {
-            panic!()
-        };
+        assert_eq!((a.offset, a.size, a.hostname.as_deref()), (0, None, None));
+        assert!(!a.verbose && !a.noncoherent && !a.format);
+        let a = run("--backend ram --ram-size 32M --queues 2 --depth 16 --dev-id 3 -v");
         assert_eq!(a.backend, BackendKind::Ram);
         assert_eq!(a.ram_size, 32 << 20);
         assert_eq!((a.ublk.queues, a.ublk.depth, a.ublk.dev_id), (2, 16, 3));
         assert!(a.verbose);
-        let Command::Run(a) =
-            p("--transport ivshmem --offset 2M --size 64M --backend-id 1 --noncoherent --format --wait-backend 30").unwrap()
-        else {
-            panic!()
-        };
+        let a = run(
+            "--transport ivshmem --offset 2M --size 64M --backend-id 1 --noncoherent --format --wait-backend 30",
+        );
         assert_eq!(a.transport, TransportSpec::Ivshmem(None));
         assert_eq!(
             (a.offset, a.size, a.backend_id),
@@ -294,43 +351,97 @@ mod tests {
         );
         assert!(a.noncoherent && a.format);
         assert_eq!(a.wait_backend_secs, 30);
-        assert_eq!(p("stop 2").unwrap(), Command::Stop(2));
-        assert_eq!(p("stats 1").unwrap(), Command::Stats(1));
         assert!(!a.plain_v3);
         assert_eq!(a.default_intent, Intent::Standard);
         assert_eq!(a.stats, None);
-        let Command::Run(a) =
-            p("--power-window-us 5000 --default-intent ephemeral --stats /tmp/s").unwrap()
-        else {
-            panic!()
-        };
+        assert_eq!(p("stop 2").unwrap(), Command::Stop(2));
+        assert_eq!(p("stats 1").unwrap(), Command::Stats(1));
+        let a = run("--power-window-us 5000 --default-intent ephemeral --stats /tmp/s");
         assert_eq!(a.power_window_us, 5000);
         assert_eq!(a.default_intent, Intent::Ephemeral);
         assert_eq!(a.stats.as_deref(), Some("/tmp/s"));
-        let Command::Run(a) = p("--plain-v3 --stats none").unwrap() else {
-            panic!()
-        };
+        let a = run("--plain-v3 --stats none --hostname guest --io-buf 1M");
         assert!(a.plain_v3);
         assert_eq!(a.stats.as_deref(), Some(""));
-        assert_eq!(p("--help").unwrap(), Command::Help);
+        assert_eq!(a.hostname.as_deref(), Some("guest"));
+        assert_eq!(a.ublk.io_buf_bytes, chan::MAX_IO);
+        // As the guest scripts call it (lib.sh's start_host, pair-nodevice.sh).
+        let a = run("--transport /dev/dax0.0 --format --queues 2 --depth 32 --wait-backend 120");
+        assert_eq!(a.transport, TransportSpec::Dax("/dev/dax0.0".into()));
+        assert_eq!((a.ublk.queues, a.ublk.depth), (2, 32));
+        // A repeated option: the last one counts.
+        assert_eq!(run("--queues 2 --queues 4").ublk.queues, 4);
     }
 
     #[test]
-    fn bad_input_is_explained() {
+    fn help_and_version_are_not_errors() {
+        for (args, kind) in [
+            ("--help", ErrorKind::DisplayHelp),
+            ("-h", ErrorKind::DisplayHelp),
+            ("--version", ErrorKind::DisplayVersion),
+        ] {
+            let e = p(args).unwrap_err();
+            assert_eq!(e.kind(), kind, "{args}");
+            assert_eq!(e.exit_code(), 0, "{args}");
+        }
+        let help = Cli::command().render_long_help().to_string();
+        for opt in [
+            "--backend",
+            "--ram-size",
+            "--transport",
+            "--offset",
+            "--size",
+            "--hostname",
+            "--backend-id",
+            "--noncoherent",
+            "--format",
+            "--wait-backend",
+            "--plain-v3",
+            "--power-window-us",
+            "--default-intent",
+            "--stats",
+            "--dev-id",
+            "--queues",
+            "--depth",
+            "--io-buf",
+            "--verbose",
+            "stop",
+            "stats",
+        ] {
+            assert!(help.contains(opt), "--help lacks {opt}:\n{help}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_explained_and_exits_2() {
         for (args, needle) in [
-            ("--backend disk", "not cbd or ram"),
+            ("--backend disk", "possible values: cbd, ram"),
             ("--queues 0", "--queues"),
-            ("--depth", "needs a value"),
-            ("--depth x", "bad number"),
+            ("--queues 65", "1..=64"),
+            ("--depth 0", "--depth"),
+            ("--depth", "a value is required"),
+            ("--depth x", "invalid digit"),
             ("--io-buf 1000", "multiple of 4096"),
             ("--io-buf 2M", "at most 1M"),
-            ("--frobnicate", "unknown argument"),
-            ("stop", "missing DEV_ID"),
-            ("stop 1 2", "unexpected"),
-            ("stats", "missing DEV_ID"),
-            ("stats x", "bad number"),
-            ("--default-intent critical", "not standard or ephemeral"),
-            ("--power-window-us -1", "bad number"),
+            ("--ram-size 12Q", "bad size"),
+            ("--transport ivshmem:zz", "bad PCI address"),
+            (
+                "--hostname 0123456789012345678901234567890123456789012345678901234567890123",
+                "1..63 bytes",
+            ),
+            ("--stats=", "--stats none"),
+            ("--frobnicate", "unexpected argument '--frobnicate'"),
+            ("stop", "DEV_ID"),
+            ("stop 1 2", "unexpected argument '2'"),
+            ("stats", "DEV_ID"),
+            ("stats x", "invalid digit"),
+            ("--queues 2 stop 0", "cannot be used"),
+            (
+                "--default-intent critical",
+                "possible values: standard, ephemeral",
+            ),
+            ("--power-window-us -1", "invalid digit"),
+            ("--wait-backend -5", "--wait-backend"),
             (
                 "--plain-v3 --noncoherent",
                 "--plain-v3 excludes --noncoherent",
@@ -345,7 +456,9 @@ mod tests {
             ),
         ] {
             let e = p(args).unwrap_err();
-            assert!(e.contains(needle), "{args}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains(needle), "{args}: {msg}");
+            assert_eq!(e.exit_code(), 2, "{args}: {msg}");
         }
     }
 }

@@ -18,6 +18,18 @@ use host::linux::cbd_disk::CbdDisk;
 use host::linux::disk::{Disk, RamDisk};
 use host::linux::{attach, map, ublk};
 
+fn main() -> ExitCode {
+    // Bad input: a message naming the option, exit 2; --help/--version: stdout, exit 0.
+    let cmd = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    match run(cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cbd-host: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 struct StderrLog;
 impl log::Log for StderrLog {
     fn enabled(&self, m: &log::Metadata) -> bool {
@@ -31,23 +43,6 @@ impl log::Log for StderrLog {
     fn flush(&self) {}
 }
 
-fn main() -> ExitCode {
-    let cmd = match cli::parse(std::env::args().skip(1)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cbd-host: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(cmd) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cbd-host: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -58,10 +53,6 @@ fn hostname() -> String {
 
 fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
     let args = match cmd {
-        Command::Help => {
-            println!("{}", cli::USAGE);
-            return Ok(());
-        }
         Command::Stop(id) => return Ok(ublk::stop(id)?),
         Command::Stats(id) => {
             let path = cli::default_stats_path(id);
