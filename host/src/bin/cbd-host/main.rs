@@ -30,17 +30,18 @@ fn main() -> ExitCode {
     }
 }
 
-struct StderrLog;
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            eprintln!("cbd-host: {}: {}", r.level(), r.args());
-        }
-    }
-    fn flush(&self) {}
+/// Log lines on stderr as `cbd-host: LEVEL: message`; `-v` is debug, `RUST_LOG` refines it.
+fn init_log(verbose: bool) {
+    let level = if verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .format(|buf, r| writeln!(buf, "cbd-host: {}: {}", r.level(), r.args()))
+        .init();
 }
 
 fn hostname() -> String {
@@ -64,12 +65,7 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Run(a) => a,
     };
-    log::set_logger(&StderrLog).ok();
-    log::set_max_level(if args.verbose {
-        log::LevelFilter::Debug
-    } else {
-        log::LevelFilter::Info
-    });
+    init_log(args.verbose);
 
     let disk: Arc<dyn Disk> = match args.backend {
         BackendKind::Ram => {
