@@ -6,11 +6,13 @@
 //! * [`attach`]: transport open, host registration, backend checks (the real path).
 //! * [`cbd_disk`]: [`cbd_disk::CbdDisk`], the `device::host` engine behind ublk queues.
 //! * [`disk`]: the [`disk::Disk`]/[`disk::QueueIo`] interface and the RAM test mode.
-//! * [`ublk`]: the ublk device (libublk), one queue per channel.
+//! * `ublk` (cargo feature `ublk`, on by default): the ublk device (libublk), one queue per
+//!   channel.
 
 pub mod attach;
 pub mod cbd_disk;
 pub mod disk;
 pub mod map;
 pub mod mem;
+#[cfg(feature = "ublk")]
 pub mod ublk;
