@@ -3,8 +3,8 @@
 //!
 //! * [`mem`]: the mapping and its [`device::shm::SharedMem`] implementation (the `unsafe`).
 //! * [`map`]: finding/opening/mapping the transport device.
-//! * [`attach`]: transport open, host registration, backend checks (the real path).
-//! * [`cbd_disk`]: [`cbd_disk::CbdDisk`], the `device::host` engine behind ublk queues.
+//! * [`attach`]: options and errors of the real path, `--format`, transport open, backend checks.
+//! * [`cbd_disk`]: [`cbd_disk::CbdDisk`], the host engine ([`crate::engine`]) behind ublk queues.
 //! * [`disk`]: the [`disk::Disk`]/[`disk::QueueIo`] interface and the RAM test mode.
 //! * `ublk` (cargo feature `ublk`, on by default): the ublk device (libublk), one queue per
 //!   channel.
