@@ -1,13 +1,13 @@
-//! A native CBD host — our host engine (`device::host`), in this process — attached
+//! A native CBD host — our host engine (`host::engine`), in this process — attached
 //! to a booted device VM over the VM's shared file: the start of `bench journal`,
 //! `boot/tests/device_serve.rs` and the crash tests (`tests/tests/crash/`).
 
 use std::time::{Duration, Instant};
 
-use device::host::{Blkdev, Host, HostConfig};
 use device::native::{MmapMem, now_ns};
 use device::shm::Shm;
 use device::trace::NoTrace;
+use host::engine::{Blkdev, Host, HostConfig};
 
 /// How long the device may take to answer the RESET of every queue.
 pub const RESET_LIMIT: Duration = Duration::from_secs(60);

@@ -1,6 +1,6 @@
 //! The device kernel, booted in QEMU in backend mode on the ivshmem topology, serves
 //! a CBD host running natively on the same shared file: our host engine
-//! (`device::host`), attached by `boot::native_host::attach` (register, find the live
+//! (`host::engine`), attached by `boot::native_host::attach` (register, find the live
 //! backend, dev-start, RESET handshake), runs a verified random READ/WRITE/FLUSH
 //! workload on both channels. Then the blkdev stops and the device stops cleanly on
 //! its console.
@@ -10,9 +10,9 @@ use common::{Rng, now_ns};
 
 use std::time::{Duration, Instant};
 
-use device::host::{HostError, Request};
 use device::layout::op;
 use device::native::MmapMem;
+use host::engine::{HostError, Request};
 use qemu::device_vm::DeviceVm;
 use qemu::status::KernelStatus;
 use qemu::topology::{self, SharedFile};

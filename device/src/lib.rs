@@ -6,13 +6,13 @@
 //! * CBD v3 protocol (see `docs/protocol.md`):
 //!   [`layout`] (on-memory format, declared once by offset), [`crc`], [`meta`]
 //!   (two-copy records), [`shm`] (the shared-memory access layer),
-//!   [`transport`], [`backend`] (the device engine), [`host`] (the blkdev role),
+//!   [`transport`], [`backend`] (the device engine; the host role is the `host` crate),
 //!   [`media`], [`trace`].
 //! * [`rng`] — the one deterministic PRNG (SplitMix64) of tests and simulations.
+//! * [`exit_code`] — the exit codes of the kernel and the runner, declared once.
 //! * `std` feature: [`native`] (coherent heap/mmap memory), [`adversary`]
-//!   (adversarial non-coherent memory), [`rig`] (a backend on one channel with the
-//!   host side played by hand, for tests with hand-made entries) and [`journal`]
-//!   (the journal-commit workload).
+//!   (adversarial non-coherent memory) and [`rig`] (a backend on one channel with the
+//!   host side played by hand, for tests with hand-made entries).
 //! * `sabotage` feature (tests only): `backend::Sabotage`, deliberate protocol
 //!   violations for the adversary's negative tests.
 //!
@@ -27,7 +27,6 @@ pub mod channel;
 pub mod crc;
 pub mod durable;
 pub mod exit_code;
-pub mod host;
 pub mod layout;
 pub mod media;
 pub mod meta;
@@ -38,8 +37,6 @@ pub mod transport;
 
 #[cfg(feature = "std")]
 pub mod adversary;
-#[cfg(feature = "std")]
-pub mod journal;
 #[cfg(feature = "std")]
 pub mod native;
 #[cfg(feature = "std")]

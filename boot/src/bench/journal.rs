@@ -1,7 +1,7 @@
-//! `cargo run -- bench journal`: the journal-commit workload (`device::journal`)
+//! `cargo run -- bench journal`: the journal-commit workload (`host::journal`)
 //! against the real device: the cbdfw kernel in QEMU, serving CBD over the ivshmem
 //! shared file, with a virtio-blk disk image as its durable media and its RAM staging
-//! in front. The host side is our CBD host engine (`device::host`) in this process,
+//! in front. The host side is our CBD host engine (`host::engine`) in this process,
 //! on the same shared file — the same pairing the crash tests use.
 //!
 //! FUA commits are CRITICAL writes: the device writes them back, behind everything
@@ -13,8 +13,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use device::journal::{self, Journal};
 use device::native::{MmapMem, now_ns};
+use host::journal::{self, Journal};
 
 use qemu::device_vm::DeviceVm;
 use qemu::topology::{self, SharedFile};
@@ -58,7 +58,7 @@ pub struct JournalReport {
     pub journal: Journal,
     pub result: journal::Comparison,
     /// The host queue's token counters at the end (both modes).
-    pub tokens: device::host::TokenStats,
+    pub tokens: host::engine::TokenStats,
     /// The device's closing summary lines (requests, staging counters).
     pub device_lines: Vec<String>,
     /// The device exited cleanly after `stop`.

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use device::durable::Intent;
-use device::host::{Blkdev, HostError, Request};
 use device::layout::op;
 use device::native::MmapMem;
+use host::engine::{Blkdev, HostError, Request};
 use qemu::Vm;
 
 use crate::common::{Rng, now_ns};

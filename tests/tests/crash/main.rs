@@ -1,6 +1,6 @@
 //! Crash tests (issue 6 item 5): the device kernel, booted in QEMU in backend mode
 //! with a virtio-blk disk image as its media and RAM staging, serves a native host
-//! (`device::host`, in this process) over the ivshmem shared file. The host runs a
+//! (`host::engine`, in this process) over the ivshmem shared file. The host runs a
 //! write workload of 1–4 block writes whose every 512-byte sector names (block,
 //! version), STANDARD intent (1 in 16 CRITICAL), with a FLUSH or a watermark wait
 //! every N writes. A killer thread SIGKILLs QEMU at a random moment of it.
@@ -41,9 +41,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use device::durable::Intent;
-use device::host::Request;
 use device::layout::op;
 use device::native::MmapMem;
+use host::engine::Request;
 use qemu::Firmware;
 use qemu::status::KernelStatus;
 use qemu::topology;

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use device::host::Completion;
 use device::layout::{errno, op};
+use host::engine::Completion;
 
 use crate::NBLOCKS;
 use crate::verifier::{BLOCK, Violation, verify};

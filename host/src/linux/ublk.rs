@@ -1,5 +1,5 @@
 //! The ublk side: one ublk hardware queue per CBD channel, each served by its own thread
-//! (libublk's queue threads), requests handed to the queue's [`QueueIo`].
+//! (libublk's queue threads), requests handed to the queue's [`QueueIo`](super::disk::QueueIo).
 //!
 //! Request mapping: READ/WRITE → data transfer; FLUSH → [`Op::Flush`] (CBD FLUSH on the real
 //! path); a WRITE with `UBLK_IO_F_FUA` → [`Req::fua`] (the disk makes it durable before
@@ -12,7 +12,7 @@ use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{BufDesc, UblkFlags, UblkIORes, sys};
 
-use crate::disk::{Disk, Errno, Op, Req};
+use super::disk::{Disk, Errno, Op, Req};
 
 /// ublk device options.
 #[derive(Clone, Debug, PartialEq, Eq)]

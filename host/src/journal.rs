@@ -1,4 +1,4 @@
-//! The named workload of issue 6: a journal commit at QD1.
+//! The journal-commit workload: a journal commit at QD1.
 //!
 //! A transaction = `blocks` data block writes (4 KiB, STANDARD, one at a time), then a
 //! commit record (4 KiB) that must be durable before the transaction counts:
@@ -10,12 +10,12 @@
 //!   made is confirmed durable, and that wait is part of its time.
 //!
 //! Both run on one queue in the same session, so they see the same device and media.
-//! Used by `journal-bench` (native engines, simulated media) and by
+//! Used by the `journal` bench (`host/benches/journal.rs`: native engines, simulated media) and by
 //! `cargo run -- bench journal` (the device kernel in QEMU with a virtio-blk disk).
 
-use crate::host::{HostError, HostQueue, Intent, Request};
-use crate::layout::op;
-use crate::shm::SharedMem;
+use crate::engine::{HostError, HostQueue, Intent, Request};
+use device::layout::op;
+use device::shm::SharedMem;
 use std::time::{Duration, Instant};
 
 /// Workload parameters.

@@ -1,12 +1,12 @@
 //! Every protocol step emits a structured trace event.
 
 use device::backend::{Backend, BackendConfig};
-use device::host::{Host, HostConfig, Request};
 use device::layout::*;
 use device::native::{HeapMem, RecordingTracer, VecMedia};
 use device::shm::Shm;
 use device::trace::{CopyDir, Pointer, RecordKind, TraceEvent as E};
 use device::transport::{Transport, format_flags};
+use host::engine::{Host, HostConfig, Request};
 
 #[test]
 fn one_write_and_read_are_fully_traced() {

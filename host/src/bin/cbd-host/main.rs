@@ -5,37 +5,22 @@
 //!  cargo build -p host --release --target x86_64-unknown-linux-gnu`
 //! (or `boot::guest::build_host_binary()`).
 
+mod cli;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use host::cli::{self, BackendKind, Command};
-use host::disk::{Disk, RamDisk};
-use host::{cbd, map, ublk};
-
-struct StderrLog;
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            eprintln!("cbd-host: {}: {}", r.level(), r.args());
-        }
-    }
-    fn flush(&self) {}
-}
+use cli::{BackendKind, Command};
+use host::linux::cbd_disk::CbdDisk;
+use host::linux::disk::{Disk, RamDisk};
+use host::linux::{attach, map, ublk};
 
 fn main() -> ExitCode {
-    let cmd = match cli::parse(std::env::args().skip(1)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cbd-host: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    // Bad input: a message naming the option, exit 2; --help/--version: stdout, exit 0.
+    let cmd = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     match run(cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -43,6 +28,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Log lines on stderr as `cbd-host: LEVEL: message`; `-v` is debug, `RUST_LOG` refines it.
+fn init_log(verbose: bool) {
+    let level = if verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .format(|buf, r| writeln!(buf, "cbd-host: {}: {}", r.level(), r.args()))
+        .init();
 }
 
 fn hostname() -> String {
@@ -55,10 +54,6 @@ fn hostname() -> String {
 
 fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
     let args = match cmd {
-        Command::Help => {
-            println!("{}", cli::USAGE);
-            return Ok(());
-        }
         Command::Stop(id) => return Ok(ublk::stop(id)?),
         Command::Stats(id) => {
             let path = cli::default_stats_path(id);
@@ -70,12 +65,7 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Run(a) => a,
     };
-    log::set_logger(&StderrLog).ok();
-    log::set_max_level(if args.verbose {
-        log::LevelFilter::Debug
-    } else {
-        log::LevelFilter::Info
-    });
+    init_log(args.verbose);
 
     let disk: Arc<dyn Disk> = match args.backend {
         BackendKind::Ram => {
@@ -91,7 +81,7 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 args.size,
             )?));
             log::info!("write-back instruction: {:?}", mem.write_back_insn());
-            let opts = cbd::CbdOptions {
+            let opts = attach::CbdOptions {
                 hostname: args.hostname.clone().unwrap_or_else(hostname),
                 backend_id: args.backend_id,
                 queues: args.ublk.queues,
@@ -103,7 +93,7 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 power_window_us: args.power_window_us,
                 default_intent: args.default_intent,
             };
-            Arc::from(cbd::start(mem, &opts)?)
+            Arc::new(CbdDisk::start(mem, &opts, Arc::new(attach::now_ns))?)
         }
     };
     log::info!(

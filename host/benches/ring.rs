@@ -3,15 +3,15 @@
 //! coherent (CBD v3) and non-coherent mode, next to memcpy bandwidth measured on
 //! the same machine.
 //!
-//! `cargo run -p device --release --features std --bin ring-bench [-- seconds]`
+//! `cargo bench -p host --bench ring [-- seconds]` (default 2 s per configuration)
 
 use device::backend::{Backend, BackendConfig};
-use device::host::{Host, HostConfig, HostError, Request};
 use device::layout::*;
 use device::native::{HeapMem, VecMedia, now_ns};
 use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
+use host::engine::{Host, HostConfig, HostError, Request};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::time::{Duration, Instant};
 
@@ -102,8 +102,10 @@ fn memcpy_bw(secs: f64) -> f64 {
 }
 
 fn main() {
+    // `cargo bench` appends `--bench` after the user's arguments.
     let secs: f64 = std::env::args()
-        .nth(1)
+        .skip(1)
+        .find(|a| a != "--bench")
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
     let gib = |b: f64| b / (1u64 << 30) as f64;

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::mem::MappedMem;
+use super::mem::MappedMem;
 
 /// devdax mappings must be 2 MiB aligned in offset and length.
 pub const DAX_ALIGN: u64 = 2 << 20;

@@ -8,12 +8,12 @@ mod common;
 use common::{Model, Rng};
 use device::adversary::{AdvConfig, Adversary};
 use device::backend::{Backend, BackendConfig, Sabotage};
-use device::host::{HostConfig, HostError, HostSabotage};
 use device::layout::*;
 use device::native::{HeapMem, VecMedia};
 use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
+use host::engine::{HostConfig, HostError, HostSabotage};
 use std::sync::{Arc, OnceLock};
 
 const DISK: usize = 1 << 20;
@@ -96,7 +96,7 @@ fn schedule(seed: u64, f: Faults) -> Vec<String> {
             ..f.host
         },
     };
-    let host = device::host::Host::register(hshm, hc, now).expect("host register");
+    let host = host::engine::Host::register(hshm, hc, now).expect("host register");
     // The backend's record write lands some time after it was written back: retry.
     let mut bid = None;
     for _ in 0..1000 {

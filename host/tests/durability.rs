@@ -1,4 +1,4 @@
-//! Durability tokens (issue 6): crash tests over a media that loses everything not
+//! Durability tokens: crash tests over a media that loses everything not
 //! yet flushed (`native::CrashMedia`), on coherent memory and on the adversarial
 //! non-coherent memory, plus the semantics of intents / watermark / plain v3 FLUSH.
 //!
@@ -21,12 +21,12 @@ use common::Rng;
 use device::adversary::{AdvConfig, Adversary};
 use device::backend::{Backend, BackendConfig};
 use device::durable::{DurableConfig, Intent};
-use device::host::{Blkdev, Host, HostConfig, HostError, Request};
 use device::layout::*;
 use device::native::{CRASH_BLOCK, CrashMedia, HeapMem};
 use device::shm::{SharedMem, Shm};
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
+use host::engine::{Blkdev, Host, HostConfig, HostError, Request};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 

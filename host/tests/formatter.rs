@@ -5,12 +5,12 @@
 //! MULTIHOST alone, so `noncoherent=on` on a freshly formatted region was ignored.)
 
 use device::backend::{Backend, BackendConfig};
-use device::host::{Host, HostConfig, HostError};
 use device::layout::*;
 use device::native::{HeapMem, VecMedia};
 use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
+use host::engine::{Host, HostConfig, HostError};
 
 const T0: u64 = 1_700_000_000_000_000_000;
 

@@ -1,11 +1,11 @@
 //! The real path: a CBD v3 transport in shared memory, this program as its *host*.
 //!
-//! Steps: open (validate) the transport, register as a host (by hostname), look up the backend
-//! to dev-start against and refuse a missing, stopped or dead one with a clear message, then
-//! start the block device with one channel per ublk queue.
-//!
-//! The blkdev I/O engine (submit + poll completions on a channel) is the `device` crate's
-//! `device::host`; [`crate::engine::CbdDisk`] wires it to ublk.
+//! Here: the options of the CBD path, its errors, `--format`, opening (validating) the
+//! transport and looking up the backend to dev-start against, refusing a missing, stopped or
+//! dead one with a clear message. `CbdDisk::start` (`super::cbd_disk`) begins with [`prepare`],
+//! then registers as a host (by hostname) and starts the block device with one channel per
+//! ublk queue over the blkdev engine, [`crate::engine`]. This module does not depend on
+//! `cbd_disk`.
 
 use std::fmt;
 
@@ -15,7 +15,7 @@ use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, TransportError, format_flags, is_alive};
 
-use crate::mem::MappedMem;
+use super::mem::MappedMem;
 
 /// Options of the CBD path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct CbdOptions {
     pub backend_id: u32,
     /// Number of channels (= ublk queues).
     pub queues: u16,
-    /// Requests in flight per channel (the ublk queue depth; at most device::host::MAX_DEPTH).
+    /// Requests in flight per channel (the ublk queue depth; at most crate::engine::MAX_DEPTH).
     pub depth: u16,
     /// Write back / invalidate around every shared record access (non-coherent memory, e.g.
     /// two machines on a CXL switch). Off for coherent sharing (one machine, ivshmem).
@@ -40,7 +40,7 @@ pub struct CbdOptions {
     /// Power window advertised to the backend (µs; 0 = none). Only with durability tokens.
     pub power_window_us: u64,
     /// Intent of plain (non-FUA) writes when durability tokens are on.
-    pub default_intent: device::host::Intent,
+    pub default_intent: crate::engine::Intent,
 }
 
 impl CbdOptions {
@@ -56,7 +56,7 @@ impl CbdOptions {
             wait_backend_ns: 0,
             plain_v3: false,
             power_window_us: 0,
-            default_intent: device::host::Intent::Standard,
+            default_intent: crate::engine::Intent::Standard,
         }
     }
 }
@@ -79,7 +79,7 @@ pub enum CbdError {
     /// The host engine refused (dev-start, RESET, ...).
     Engine {
         step: &'static str,
-        err: device::host::HostError,
+        err: crate::engine::HostError,
     },
 }
 
@@ -112,19 +112,19 @@ impl fmt::Display for CbdError {
                 HB_TIMEOUT_NS / 1_000_000_000
             ),
             CbdError::Engine { step, err } => match err {
-                device::host::HostError::InUse => write!(
+                crate::engine::HostError::InUse => write!(
                     f,
                     "{step}: the backend already serves a running blkdev (another host?)"
                 ),
-                device::host::HostError::Unsupported => write!(
+                crate::engine::HostError::Unsupported => write!(
                     f,
                     "{step}: the backend does not offer the non-coherent mode (--noncoherent)"
                 ),
-                device::host::HostError::Invalid => write!(
+                crate::engine::HostError::Invalid => write!(
                     f,
                     "{step}: invalid request (more --queues than the backend has channels?)"
                 ),
-                device::host::HostError::Timeout => {
+                crate::engine::HostError::Timeout => {
                     write!(f, "{step}: the backend did not answer within 30 s")
                 }
                 other => write!(f, "{step}: {other:?}"),
@@ -250,22 +250,13 @@ pub fn prepare(
     }
 }
 
-/// Registers, dev-starts and returns the disk to serve (wall clock).
-pub fn start(
-    mem: &'static MappedMem,
-    opts: &CbdOptions,
-) -> Result<Box<dyn crate::disk::Disk>, CbdError> {
-    let disk = crate::engine::CbdDisk::start(mem, opts, std::sync::Arc::new(now_ns))?;
-    Ok(Box::new(disk))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use device::layout::BackendInfo;
 
     fn mapped(len: u64) -> &'static MappedMem {
-        let (f, p) = crate::mem::tests::tmpfile(len);
+        let (f, p) = crate::linux::mem::tests::tmpfile(len);
         std::fs::remove_file(&p).unwrap();
         Box::leak(Box::new(MappedMem::map(f, 0, len as usize).unwrap()))
     }

@@ -1,8 +1,8 @@
 //! Shared test helpers: a small PRNG, the random workload and the model disk.
 #![allow(dead_code)]
 
-use device::host::Request;
 use device::layout::op;
+use host::engine::Request;
 
 /// SplitMix64: tiny, deterministic, good enough for workloads and schedules.
 #[derive(Clone)]
@@ -111,7 +111,7 @@ impl Model {
     pub fn completed(
         &mut self,
         q: usize,
-        c: &device::host::Completion,
+        c: &host::engine::Completion,
         read_buf: &[u8],
     ) -> Result<(), String> {
         let Some((req, expect)) = self.inflight.remove(&(q, c.req_tid)) else {

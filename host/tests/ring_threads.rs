@@ -7,12 +7,12 @@
 mod common;
 use common::{Model, Rng};
 use device::backend::{Backend, BackendConfig};
-use device::host::{Host, HostConfig, HostError};
 use device::layout::*;
 use device::native::{MmapMem, VecMedia};
 use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
+use host::engine::{Host, HostConfig, HostError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 
 const DISK: usize = 64 << 20;
@@ -99,7 +99,7 @@ fn two_threads_100k_requests_with_wrap_reset_and_reattach() {
         let (mut submitted, mut completed) = (0u64, 0u64);
         let mut reset_state = 0; // 0 before, 1 draining q1, 2 resetting, 3 done
         let mut crashed = false;
-        let mut pending: Option<(usize, device::host::Request)> = None;
+        let mut pending: Option<(usize, host::engine::Request)> = None;
         let mut idle_rounds = 0u64;
         while completed < TOTAL {
             let now = clock.fetch_add(200_000, SeqCst);

@@ -1,6 +1,6 @@
 //! What the ublk side serves: a [`Disk`] with one [`QueueIo`] per ublk queue (= per CBD channel).
 //!
-//! * [`CbdDisk`]: the real path, the CBD backend behind the shared transport.
+//! * [`CbdDisk`](super::cbd_disk::CbdDisk): the real path, the CBD backend behind the shared transport.
 //! * [`RamDisk`]: **test mode** (`--backend ram`), an in-process RAM disk that proves the ublk
 //!   plumbing (queues, flush, FUA, discard) without a CBD backend.
 
