@@ -38,6 +38,7 @@ pub mod transport;
 #[cfg(feature = "std")]
 pub mod adversary;
 #[cfg(feature = "std")]
+#[allow(unsafe_code)] // platform layer: the SharedMem implementations over heap and mmap memory
 pub mod native;
 #[cfg(feature = "std")]
 pub mod rig;

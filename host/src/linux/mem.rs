@@ -234,11 +234,12 @@ fn flush_line(p: *mut u8) {
 fn write_back_line(wb: WriteBack, p: *mut u8) {
     #[cfg(target_arch = "x86_64")]
     match wb {
-        // SAFETY (all arms): `p` points into the live mapping; these instructions do not change
-        // memory contents. CLWB/CLFLUSHOPT are only used when CPUID reports them (`detect`).
+        // SAFETY: `p` points into the live mapping; CLWB does not change memory
+        // contents, and is only chosen when CPUID reports it (`detect`).
         WriteBack::Clwb => unsafe {
             core::arch::asm!("clwb [{0}]", in(reg) p, options(nostack, preserves_flags))
         },
+        // SAFETY: as above, for CLFLUSHOPT (also only chosen when CPUID reports it).
         WriteBack::Clflushopt => unsafe {
             core::arch::asm!("clflushopt [{0}]", in(reg) p, options(nostack, preserves_flags))
         },

@@ -13,6 +13,7 @@ pub mod attach;
 pub mod cbd_disk;
 pub mod disk;
 pub mod map;
+#[allow(unsafe_code)] // platform layer: the mmap of the transport and its SharedMem implementation
 pub mod mem;
 #[cfg(feature = "ublk")]
 pub mod ublk;

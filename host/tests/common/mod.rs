@@ -4,30 +4,8 @@
 use device::layout::op;
 use host::engine::Request;
 
-/// SplitMix64: tiny, deterministic, good enough for workloads and schedules.
-#[derive(Clone)]
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    pub fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
+/// The project's one deterministic PRNG (SplitMix64), named as the tests call it.
+pub use device::rng::SplitMix64 as Rng;
 
 /// Random request sizes 512 B ..= 1 MiB, mostly small (sector multiples).
 pub fn random_len(r: &mut Rng, max: u32) -> u32 {

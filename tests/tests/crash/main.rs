@@ -1,4 +1,4 @@
-//! Crash tests (issue 6 item 5): the device kernel, booted in QEMU in backend mode
+//! Crash tests: the device kernel, booted in QEMU in backend mode
 //! with a virtio-blk disk image as its media and RAM staging, serves a native host
 //! (`host::engine`, in this process) over the ivshmem shared file. The host runs a
 //! write workload of 1–4 block writes whose every 512-byte sector names (block,
