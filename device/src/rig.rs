@@ -65,7 +65,13 @@ impl Rig {
     /// Format a region that holds exactly one channel segment with transport
     /// `flags` (the CRC flags choose the SE/CE formats).
     pub fn new(flags: u16) -> Self {
-        let mem = HeapMem::new(TransportInfo::region_for(1) as usize);
+        Self::with_segments(flags, 1)
+    }
+
+    /// [`Rig::new`] on a region that holds `n` channel segments (a backend with up to
+    /// `n` handlers, or several backends); `g` is still segment 0, [`Rig::geom`] any.
+    pub fn with_segments(flags: u16, n: u32) -> Self {
+        let mem = HeapMem::new(TransportInfo::region_for(n.max(1) as u64) as usize);
         let shm = Shm::new(&mem, &NO_TRACE);
         Transport::format(shm, flags, false, 1).expect("format a fresh region");
         let base = Transport::open(shm, false)
@@ -73,6 +79,14 @@ impl Rig {
             .expect("open the transport just formatted");
         let g = ChannelGeom::new(base, flags, false);
         Self { mem, g, flags }
+    }
+
+    /// The geometry of channel segment `seg_id`.
+    pub fn geom(&self, seg_id: u32) -> ChannelGeom {
+        let base = Transport::open(self.shm(), false)
+            .and_then(|t| t.channel_base(seg_id))
+            .expect("a segment of this transport");
+        ChannelGeom::new(base, self.flags, false)
     }
 
     /// The transport flags the rig was formatted with.

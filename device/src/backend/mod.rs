@@ -203,6 +203,8 @@ pub struct Backend<'a, M: SharedMem + ?Sized, D: Media> {
     chans: heapless::Vec<Chan, MAX_CHANNELS>,
     last_hb: u64,
     rec: BackendInfo,
+    /// Non-coherent mode: re-reads spent on the entry at each channel's cursor.
+    rereads: [serve::Reread; MAX_CHANNELS],
 }
 
 fn path_field(p: &str) -> [u8; backend_rec::PATH_LEN] {

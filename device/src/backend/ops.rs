@@ -192,19 +192,17 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         });
     }
 
-    /// Copy a WRITE payload into scratch and check its CRC (bounded re-read in
-    /// non-coherent mode). Returns false if it never verified.
+    /// Copy a WRITE payload into scratch and check its CRC (non-coherent mode:
+    /// re-read within the entry's budget, spread over polls). Returns false if it
+    /// never verified.
     pub(super) fn fetch_payload(&mut self, ch: &Chan, se: &Se) -> Result<bool, BackendError> {
         let shm = self.shm();
         let g = ch.g;
         let len = se.len as usize;
         let check = g.el.data_crc && !self.cfg.sabotage().skip_crc_check;
-        let tries = if ch.mode == Mode::Nc {
-            self.cfg.nc_retries.max(1)
-        } else {
-            1
-        };
-        for _ in 0..tries {
+        let mut first = true;
+        while self.may_read(ch, serve::Stage::Payload, first) {
+            first = false;
             if ch.mode == Mode::Nc {
                 data_cache_op(shm, &g, se.data_off, se.len, false)?;
             }
@@ -218,6 +216,10 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             if !check || payload_crc(&self.scratch[..len]) == se.data_crc {
                 return Ok(true);
             }
+        }
+        if !self.give_up(ch, serve::Stage::Payload) {
+            // This poll's share of re-reads is spent: the rest at the next poll.
+            return Err(BackendError::Stale { chan: ch.idx });
         }
         let why = if ch.mode == Mode::Nc {
             Reject::StaleAfterRetries

@@ -40,6 +40,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             chans: heapless::Vec::new(),
             last_hb: now_ns,
             rec: BackendInfo::default(),
+            rereads: Default::default(),
         };
         match existing {
             Some((id, rec)) => me.reattach(id, rec, dev_sectors, features, now_ns)?,
