@@ -120,6 +120,13 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             if seg.rec.seg_type != SEG_TYPE_CHANNEL || seg.rec.backend_id != id {
                 return Err(BackendError::Mismatch);
             }
+            // Both records are untrusted bytes: also refuse a segment our record lists
+            // twice or another backend record lists (it may be that backend's channel).
+            if rec.handler_channels[..i as usize].contains(&seg_id)
+                || Self::listed_by_other(&tp, seg_id, id)?
+            {
+                return Err(BackendError::Mismatch);
+            }
             let g = ChannelGeom::new(
                 tp.channel_base(seg_id)?,
                 tp.info.flags,
@@ -135,6 +142,22 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             ..rec
         };
         Ok(())
+    }
+
+    /// Does a backend record other than `own` (in any state but NONE) list `seg_id`
+    /// among its handler channels?
+    fn listed_by_other(tp: &Transport<'a, M>, seg_id: u32, own: u32) -> Result<bool, BackendError> {
+        for id in (0..tp.info.backend_num).filter(|&id| id != own) {
+            if let Some(b) = tp.backend(id)?
+                && b.rec.state != STATE_NONE
+            {
+                let n = (b.rec.n_handlers as usize).min(backend_rec::MAX_HANDLERS);
+                if b.rec.handler_channels[..n].contains(&seg_id) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Take a free backend slot and `n_handlers` free segments, zero each segment
@@ -283,7 +306,8 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
     }
 
     /// Clean stop (backend-stop): refuse while a running, alive blkdev references
-    /// this backend; then clear the channel segment infos and the backend record.
+    /// this backend; then clear the channel segment infos, the backend record and
+    /// (if no other backend runs under it) the host record.
     #[allow(clippy::result_large_err)]
     pub fn stop(mut self, now_ns: u64) -> Result<D, (Self, BackendError)> {
         match self.try_stop(now_ns) {
@@ -306,6 +330,26 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             self.tp.clear(SlotKind::Segment, c.seg_id)?;
         }
         self.tp.clear(SlotKind::Backend, self.backend_id)?;
+        // Our host record too, unless another backend still runs under it: a stopped
+        // device leaves nothing alive, so a restart need not wait for the heartbeat
+        // timeout (nor take over).
+        let name = crate::transport::host_name(self.cfg.hostname);
+        let ours = self
+            .tp
+            .host(self.host_id)?
+            .is_some_and(|h| h.rec.state != STATE_NONE && h.rec.hostname == name);
+        let mut shared = false;
+        for id in 0..self.tp.info.backend_num {
+            if let Some(b) = self.tp.backend(id)?
+                && b.rec.state != STATE_NONE
+                && b.rec.host_id == self.host_id
+            {
+                shared = true;
+            }
+        }
+        if ours && !shared {
+            self.tp.clear(SlotKind::Host, self.host_id)?;
+        }
         Ok(())
     }
 }
