@@ -10,7 +10,7 @@ use device::adversary::{AdvConfig, Adversary};
 use device::backend::{Backend, BackendConfig, Sabotage};
 use device::layout::*;
 use device::native::{HeapMem, VecMedia};
-use device::shm::Shm;
+use device::shm::{SharedMem, Shm};
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
 use host::engine::{HostConfig, HostError, HostSabotage};
@@ -330,4 +330,76 @@ fn catches_index_published_before_payload_write_back() {
     };
     let m = caught(f, &["failed with -5", "wrong data", "media differs"]);
     println!("early publish caught: {m}");
+}
+
+/// The host's CE CRC check, deterministically: the device completes a WRITE, then
+/// one bit of that CE's `result` flips in shared memory (the CE's CRC no longer
+/// verifies). The host must not accept it — non-coherent mode re-reads and reports
+/// `Stale`, v3 mode skips it as `BadCompletion` — and, in non-coherent mode, accepts
+/// the intact CE once it is restored.
+#[test]
+fn host_rejects_a_ce_whose_crc_does_not_verify() {
+    for noncoherent in [true, false] {
+        let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
+        let shm = Shm::new(&mem, &NoTrace);
+        Transport::format(shm, FLAGS, false, T0).unwrap();
+        let mut scratch = vec![0u8; chan::MAX_IO as usize];
+        let bc = BackendConfig {
+            noncoherent,
+            ..BackendConfig::default()
+        };
+        let mut backend = Backend::start(shm, bc, VecMedia::new(DISK), &mut scratch, T0).unwrap();
+        let seg = backend.channel_segments().next().unwrap();
+        let g = device::channel::ChannelGeom::new(
+            Transport::open(shm, false)
+                .unwrap()
+                .channel_base(seg)
+                .unwrap(),
+            FLAGS,
+            false,
+        );
+        let hc = HostConfig {
+            hostname: "hostA",
+            noncoherent,
+            nc_retries: 16,
+            durable_tokens: false,
+            ..HostConfig::default()
+        };
+        let host = host::engine::Host::register(shm, hc, T0).unwrap();
+        let bid = host.find_backend(T0).unwrap();
+        let mut dev = host.dev_start(bid, 1, T0).unwrap();
+        let mut now = T0;
+        while !dev.poll_ready(now).unwrap() {
+            now += 1_000_000;
+            backend.poll(now).unwrap();
+        }
+        let q = &mut dev.queues[0];
+        let req = host::engine::Request {
+            op: op::WRITE,
+            offset: 4096,
+            len: 4096,
+        };
+        let tid = q.submit(req, &[0x3C; 4096]).unwrap();
+        backend.poll(now + 1).unwrap();
+        // The CE is at the completion ring's first slot; its `result` is at byte 16 of
+        // the 24-byte CE of this format (crc, data_crc, req_tid, result, flags).
+        assert_eq!(g.el.ce_size, 24);
+        let at = g.ce(0) + 16;
+        let mut byte = [0u8; 1];
+        mem.read(at, &mut byte);
+        mem.write(at, &[byte[0] ^ 0x01]);
+        let mut read_buf = vec![0u8; chan::MAX_IO as usize];
+        let got = q.poll(&mut read_buf);
+        let mode = if noncoherent { "non-coherent" } else { "v3" };
+        match (noncoherent, got) {
+            (true, Err(HostError::Stale)) => {}
+            (false, Err(HostError::BadCompletion { req_tid })) => assert_eq!(req_tid, tid),
+            (_, other) => panic!("{mode}: a CE whose CRC fails was not rejected: {other:?}"),
+        }
+        if noncoherent {
+            mem.write(at, &byte);
+            let c = q.poll(&mut read_buf).unwrap().expect("the intact CE");
+            assert_eq!((c.req_tid, c.result), (tid, 0), "{mode}");
+        }
+    }
 }
