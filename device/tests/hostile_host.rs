@@ -7,6 +7,7 @@ use device::backend::{Backend, BackendConfig, BackendError};
 use device::channel::{ChannelGeom, HostLine, publish_line};
 use device::crc::crc32;
 use device::layout::*;
+use device::media::Media;
 use device::native::{HeapMem, VecMedia};
 use device::rig::Rig;
 use device::shm::{SharedMem, Shm};
@@ -355,4 +356,54 @@ fn heartbeat_never_rewrites_a_backend_record_that_is_no_longer_ours() {
     assert_eq!(rec.handler_channels[0], seg);
     let s = tp.segment(seg).unwrap().unwrap().rec;
     assert_eq!((s.seg_type, s.backend_id), (SEG_TYPE_CHANNEL, b.backend_id));
+}
+
+/// The documented v3 property (docs/protocol.md, "Stale SEs in v3 mode"): a host
+/// that rewinds `submr_head` takes the device once around the ring, and the old SEs
+/// it meets (not marked DONE) run again; the tid rule refuses only the first of them.
+#[test]
+fn v3_executes_stale_ses_after_a_rewind() {
+    let rig = Rig::new(0);
+    let mut scratch = Rig::scratch();
+    let mut b = rig
+        .start_backend(BackendConfig::default(), 1 << 20, &mut scratch, T0)
+        .unwrap();
+    let blocks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![0x40 + i; 4096]).collect();
+    for (i, blk) in blocks.iter().enumerate() {
+        rig.write_payload(4096 * i as u32, blk);
+        let se = write_se(4096 * i as u64, 4096, 4096 * i as u32, 0);
+        rig.write_se(
+            rig.se_pos(i as u32),
+            &Se {
+                req_tid: i as u64,
+                ..se
+            },
+            true,
+        );
+    }
+    rig.set_submr_head(rig.se_pos(3));
+    b.poll(T0 + 1).unwrap();
+    assert_eq!(rig.compr_head(), rig.ce_pos(3));
+    // The host overwrites the blocks on the disk by other means, then rewinds.
+    let zero = vec![0u8; 3 * 4096];
+    b.media().write(0, &zero).unwrap();
+    rig.set_compr_tail(rig.compr_head());
+    rig.set_submr_head(rig.se_pos(2));
+    // Go once around the ring (all-zero SEs are refused), consuming every CE.
+    let mut now = T0 + 2;
+    for _ in 0..10_000 {
+        let st = b.poll(now).unwrap();
+        rig.set_compr_tail(rig.compr_head());
+        now += 1;
+        if st.ses == 0 {
+            break;
+        }
+    }
+    let mut out = vec![0u8; 4096];
+    b.media().read(0, &mut out).unwrap();
+    assert!(out == [0u8; 4096], "the first stale SE is refused (tid)");
+    b.media().read(4096, &mut out).unwrap();
+    assert!(out == blocks[1], "the second stale SE ran again");
+    b.media().read(8192, &mut out).unwrap();
+    assert!(out == [0u8; 4096], "the SE at submr_head is not reached");
 }
