@@ -390,11 +390,9 @@ fn v3_executes_stale_ses_after_a_rewind() {
     rig.set_compr_tail(rig.compr_head());
     rig.set_submr_head(rig.se_pos(2));
     // Go once around the ring (all-zero SEs are refused), consuming every CE.
-    let mut now = T0 + 2;
-    for _ in 0..10_000 {
+    for now in T0 + 2..T0 + 10_000 {
         let st = b.poll(now).unwrap();
         rig.set_compr_tail(rig.compr_head());
-        now += 1;
         if st.ses == 0 {
             break;
         }
