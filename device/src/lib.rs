@@ -12,7 +12,8 @@
 //! * [`exit_code`] — the exit codes of the kernel and the runner, declared once.
 //! * `std` feature: [`native`] (coherent heap/mmap memory), [`adversary`]
 //!   (adversarial non-coherent memory) and [`rig`] (a backend on one channel with the
-//!   host side played by hand, for tests with hand-made entries).
+//!   host side played by hand, for tests with hand-made entries), [`inspect`] (the
+//!   read-only shared-memory inspector and the layout picture).
 //! * `sabotage` feature (tests only): `backend::Sabotage`, deliberate protocol
 //!   violations for the adversary's negative tests.
 //!
@@ -37,6 +38,8 @@ pub mod transport;
 
 #[cfg(feature = "std")]
 pub mod adversary;
+#[cfg(feature = "std")]
+pub mod inspect;
 #[cfg(feature = "std")]
 #[allow(unsafe_code)] // platform layer: the SharedMem implementations over heap and mmap memory
 pub mod native;
