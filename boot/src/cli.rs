@@ -65,6 +65,41 @@ pub enum Command {
     Ktest(KtestArgs),
     /// Native, integration and paired-VM tests, then the kernel tests (the CI command)
     Test(Options),
+    /// Decode a CBD transport file read-only (a live /dev/shm file or a saved copy):
+    /// records, liveness, channel pointers, entries in flight, what is wrong; no VM
+    Inspect(InspectArgs),
+}
+
+/// `inspect`: what to read and how to show it.
+#[derive(Args, Debug, Clone, PartialEq)]
+#[command(after_help = "Exit status: 0 nothing wrong, 1 the report has errors, 2 bad input.")]
+pub struct InspectArgs {
+    /// The transport file, e.g. /dev/shm/cbdfw-ivshmem.raw (optional with --svg)
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Print JSON (for scripts) instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every SECS seconds (default 1) until interrupted
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1",
+          value_parser = parse_secs, conflicts_with = "svg")]
+    pub watch: Option<f64>,
+    /// Judge heartbeats at this CLOCK_REALTIME time in ns [default: now]
+    #[arg(long, value_name = "NS")]
+    pub now: Option<u64>,
+    /// Write a picture of the layout to OUT.svg (with PATH: its live pointers)
+    #[arg(long, value_name = "OUT")]
+    pub svg: Option<PathBuf>,
+    /// The channel segment --svg draws [default: the first one in use]
+    #[arg(long, value_name = "ID", requires = "svg")]
+    pub segment: Option<u32>,
+}
+
+fn parse_secs(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(s),
+        _ => Err(format!("{v:?} is not a number of seconds in (0, 3600]")),
+    }
 }
 
 /// Which benchmark `bench` runs.
@@ -207,6 +242,7 @@ pub enum Cmd {
     /// With the name filter.
     Ktest(Option<String>),
     Test,
+    Inspect(InspectArgs),
 }
 
 /// Parse `boot`'s arguments (without the program name). On error, `clap::Error::exit`
@@ -227,6 +263,17 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<(Cmd, Options), clap::Err
         Some(Command::Bench(b)) => (Cmd::Bench(b.which), b.options),
         Some(Command::Ktest(k)) => (Cmd::Ktest(k.filter), k.options),
         Some(Command::Test(o)) => (Cmd::Test, o),
+        Some(Command::Inspect(a)) => {
+            if a.path.is_none() && a.svg.is_none() {
+                use clap::CommandFactory;
+                return Err(Cli::command().error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "inspect needs PATH (or --svg OUT for the layout alone)",
+                ));
+            }
+            let defaults = Cli::try_parse_from(["boot"])?.options;
+            (Cmd::Inspect(a), defaults)
+        }
     })
 }
 
@@ -406,6 +453,43 @@ mod tests {
             ErrorKind::UnknownArgument
         ));
         assert!(err(&["ktest", "a", "b"]).exit_code() == 2);
+    }
+
+    #[test]
+    fn inspect_parses_and_refuses_bad_input_with_status_2() {
+        let Cmd::Inspect(a) = ok(&["inspect", "/dev/shm/x.raw"]).0 else {
+            panic!("not inspect")
+        };
+        assert_eq!(
+            a.path.as_deref(),
+            Some(std::path::Path::new("/dev/shm/x.raw"))
+        );
+        assert_eq!(
+            (a.json, a.watch, a.now, a.svg.is_none()),
+            (false, None, None, true)
+        );
+        let Cmd::Inspect(a) = ok(&["inspect", "--json", "--watch", "--now", "5", "f"]).0 else {
+            panic!("not inspect")
+        };
+        assert_eq!((a.json, a.watch, a.now), (true, Some(1.0), Some(5)));
+        let Cmd::Inspect(a) = ok(&["inspect", "--svg", "o.svg", "--segment", "2"]).0 else {
+            panic!("not inspect")
+        };
+        assert_eq!((a.path, a.segment), (None, Some(2)));
+        for (args, says) in [
+            (&["inspect"][..], "needs PATH"),
+            (&["inspect", "--watch", "0", "f"], "seconds"),
+            (&["inspect", "--now", "x", "f"], "invalid digit"),
+            (&["inspect", "--segment", "1", "f"], "--svg"),
+            (
+                &["inspect", "--svg", "o.svg", "--watch", "2", "f"],
+                "cannot be used",
+            ),
+        ] {
+            let e = err(args);
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
     }
 
     #[test]

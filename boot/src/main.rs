@@ -1,7 +1,8 @@
 //! `boot`: the command behind `cargo run`, `cargo ktest` and `cargo xtest`.
 //!
 //! The command line is declared in `boot::cli` (`boot --help`): `demo` (the default),
-//! `device`, `shell`, `bench [fio|journal]`, `ktest [FILTER]`, `test`; options alone
+//! `device`, `shell`, `bench [fio|journal]`, `ktest [FILTER]`, `test`, `inspect PATH`
+//! (no VM: decode a transport file read-only, `device::inspect`); options alone
 //! boot the device by itself; `-- QEMU-ARGS…` go to the device VM's QEMU.
 
 use std::process::ExitCode;
@@ -292,6 +293,48 @@ fn cmd_shell(o: &Options) -> Result<i32, String> {
     Ok(0)
 }
 
+/// `inspect`: decode the file (again every `--watch` seconds), print text or JSON, or
+/// write the layout picture. 0: nothing wrong, 1: the report has errors.
+fn cmd_inspect(a: &cli::InspectArgs) -> Result<i32, String> {
+    use device::inspect::{self, Severity};
+    let now = || a.now.unwrap_or_else(device::native::now_ns);
+    let read = |p: &std::path::Path| {
+        inspect::inspect_file(p, now()).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    if let Some(out) = &a.svg {
+        let svg = match &a.path {
+            Some(p) => read(p)?.svg(a.segment),
+            None => inspect::svg::layout_svg(&inspect::svg::example_info(), None, None),
+        };
+        std::fs::write(out, svg).map_err(|e| format!("{}: {e}", out.display()))?;
+        eprintln!("inspect: wrote {}", out.display());
+        return Ok(0);
+    }
+    let path = a.path.as_deref().ok_or("inspect: no PATH")?;
+    loop {
+        let r = read(path)?;
+        let body = if a.json { r.to_json() } else { r.text() };
+        match a.watch {
+            Some(secs) => {
+                // Clear the terminal, then the fresh report.
+                print!(
+                    "\x1b[2J\x1b[H{}: every {secs} s (Ctrl-C stops)\n{body}",
+                    path.display()
+                );
+                std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+            }
+            None => {
+                print!("{body}");
+                return Ok(if r.worst() == Some(Severity::Error) {
+                    1
+                } else {
+                    0
+                });
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Bad input: the message and the usage on stderr, exit 2 (`--help`: stdout, 0).
@@ -312,6 +355,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Ktest(filter) => cmd_ktest(&o, filter.as_deref()).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Test => cmd_test(&o).map(|ok| if ok { 0 } else { 1 }),
+        Cmd::Inspect(a) => cmd_inspect(&a),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

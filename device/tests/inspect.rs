@@ -123,6 +123,11 @@ fn run_pair(nc: bool) -> Stopped {
     let seg = backend_channels[0];
     let report = inspect::inspect_file(&path, T0 + 1_000_000_000).unwrap();
     let bytes = std::fs::read(&path).unwrap();
+    // `CBD_INSPECT_KEEP=DIR` keeps the file (docs/inspect.md's sample output).
+    if let Some(keep) = std::env::var_os("CBD_INSPECT_KEEP") {
+        let name = if nc { "noncoherent.raw" } else { "v3.raw" };
+        std::fs::copy(&path, std::path::Path::new(&keep).join(name)).unwrap();
+    }
     std::fs::remove_dir_all(&dir).ok();
     Stopped {
         bytes,
@@ -432,4 +437,128 @@ fn random_bytes_and_truncated_files_give_findings_not_panics() {
         assert!(r.segments.is_empty(), "cut at {cut}: {}", r.text());
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `(data-name, data-offset, the group's text)` of every labelled box of a picture.
+fn labels(svg: &str) -> Vec<(String, u64, String)> {
+    let mut out = Vec::new();
+    let mut rest = svg;
+    while let Some(i) = rest.find("data-name=\"") {
+        rest = &rest[i + 11..];
+        let name = &rest[..rest.find('"').unwrap()];
+        let o = rest
+            .find("data-offset=\"0x")
+            .expect("an offset after the name")
+            + 15;
+        let hex = &rest[o..o + rest[o..].find('"').unwrap()];
+        let end = rest.find("</g>").unwrap();
+        out.push((
+            name.to_string(),
+            u64::from_str_radix(hex, 16).unwrap(),
+            rest[..end].to_string(),
+        ));
+    }
+    out
+}
+
+fn expected_offsets(info: &TransportInfo) -> std::collections::BTreeMap<String, u64> {
+    let el = info.entry_layout();
+    let mut m = std::collections::BTreeMap::new();
+    for (n, o) in [
+        ("tinfo", 0),
+        ("HOST_AREA_OFF", info.host_area_off),
+        ("BACKEND_AREA_OFF", info.backend_area_off),
+        ("BLKDEV_AREA_OFF", info.blkdev_area_off),
+        ("SEGMENT_AREA_OFF", info.segment_area_off),
+        ("SEG_INFO0", chan::SEG_INFO0),
+        ("SEG_INFO1", chan::SEG_INFO1),
+        ("CTRL_OFF", chan::CTRL_OFF),
+        ("COMPR_OFF", chan::COMPR_OFF),
+        ("SUBMR_OFF", el.submr_off()),
+        ("DATA_OFF", chan::DATA_OFF),
+        ("line.nc_host", chan::CTRL_OFF + ctrl::NC_HOST_LINE),
+        ("line.nc_dev", chan::CTRL_OFF + ctrl::NC_DEV_LINE),
+        ("line.dur_dev", chan::CTRL_OFF + ctrl::DUR_DEV_LINE),
+        ("line.dur_host", chan::CTRL_OFF + ctrl::DUR_HOST_LINE),
+    ] {
+        m.insert(n.to_string(), o);
+    }
+    let se = if el.se_crc && el.data_crc {
+        "se_both_crc"
+    } else {
+        "se_plain"
+    };
+    let ce = if el.se_crc && el.data_crc {
+        "ce_both_crc"
+    } else {
+        "ce_plain"
+    };
+    for t in TABLES {
+        let base = match t.name {
+            "tinfo" | "meta" => 0,
+            "ctrl" => chan::CTRL_OFF,
+            "nc_host" => chan::CTRL_OFF + ctrl::NC_HOST_LINE,
+            "nc_dev" => chan::CTRL_OFF + ctrl::NC_DEV_LINE,
+            "dur_dev" => chan::CTRL_OFF + ctrl::DUR_DEV_LINE,
+            "dur_host" => chan::CTRL_OFF + ctrl::DUR_HOST_LINE,
+            n if n == se || n == ce => 0,
+            _ => continue,
+        };
+        for f in t.fields {
+            m.insert(format!("{}.{}", t.name, f.name), base + f.offset as u64);
+        }
+    }
+    m
+}
+
+#[test]
+fn the_layout_picture_has_the_layouts_offsets_and_the_live_pointers() {
+    let s = run_pair(true);
+    let svg = s.report.svg(Some(s.seg));
+    let got = labels(&svg);
+    let want = expected_offsets(&s.report.info().unwrap());
+    for (name, off) in &want {
+        let l = got.iter().find(|l| &l.0 == name);
+        let (_, o, text) = l.unwrap_or_else(|| panic!("{name} is not in the picture"));
+        assert_eq!(o, off, "{name}: data-offset");
+        assert!(text.contains(&format!("@ {off:#x}")), "{name}: {text}");
+    }
+    for (name, _, _) in &got {
+        assert!(
+            want.contains_key(name) || name == "reserved" || name.ends_with("_end"),
+            "{name}: a box the test does not know"
+        );
+    }
+    let c = s.report.segments.iter().find(|x| x.id == s.seg).unwrap();
+    let p = &c.channel.as_ref().unwrap().pointers;
+    for (name, pos) in [
+        ("submr_head", p.submr_head.pos),
+        ("submr_tail", p.submr_tail.pos),
+        ("compr_head", p.compr_head.pos),
+        ("compr_tail", p.compr_tail.pos),
+    ] {
+        let tag = format!("data-pointer=\"{name}\" data-pos=\"{pos:#x}\"");
+        assert!(svg.contains(&tag), "{tag} missing");
+    }
+    assert_eq!(svg.matches("data-extent=").count(), 5);
+}
+
+/// `docs/img/layout.svg` is the layout-only picture as the code draws it today
+/// (regenerate: `cargo run -- inspect --svg docs/img/layout.svg`).
+#[test]
+fn the_committed_layout_picture_is_current() {
+    let info = inspect::svg::example_info();
+    let svg = inspect::svg::layout_svg(&info, None, None);
+    let want = expected_offsets(&info);
+    for (name, off, _) in labels(&svg) {
+        if let Some(w) = want.get(&name) {
+            assert_eq!(off, *w, "{name}");
+        }
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/img/layout.svg");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == svg,
+        "{path} is stale: run `cargo run -- inspect --svg docs/img/layout.svg`"
+    );
 }
