@@ -230,7 +230,12 @@ impl Report {
             m(&c.ctrl.mgmt_cmd),
             m(&c.ctrl.mgmt_ret)
         )?;
-        match &c.nc_host.value {
+        match c
+            .nc_host
+            .value
+            .as_ref()
+            .filter(|_| c.nc_host.status == "ok")
+        {
             Some(h) => writeln!(
                 o,
                 "    nc_host @ {:#x}: epoch {}  submr_head {:#x}  submr_tail {:#x}  compr_tail {:#x}  base_tid {:#x}  tail_tid {:#x}  features {:#x}",
@@ -249,7 +254,7 @@ impl Report {
                 c.nc_host.offset, c.nc_host.status
             )?,
         }
-        match &c.nc_dev.value {
+        match c.nc_dev.value.as_ref().filter(|_| c.nc_dev.status == "ok") {
             Some(d) => writeln!(
                 o,
                 "    nc_dev  @ {:#x}: ack_epoch {}  compr_head {:#x}",

@@ -45,6 +45,33 @@ enum Sub {
         #[arg(value_name = "DEV_ID", allow_negative_numbers = true)]
         id: i32,
     },
+    /// Decode the shared transport (records, liveness, channel pointers, entries in
+    /// flight, what is wrong) without attaching or writing; exit 1 if it has errors.
+    Inspect(InspectArgs),
+}
+
+/// `cbd-host inspect`: where the transport is and how to show it.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct InspectArgs {
+    /// /dev/daxX.Y, ivshmem[:PCI-ADDR], or a file (read-only).
+    #[arg(value_name = "T", default_value = "/dev/dax0.0", value_parser = TransportSpec::parse)]
+    pub transport: TransportSpec,
+    /// Offset of the transport in the device.
+    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = parse_size)]
+    pub offset: u64,
+    /// Bytes to map [default: the rest of the device].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every SECS seconds (default 1) until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub watch: Option<u64>,
+    /// Judge heartbeats at this CLOCK_REALTIME time in ns [default: now].
+    #[arg(long, value_name = "NS")]
+    pub now: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -191,6 +218,7 @@ pub enum Command {
     Run(Box<Args>),
     Stop(i32),
     Stats(i32),
+    Inspect(InspectArgs),
 }
 
 /// `4096`, `64K`, `2M`, `1G`, `0x200000`.
@@ -250,6 +278,7 @@ where
     match cli.sub {
         Some(Sub::Stop { id }) => return Ok(Command::Stop(id)),
         Some(Sub::Stats { id }) => return Ok(Command::Stats(id)),
+        Some(Sub::Inspect(a)) => return Ok(Command::Inspect(a)),
         None => {}
     }
     let r = cli.run;
@@ -371,6 +400,37 @@ mod tests {
         assert_eq!((a.ublk.queues, a.ublk.depth), (2, 32));
         // A repeated option: the last one counts.
         assert_eq!(run("--queues 2 --queues 4").ublk.queues, 4);
+    }
+
+    #[test]
+    fn inspect_parses() {
+        let Ok(Command::Inspect(a)) = p("inspect") else {
+            panic!("not inspect")
+        };
+        assert_eq!(a.transport, TransportSpec::Dax("/dev/dax0.0".into()));
+        assert_eq!(
+            (a.offset, a.size, a.json, a.watch, a.now),
+            (0, None, false, None, None)
+        );
+        let Ok(Command::Inspect(a)) = p("inspect /dev/shm/t.raw --json --watch --now 7") else {
+            panic!("not inspect")
+        };
+        assert_eq!(a.transport, TransportSpec::File("/dev/shm/t.raw".into()));
+        assert_eq!((a.json, a.watch, a.now), (true, Some(1), Some(7)));
+        let Ok(Command::Inspect(a)) = p("inspect ivshmem --offset 2M --watch 5") else {
+            panic!("not inspect")
+        };
+        assert_eq!((a.offset, a.watch), (2 << 20, Some(5)));
+        for (args, needle) in [
+            ("inspect --watch 0", "--watch"),
+            ("inspect --now x", "invalid digit"),
+            ("inspect ivshmem:zz", "bad PCI address"),
+            ("inspect a b", "unexpected argument 'b'"),
+        ] {
+            let e = p(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args}");
+            assert!(e.to_string().contains(needle), "{args}: {e}");
+        }
     }
 
     #[test]

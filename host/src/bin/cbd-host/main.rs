@@ -63,6 +63,7 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
             print!("{s}");
             return Ok(());
         }
+        Command::Inspect(a) => return inspect(&a),
         Command::Run(a) => a,
     };
     init_log(args.verbose);
@@ -151,6 +152,50 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
     let stats = disk.stats();
     println!("cbd-host: stopped; {stats}");
     Ok(())
+}
+
+/// `cbd-host inspect`: decode the transport read-only (`device::inspect`). A file is read
+/// with positioned reads; devdax and ivshmem are mapped the way the host maps them (their
+/// only access path), and the inspector only ever reads the mapping.
+fn inspect(a: &cli::InspectArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use device::inspect::{self, FileMem, Severity};
+    use device::shm::Shm;
+    use device::trace::NoTrace;
+    init_log(false);
+    let file;
+    let mapped;
+    let mem: &dyn device::shm::SharedMem = match &a.transport {
+        map::TransportSpec::File(p) if a.offset == 0 && a.size.is_none() => {
+            file = FileMem::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            &file
+        }
+        spec => {
+            mapped = map::map_transport(spec, a.offset, a.size)?;
+            &mapped
+        }
+    };
+    loop {
+        let now = a.now.unwrap_or_else(attach::now_ns);
+        let r = inspect::inspect(Shm::new(mem, &NoTrace), now);
+        let body = if a.json { r.to_json() } else { r.text() };
+        match a.watch {
+            Some(secs) => {
+                print!(
+                    "\x1b[2J\x1b[H{}: every {secs} s (Ctrl-C stops)\n{body}",
+                    a.transport
+                );
+                std::io::stdout().flush().ok();
+                std::thread::sleep(Duration::from_secs(secs));
+            }
+            None => {
+                print!("{body}");
+                if r.worst() == Some(Severity::Error) {
+                    std::process::exit(1);
+                }
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Rewrites `path` every second with one line of counters (`dev=ublkbN key=value ...`), until
