@@ -161,16 +161,19 @@ fn read_copies<R: Record, M: SharedMem + ?Sized>(
     for (i, v) in views.iter().enumerate() {
         if !v.crc_ok {
             let what = match latest {
+                Some(l) if views[l].zero => format!(
+                    "bad CRC (torn write or corruption); readers use copy {l}, which is all \
+                     zero: the record reads as a free slot"
+                ),
                 Some(l) => format!(
                     "bad CRC (torn write or corruption); readers use copy {l} (seq {})",
                     views[l].seq
                 ),
                 None => "bad CRC".into(),
             };
-            let sev = if latest.is_some() {
-                Severity::Warning
-            } else {
-                Severity::Error
+            let sev = match latest {
+                Some(l) if !views[l].zero => Severity::Warning,
+                _ => Severity::Error,
             };
             finding(f, sev, format!("{at} copy {i}"), Some(v.offset), what);
         }
