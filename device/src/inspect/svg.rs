@@ -62,10 +62,9 @@ impl Svg {
         fill: &str,
         label: &str,
     ) {
-        let _ = write!(
+        let _ = writeln!(
             self.out,
-            r##"<g data-name="{n}" data-offset="{offset:#x}" data-size="{size}"><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{fill}" stroke="#333"/><text x="{tx:.1}" y="{ty:.1}" font-size="11">{l} @ {offset:#x} ({sz})</text></g>
-"##,
+            r##"<g data-name="{n}" data-offset="{offset:#x}" data-size="{size}"><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{fill}" stroke="#333"/><text x="{tx:.1}" y="{ty:.1}" font-size="11">{l} @ {offset:#x} ({sz})</text></g>"##,
             n = esc(name),
             tx = x + 5.0,
             ty = y + h / 2.0 + 4.0,
@@ -85,10 +84,9 @@ impl Svg {
         let mut y = y;
         for f in t.fields {
             let name = format!("{}.{}", t.name, f.name);
-            let _ = write!(
+            let _ = writeln!(
                 self.out,
-                r##"<g data-name="{name}" data-offset="{o:#x}" data-size="{s}"><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="15" fill="#fff" stroke="#999"/><text x="{tx:.1}" y="{ty:.1}" font-size="10">{prefix}{fname} @ {o:#x} ({s} B)</text></g>
-"##,
+                r##"<g data-name="{name}" data-offset="{o:#x}" data-size="{s}"><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="15" fill="#fff" stroke="#999"/><text x="{tx:.1}" y="{ty:.1}" font-size="10">{prefix}{fname} @ {o:#x} ({s} B)</text></g>"##,
                 o = base + f.offset as u64,
                 s = f.size,
                 tx = x + 4.0,
