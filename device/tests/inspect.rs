@@ -33,7 +33,10 @@ struct Stopped {
 }
 
 fn run_pair(nc: bool) -> Stopped {
-    let dir = std::env::temp_dir().join(format!("cbd-inspect-{}-{nc}", std::process::id()));
+    // One directory per call: tests run in parallel and several start a pair.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("cbd-inspect-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("transport");
     let _ = std::fs::remove_file(&path);
@@ -323,6 +326,21 @@ fn corrupt(nc: bool) {
         let r = reinspect(&b, now);
         assert!(
             has(&r, &format!("SE @ {:#x}", e.pos), "entry CRC"),
+            "{}",
+            r.text()
+        );
+        // 6. A payload byte of a waiting WRITE (the SE itself is intact).
+        let e = c.ses.iter().find(|e| e.op == "write").unwrap();
+        assert_eq!(e.payload_crc_ok, Some(true));
+        let mut b = s.bytes.clone();
+        b[(c.geom.data + e.data_off as u64 + 100) as usize] ^= 1;
+        let r = reinspect(&b, now);
+        assert!(
+            has(
+                &r,
+                &format!("SE @ {:#x}", e.pos),
+                "does not match its data_crc"
+            ),
             "{}",
             r.text()
         );

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::channel::{
-    ChannelGeom, DevLine, DurDevLine, DurHostLine, HostLine, read_dur_dev, read_dur_host,
+    ChannelGeom, DevLine, DurDevLine, DurHostLine, HostLine, copy_from_data, payload_crc,
+    read_dur_dev, read_dur_host,
 };
 use crate::layout::*;
 use crate::meta;
@@ -969,6 +970,7 @@ fn channel_view<M: SharedMem + ?Sized>(
             }
             prev_tid = Some(se.req_tid);
             let has_data = matches!(se.op, op::READ | op::WRITE);
+            let mut extent_ok = false;
             if op_name(se.op) == "unknown" {
                 finding(
                     f,
@@ -998,6 +1000,7 @@ fn channel_view<M: SharedMem + ?Sized>(
                         ),
                     );
                 } else {
+                    extent_ok = true;
                     let span = se.len.div_ceil(chan::DATA_ALIGN) * chan::DATA_ALIGN;
                     data_in_use += span as u64;
                     extents.push(ExtentView {
@@ -1019,6 +1022,43 @@ fn channel_view<M: SharedMem + ?Sized>(
             } else {
                 "waiting"
             };
+            // The payload against its data_crc: a WRITE's from the SE, a READ's from its
+            // CE (published, not consumed: the data is still in the data area).
+            let want = match se.op {
+                op::WRITE => Some(se.data_crc),
+                _ => ces
+                    .iter()
+                    .find(|c| c.req_tid == se.req_tid && c.crc_ok && c.result == 0)
+                    .map(|c| c.data_crc),
+            };
+            let mut payload_crc_ok = None;
+            if el.data_crc
+                && crc_ok
+                && extent_ok
+                && status != "done"
+                && let Some(w) = want
+            {
+                let mut buf = vec![0u8; se.len as usize];
+                if copy_from_data(shm, &g, se.data_off, &mut buf).is_ok() {
+                    let ok = payload_crc(&buf) == w;
+                    payload_crc_ok = Some(ok);
+                    if !ok {
+                        finding(
+                            f,
+                            Severity::Warning,
+                            sat.clone(),
+                            Some(g.data_ranges(se.data_off, se.len)[0].0),
+                            format!(
+                                "{} payload {:#x}+{:#x} does not match its data_crc {w:#010x} \
+                                 (not written back yet, overwritten, or corrupt)",
+                                op_name(se.op),
+                                se.data_off,
+                                se.len
+                            ),
+                        );
+                    }
+                }
+            }
             ses.push(SeView {
                 pos,
                 offset: off,
@@ -1032,6 +1072,7 @@ fn channel_view<M: SharedMem + ?Sized>(
                 data_len: se.data_len,
                 data_crc: se.data_crc,
                 crc_ok,
+                payload_crc_ok,
                 status,
             });
             pos = g.next_se(pos);

@@ -251,6 +251,9 @@ pub struct SeView {
     pub data_crc: u32,
     /// Entry CRC verifies (true when the format has none).
     pub crc_ok: bool,
+    /// The payload in the data area matches its `data_crc` (a WRITE's, or a completed
+    /// READ's from its CE); `None` when not checked (no payload CRC, or nothing to check).
+    pub payload_crc_ok: Option<bool>,
     /// `"done"` (the host consumed the CE), `"completed"` (its CE is published, not
     /// consumed) or `"waiting"` (for the device).
     pub status: &'static str,
