@@ -20,7 +20,7 @@
 //! * **Everything read is untrusted.** The transport info is validated
 //!   ([`TransportInfo::validate`]) before any area is followed; every further read is
 //!   bounds-checked by [`Shm`]; counts and lists from shared memory are clamped. Garbage
-//!   gives findings, never a panic (`device/tests/inspect.rs` feeds random bytes).
+//!   gives findings, never a panic (`host/tests/inspect.rs` feeds random bytes).
 //!
 //! [`svg`] draws the layout (transport and one channel segment) from the same code,
 //! with the live pointers of a report drawn in.

@@ -9,7 +9,7 @@
 //!
 //! Every box and row carries `data-name` and `data-offset` attributes (hex) and a
 //! text `NAME @ 0xOFF`, so a test can check the picture against the layout
-//! (`device/tests/inspect.rs`). Transport boxes have region offsets; segment boxes,
+//! (`host/tests/inspect.rs`). Transport boxes have region offsets; segment boxes,
 //! control-page fields and lines have offsets from the segment's start; entry fields
 //! from the entry's start.
 
