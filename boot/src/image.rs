@@ -3,15 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::qemu::Firmware;
-
-/// The workspace root (parent of `boot/`).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("boot/ has a parent")
-        .to_path_buf()
-}
+use qemu::Firmware;
+pub use qemu::workspace_root;
 
 /// Where the runner keeps images and other build products.
 pub fn out_dir() -> PathBuf {

@@ -12,7 +12,7 @@
 //! `kernel tests: N passed` line (a binary that exits 0 without running its cases
 //! is a failure).
 
-use crate::status::KernelStatus;
+use qemu::status::KernelStatus;
 
 /// What a test binary is expected to do.
 #[derive(Clone, Debug, PartialEq, Eq)]

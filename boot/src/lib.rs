@@ -1,13 +1,9 @@
-//! `boot`: host-side tooling of cbdfw — kernel and boot-image builds, the QEMU
-//! runner, kernel-test judging, and the Linux guest image.
+//! `boot`: builds the device kernel and its boot image, judges kernel tests, and is
+//! the command behind `cargo run` (`src/main.rs`). The VMs themselves (runner,
+//! topologies, guest image, paired VMs) are the `qemu` crate's.
 
 pub mod bench;
-pub mod device_vm;
-pub mod guest;
+pub mod cli;
 pub mod image;
-pub mod journal;
 pub mod ktest;
-pub mod pair;
-pub mod qemu;
-pub mod status;
-pub mod topology;
+pub mod native_host;

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use boot::device_vm::DeviceVm;
-use boot::qemu::{Echo, Firmware, Outcome, Vm};
-use boot::status::KernelStatus;
-use boot::topology::{self, SharedFile};
+use qemu::device_vm::DeviceVm;
+use qemu::status::KernelStatus;
+use qemu::topology::{self, SharedFile};
+use qemu::{Echo, Firmware, Outcome, Vm};
 
 fn boot(name: &str, vm: DeviceVm) -> Outcome {
     let img = boot::image::kernel_image_for_tests(vm.firmware).expect("kernel image");

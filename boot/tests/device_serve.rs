@@ -1,23 +1,22 @@
 //! The device kernel, booted in QEMU in backend mode on the ivshmem topology, serves
 //! a CBD host running natively on the same shared file: our host engine
-//! (`device::host`) registers, finds the live backend, dev-starts (RESET handshake)
-//! and runs a verified random READ/WRITE/FLUSH workload on both channels. Then the
-//! blkdev stops and the device stops cleanly on its console.
+//! (`host::engine`), attached by `boot::native_host::attach` (register, find the live
+//! backend, dev-start, RESET handshake), runs a verified random READ/WRITE/FLUSH
+//! workload on both channels. Then the blkdev stops and the device stops cleanly on
+//! its console.
 
 mod common;
 use common::{Rng, now_ns};
 
 use std::time::{Duration, Instant};
 
-use boot::device_vm::DeviceVm;
-use boot::qemu::{Echo, Firmware, Input, Vm};
-use boot::status::KernelStatus;
-use boot::topology::{self, SharedFile};
-use device::host::{Host, HostConfig, HostError, Request};
 use device::layout::op;
 use device::native::MmapMem;
-use device::shm::Shm;
-use device::trace::NoTrace;
+use host::engine::{HostError, Request};
+use qemu::device_vm::DeviceVm;
+use qemu::status::KernelStatus;
+use qemu::topology::{self, SharedFile};
+use qemu::{Echo, Firmware, Input, Vm};
 
 #[test]
 fn device_kernel_serves_a_native_host_over_ivshmem() {
@@ -30,7 +29,7 @@ fn device_kernel_serves_a_native_host_over_ivshmem() {
 fn device_kernel_stores_writes_on_its_virtio_disk() {
     let img = std::env::temp_dir().join(format!("cbdfw-test-media-{}.img", std::process::id()));
     let _ = std::fs::remove_file(&img);
-    boot::topology::ensure_file(&img, 16 << 20).unwrap();
+    qemu::topology::ensure_file(&img, 16 << 20).unwrap();
     let model = serve_workload("virtio", Some(&img));
     let on_disk = std::fs::read(&img).unwrap();
     let _ = std::fs::remove_file(&img);
@@ -78,24 +77,8 @@ fn serve_workload(name: &str, media: Option<&std::path::Path>) -> Vec<u8> {
     );
 
     let mem = MmapMem::create(path.as_ref(), size_mib << 20).unwrap();
-    let shm = Shm::new(&mem, &NoTrace);
-    let host = Host::register(
-        shm,
-        HostConfig {
-            hostname: "native-test",
-            ..Default::default()
-        },
-        now_ns(),
-    )
-    .unwrap();
-    let bid = host.find_backend(now_ns()).expect("a live backend");
-    let mut blk = host.dev_start(bid, 0, now_ns()).expect("dev-start");
+    let mut blk = boot::native_host::attach(&mem, "native-test", 0).expect("attach the host");
     assert_eq!(blk.queues.len(), 2, "one queue per device channel");
-    let t0 = Instant::now();
-    while !blk.poll_ready(now_ns()).expect("RESET handshake") {
-        assert!(t0.elapsed() < Duration::from_secs(60), "RESET not answered");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 
     let disk = (disk_mib << 20) as usize;
     let mut model = vec![0u8; disk];
@@ -217,11 +200,11 @@ fn serve_workload(name: &str, media: Option<&std::path::Path>) -> Vec<u8> {
 #[test]
 fn journal_bench_confirms_every_commit_on_the_device() {
     let img = boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image");
-    let mut b = boot::journal::JournalBench::new();
+    let mut b = boot::bench::journal::JournalBench::new();
     b.secs = 1.0;
     b.media = std::env::temp_dir().join(format!("cbdfw-test-journal-{}.img", std::process::id()));
     b.media_mib = 16;
-    let r = boot::journal::run(&img, &b);
+    let r = boot::bench::journal::run(&img, &b);
     let _ = std::fs::remove_file(&b.media);
     let r = r.expect("journal bench");
     let text = r.text();

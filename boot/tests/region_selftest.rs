@@ -6,10 +6,10 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
-use boot::device_vm::DeviceVm;
-use boot::qemu::{Echo, Outcome, Vm};
-use boot::status::KernelStatus;
-use boot::topology::{self, SharedFile};
+use qemu::device_vm::DeviceVm;
+use qemu::status::KernelStatus;
+use qemu::topology::{self, SharedFile};
+use qemu::{Echo, Outcome, Vm};
 
 struct TempShm(std::path::PathBuf);
 
@@ -25,8 +25,7 @@ fn shm(name: &str) -> TempShm {
 }
 
 fn boot(name: &str, vm: DeviceVm) -> Outcome {
-    let img =
-        boot::image::kernel_image_for_tests(boot::qemu::Firmware::Bios).expect("kernel image");
+    let img = boot::image::kernel_image_for_tests(qemu::Firmware::Bios).expect("kernel image");
     let v = Vm::spawn(name, &vm.command(&img), Echo::Quiet).expect("start QEMU");
     let out = v.wait(Duration::from_secs(180));
     eprintln!("---- {name} ----\n{}", out.output);

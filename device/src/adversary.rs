@@ -20,6 +20,7 @@
 //! Every shared-memory operation is one *tick*. Memory is copy-on-write over a
 //! shared base snapshot so thousands of schedules start cheaply.
 
+use crate::rng::SplitMix64;
 use crate::shm::SharedMem;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -65,7 +66,7 @@ struct Inner {
     dirty_lists: Vec<Vec<usize>>,
     pending: Vec<Pending>,
     tick: u64,
-    rng: u64,
+    rng: SplitMix64,
     cfg: AdvConfig,
     violations: Vec<String>,
     stats: AdvStats,
@@ -82,13 +83,6 @@ pub struct AdvStats {
 }
 
 impl Inner {
-    fn rand(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
     fn mem_line(&self, line: usize) -> [u8; L] {
         if let Some(l) = self.overlay.get(&line) {
             return *l;
@@ -137,7 +131,7 @@ impl Inner {
             p.mask |= mask;
             return;
         }
-        let due = self.tick + 1 + self.rand() % self.cfg.max_delay.max(1);
+        let due = self.tick + 1 + self.rng.next() % self.cfg.max_delay.max(1);
         self.pending.push(Pending {
             line,
             agent,
@@ -159,11 +153,11 @@ impl Inner {
                 i += 1;
             }
         }
-        if self.rand() % 1000 < self.cfg.evict_per_mille as u64 {
-            let a = (self.rand() % self.caches.len() as u64) as usize;
+        if self.rng.next() % 1000 < self.cfg.evict_per_mille as u64 {
+            let a = (self.rng.next() % self.caches.len() as u64) as usize;
             let n = self.dirty_lists[a].len();
             if n > 0 {
-                let k = (self.rand() % n as u64) as usize;
+                let k = (self.rng.next() % n as u64) as usize;
                 let line = self.dirty_lists[a].swap_remove(k);
                 if self.caches[a].get(&line).is_some_and(|c| c.dirty != 0) {
                     self.stats.early_write_backs += 1;
@@ -250,7 +244,7 @@ impl Adversary {
                 dirty_lists: vec![Vec::new(); agents],
                 pending: Vec::new(),
                 tick: 0,
-                rng: cfg.seed,
+                rng: SplitMix64::new(cfg.seed),
                 cfg,
                 violations: Vec::new(),
                 stats: AdvStats::default(),

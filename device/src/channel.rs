@@ -17,8 +17,9 @@ pub struct ChannelGeom {
     pub dev_line: u64,
 }
 
-/// Non-coherent line size that carries a CRC (the rest of the 64-byte line is reserved).
-pub const NC_LINE_USED: usize = 48;
+/// Bytes of the host's non-coherent line that carry data and CRC ([`nc_host::SIZE`];
+/// the rest of the 64-byte line is reserved).
+pub const NC_LINE_USED: usize = nc_host::SIZE;
 
 impl ChannelGeom {
     /// `shared_line`: **sabotage for adversary tests only** — put the device line in
@@ -27,7 +28,7 @@ impl ChannelGeom {
         let ctrl_base = base + chan::CTRL_OFF;
         let host_line = ctrl_base + ctrl::NC_HOST_LINE;
         let dev_line = if shared_line {
-            host_line + 48
+            host_line + nc_host::SIZE as u64
         } else {
             ctrl_base + ctrl::NC_DEV_LINE
         };
@@ -162,8 +163,8 @@ pub struct DevLine {
 }
 
 impl HostLine {
-    pub fn encode(&self) -> [u8; NC_LINE_USED] {
-        let mut b = [0u8; NC_LINE_USED];
+    pub fn encode(&self) -> [u8; nc_host::SIZE] {
+        let mut b = [0u8; nc_host::SIZE];
         put_u32(&mut b, nc_host::EPOCH, self.epoch);
         put_u32(&mut b, nc_host::SUBMR_HEAD, self.submr_head);
         put_u32(&mut b, nc_host::SUBMR_TAIL, self.submr_tail);
@@ -177,7 +178,7 @@ impl HostLine {
     }
     /// `None` if the CRC does not verify (torn or never written).
     pub fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() < NC_LINE_USED || get_u32(b, 0) != crc32(&b[4..NC_LINE_USED]) {
+        if b.len() < nc_host::SIZE || get_u32(b, nc_host::CRC) != crc32(&b[4..nc_host::SIZE]) {
             return None;
         }
         Some(Self {
@@ -192,8 +193,8 @@ impl HostLine {
     }
 }
 impl DevLine {
-    pub fn encode(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
+    pub fn encode(&self) -> [u8; nc_dev::SIZE] {
+        let mut b = [0u8; nc_dev::SIZE];
         put_u32(&mut b, nc_dev::ACK_EPOCH, self.ack_epoch);
         put_u32(&mut b, nc_dev::COMPR_HEAD, self.compr_head);
         let c = crc32(&b[4..]);
@@ -201,7 +202,7 @@ impl DevLine {
         b
     }
     pub fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() < 16 || get_u32(b, 0) != crc32(&b[4..16]) {
+        if b.len() < nc_dev::SIZE || get_u32(b, nc_dev::CRC) != crc32(&b[4..nc_dev::SIZE]) {
             return None;
         }
         Some(Self {
@@ -217,9 +218,9 @@ pub fn read_host_line<M: SharedMem + ?Sized>(
     g: &ChannelGeom,
     invalidate: bool,
 ) -> ShmResult<Option<HostLine>> {
-    let mut b = [0u8; NC_LINE_USED];
+    let mut b = [0u8; nc_host::SIZE];
     if invalidate {
-        shm.invalidate(g.host_line, NC_LINE_USED as u64)?;
+        shm.invalidate(g.host_line, b.len() as u64)?;
     }
     shm.read(g.host_line, &mut b)?;
     Ok(HostLine::decode(&b))
@@ -229,9 +230,9 @@ pub fn read_dev_line<M: SharedMem + ?Sized>(
     g: &ChannelGeom,
     invalidate: bool,
 ) -> ShmResult<Option<DevLine>> {
-    let mut b = [0u8; 16];
+    let mut b = [0u8; nc_dev::SIZE];
     if invalidate {
-        shm.invalidate(g.dev_line, 16)?;
+        shm.invalidate(g.dev_line, b.len() as u64)?;
     }
     shm.read(g.dev_line, &mut b)?;
     Ok(DevLine::decode(&b))
@@ -275,7 +276,7 @@ impl DurDevLine {
     }
     /// `None` if the CRC does not verify (torn, stale half, never written).
     pub fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() < dur_dev::SIZE || get_u32(b, 0) != crc32(&b[4..dur_dev::SIZE]) {
+        if b.len() < dur_dev::SIZE || get_u32(b, dur_dev::CRC) != crc32(&b[4..dur_dev::SIZE]) {
             return None;
         }
         Some(Self {
@@ -293,7 +294,7 @@ impl DurHostLine {
         b
     }
     pub fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() < dur_host::SIZE || get_u32(b, 0) != crc32(&b[4..dur_host::SIZE]) {
+        if b.len() < dur_host::SIZE || get_u32(b, dur_host::CRC) != crc32(&b[4..dur_host::SIZE]) {
             return None;
         }
         Some(Self {

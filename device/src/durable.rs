@@ -1,4 +1,4 @@
-//! Staged completion and asynchronous durability (issue 6, `docs/durability.md`).
+//! Staged completion and asynchronous durability (`docs/durability.md`).
 //!
 //! [`Stager`] sits between the backend engine and its [`Media`]: a WRITE is
 //! *completed* once its payload is staged in device RAM (a caller-provided buffer,

@@ -6,10 +6,16 @@
 //! * CBD v3 protocol (see `docs/protocol.md`):
 //!   [`layout`] (on-memory format, declared once by offset), [`crc`], [`meta`]
 //!   (two-copy records), [`shm`] (the shared-memory access layer),
-//!   [`transport`], [`backend`] (the device engine), [`host`] (the blkdev role),
+//!   [`transport`], [`backend`] (the device engine; the host role is the `host` crate),
 //!   [`media`], [`trace`].
+//! * [`rng`] — the one deterministic PRNG (SplitMix64) of tests and simulations.
+//! * [`exit_code`] — the exit codes of the kernel and the runner, declared once.
 //! * `std` feature: [`native`] (coherent heap/mmap memory), [`adversary`]
-//!   (adversarial non-coherent memory) and [`journal`] (the journal-commit workload).
+//!   (adversarial non-coherent memory) and [`rig`] (a backend on one channel with the
+//!   host side played by hand, for tests with hand-made entries), [`inspect`] (the
+//!   read-only shared-memory inspector and the layout picture).
+//! * `sabotage` feature (tests only): `backend::Sabotage`, deliberate protocol
+//!   violations for the adversary's negative tests.
 //!
 //! The crate is `no_std` and allocation-free so that the same code runs in the
 //! bare-metal kernel and natively in tests.
@@ -21,10 +27,11 @@ pub mod backend;
 pub mod channel;
 pub mod crc;
 pub mod durable;
-pub mod host;
+pub mod exit_code;
 pub mod layout;
 pub mod media;
 pub mod meta;
+pub mod rng;
 pub mod shm;
 pub mod trace;
 pub mod transport;
@@ -32,6 +39,9 @@ pub mod transport;
 #[cfg(feature = "std")]
 pub mod adversary;
 #[cfg(feature = "std")]
-pub mod journal;
+pub mod inspect;
 #[cfg(feature = "std")]
+#[allow(unsafe_code)] // platform layer: the SharedMem implementations over heap and mmap memory
 pub mod native;
+#[cfg(feature = "std")]
+pub mod rig;

@@ -2,6 +2,7 @@
 //! buffer or an mmap'd file, and (in [`crate::adversary`]) the adversarial
 //! non-coherent memory.
 
+use crate::rng::SplitMix64;
 use crate::shm::SharedMem;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::fs::OpenOptions;
@@ -271,7 +272,7 @@ pub struct CrashMedia {
     /// crash points *inside* a write-back sequence, checked by the caller.
     pub snapshot_per_mille: u64,
     pub snapshots: Vec<Vec<u8>>,
-    rng: u64,
+    rng: SplitMix64,
 }
 
 pub const CRASH_BLOCK: usize = 4096;
@@ -289,15 +290,8 @@ impl CrashMedia {
             debt_ns: 0,
             snapshot_per_mille: 0,
             snapshots: Vec::new(),
-            rng: seed,
+            rng: SplitMix64::new(seed),
         }
-    }
-    fn next(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
     /// What reads see (every completed write).
     pub fn current(&self) -> &[u8] {
@@ -319,7 +313,7 @@ impl CrashMedia {
         let mut blocks: Vec<_> = seen.into_iter().collect();
         blocks.sort_unstable();
         for (b, n) in blocks {
-            let k = self.next() % (n + 1); // 0 = keep flushed content
+            let k = self.rng.next() % (n + 1); // 0 = keep flushed content
             pick.insert(b, k);
         }
         let mut count: std::collections::HashMap<usize, u64> = Default::default();
@@ -341,7 +335,7 @@ impl CrashMedia {
         img
     }
     fn maybe_snapshot(&mut self) {
-        if self.snapshot_per_mille > 0 && self.next() % 1000 < self.snapshot_per_mille {
+        if self.snapshot_per_mille > 0 && self.rng.next() % 1000 < self.snapshot_per_mille {
             let img = self.crash_image();
             self.snapshots.push(img);
         }

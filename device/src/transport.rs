@@ -52,6 +52,14 @@ pub fn is_alive(alive_ts: u64, now_ns: u64) -> bool {
     alive_ts > now_ns.saturating_sub(HB_TIMEOUT_NS)
 }
 
+/// A hostname as the host record stores it: NUL-padded, truncated to leave one NUL.
+pub fn host_name(hostname: &str) -> [u8; host_rec::HOSTNAME_LEN] {
+    let mut name = [0u8; host_rec::HOSTNAME_LEN];
+    let n = hostname.len().min(host_rec::HOSTNAME_LEN - 1);
+    name[..n].copy_from_slice(&hostname.as_bytes()[..n]);
+    name
+}
+
 /// Kind of object slot for [`Transport::find_free`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotKind {
@@ -275,9 +283,7 @@ impl<'a, M: SharedMem + ?Sized> Transport<'a, M> {
         now_ns: u64,
         takeover: bool,
     ) -> Result<u32, TransportError> {
-        let mut name = [0u8; host_rec::HOSTNAME_LEN];
-        let n = hostname.len().min(host_rec::HOSTNAME_LEN - 1);
-        name[..n].copy_from_slice(&hostname.as_bytes()[..n]);
+        let name = host_name(hostname);
         let mut id = None;
         for i in 0..self.info.host_num {
             if let Some(h) = self.host(i)?

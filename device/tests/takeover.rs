@@ -10,6 +10,7 @@ use device::trace::NoTrace;
 use device::transport::{Transport, TransportError};
 
 const T0: u64 = 1_700_000_000_000_000_000;
+const SEC_NS: u64 = 1_000_000_000;
 
 #[test]
 fn restart_within_heartbeat_timeout_needs_takeover() {
@@ -51,4 +52,99 @@ fn restart_within_heartbeat_timeout_needs_takeover() {
     let o = Backend::start(shm, other, VecMedia::new(1 << 20), &mut scratch4, later)
         .expect("a second device");
     assert_ne!(o.backend_id, id);
+}
+
+/// The records a restart re-attaches by are untrusted bytes: a host that forges the
+/// dead device's backend record to list another backend's segment (and that
+/// segment's record to name the dead device's backend) must not lead the restarted
+/// device into that segment.
+#[test]
+fn reattach_refuses_a_segment_another_backend_lists() {
+    let mem = HeapMem::new(TransportInfo::region_for(3) as usize);
+    let shm = Shm::new(&mem, &NoTrace);
+    Transport::format(shm, tflags::MULTIHOST, false, T0).unwrap();
+    let tp = Transport::open(shm, false).unwrap();
+    let a_cfg = BackendConfig {
+        hostname: "dev-a",
+        path: "/dev/a",
+        ..BackendConfig::default()
+    };
+    let b_cfg = BackendConfig {
+        hostname: "dev-b",
+        path: "/dev/b",
+        ..BackendConfig::default()
+    };
+    let (mut sa, mut sb, mut sa2) = (
+        vec![0u8; chan::MAX_IO as usize],
+        vec![0u8; chan::MAX_IO as usize],
+        vec![0u8; chan::MAX_IO as usize],
+    );
+    let a = Backend::start(shm, a_cfg, VecMedia::new(1 << 20), &mut sa, T0).unwrap();
+    let b = Backend::start(shm, b_cfg, VecMedia::new(1 << 20), &mut sb, T0).unwrap();
+    let (a_id, a_seg) = (a.backend_id, a.channel_segments().next().unwrap());
+    let b_seg = b.channel_segments().next().unwrap();
+    assert_ne!(a_seg, b_seg);
+    drop(a); // device A dies; B stays alive
+    // The forgery: A's record lists B's segment, B's segment record names A.
+    let mut rec = tp.backend(a_id).unwrap().unwrap().rec;
+    rec.handler_channels[0] = b_seg;
+    tp.write_backend(a_id, &rec).unwrap();
+    let mut si = tp.segment(b_seg).unwrap().unwrap().rec;
+    si.backend_id = a_id;
+    tp.write_segment(b_seg, &si).unwrap();
+    let base = tp.channel_base(b_seg).unwrap();
+    let before =
+        mem.to_vec()[base as usize + 2 * PAGE..][..SEGMENT_SIZE as usize - 2 * PAGE].to_vec();
+    let cfg = BackendConfig {
+        takeover: true,
+        ..a_cfg
+    };
+    let r = Backend::start(shm, cfg, VecMedia::new(1 << 20), &mut sa2, T0 + SEC_NS);
+    assert!(
+        matches!(r, Err(BackendError::Mismatch)),
+        "re-attached to another backend's segment: {:?}",
+        r.as_ref().map(|x| x.channel_segments().collect::<Vec<_>>())
+    );
+    drop(r);
+    let after =
+        mem.to_vec()[base as usize + 2 * PAGE..][..SEGMENT_SIZE as usize - 2 * PAGE].to_vec();
+    assert!(
+        before == after,
+        "B's channel (below its segment info) was written"
+    );
+    drop(b);
+}
+
+/// A clean stop leaves neither a host nor a backend record RUNNING: the device can
+/// start again at once, without `takeover` and without waiting for the heartbeat
+/// timeout.
+#[test]
+fn clean_stop_clears_own_records_and_restart_needs_no_takeover() {
+    let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
+    let shm = Shm::new(&mem, &NoTrace);
+    Transport::format(shm, tflags::MULTIHOST, false, T0).unwrap();
+    let tp = Transport::open(shm, false).unwrap();
+    let mut scratch = vec![0u8; chan::MAX_IO as usize];
+    let cfg = BackendConfig::default();
+    let b = Backend::start(shm, cfg, VecMedia::new(1 << 20), &mut scratch, T0).unwrap();
+    let (host_id, backend_id) = (b.host_id, b.backend_id);
+    let media = b.stop(T0 + SEC_NS).map_err(|(_, e)| e).expect("clean stop");
+    let state = |s: Option<u8>| s.unwrap_or(STATE_NONE);
+    assert_eq!(
+        state(tp.host(host_id).unwrap().map(|l| l.rec.state)),
+        STATE_NONE,
+        "host record left behind"
+    );
+    assert_eq!(
+        state(tp.backend(backend_id).unwrap().map(|l| l.rec.state)),
+        STATE_NONE,
+        "backend record left behind"
+    );
+    let mut scratch2 = vec![0u8; chan::MAX_IO as usize];
+    let again = Backend::start(shm, cfg, media, &mut scratch2, T0 + 2 * SEC_NS);
+    assert!(
+        again.is_ok(),
+        "restart after a clean stop: {:?}",
+        again.err()
+    );
 }

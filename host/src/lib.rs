@@ -1,19 +1,15 @@
-//! `host`: the Linux side of CBD. A program running in the Linux guest maps the shared transport
-//! (devdax from a CXL region, or the ivshmem BAR), registers as a CBD host, dev-starts against
-//! the backend, and exposes the disk as a ublk block device. See docs/host.md.
+//! `host`: the host role of CBD. Its protocol engine ([`engine`]) runs natively against the
+//! `device` crate's backend engine in tests and benches, and under the Linux program
+//! `cbd-host`, which runs in the Linux guest: it maps the shared transport (devdax from a CXL
+//! region, or the ivshmem BAR), registers as a CBD host, dev-starts against the backend, and
+//! exposes the disk as a ublk block device. See docs/host.md.
 //!
-//! * [`mem`]: the mapping and its [`device::shm::SharedMem`] implementation (the `unsafe`).
-//! * [`map`]: finding/opening/mapping the transport device.
-//! * [`cbd`]: transport open, host registration, backend checks (the real path).
-//! * [`engine`]: [`engine::CbdDisk`], the `device::host` engine behind ublk queues.
-//! * [`disk`]: the [`disk::Disk`]/[`disk::QueueIo`] interface and the RAM test mode.
-//! * [`ublk`]: the ublk device (libublk), one queue per channel.
-//! * [`cli`]: command line.
+//! * [`engine`]: the host (blkdev) role of the protocol, what the Linux CBD driver does; native,
+//!   so tests and benches drive it against the `device` crate's backend engine.
+//! * [`journal`]: the journal-commit workload (both roles: benches and the device VM bench).
+//! * [`linux`]: the pieces of the Linux program (mapping, CBD path, ublk device).
+//! * The `cbd-host` binary (src/bin/cbd-host, cargo feature `ublk`): command line and main loop.
 
-pub mod cbd;
-pub mod cli;
-pub mod disk;
 pub mod engine;
-pub mod map;
-pub mod mem;
-pub mod ublk;
+pub mod journal;
+pub mod linux;

@@ -11,10 +11,10 @@ use device::native::VecMedia;
 use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
-use host::cbd::{CbdError, CbdOptions, register_check_only};
-use host::disk::{Disk, Errno, Op, Req};
-use host::engine::CbdDisk;
-use host::mem::MappedMem;
+use host::linux::attach::{CbdError, CbdOptions, register_check_only};
+use host::linux::cbd_disk::CbdDisk;
+use host::linux::disk::{Disk, Errno, Op, Req};
+use host::linux::mem::MappedMem;
 
 const DISK: usize = 16 << 20;
 const T0: u64 = 1_700_000_000_000_000_000;
@@ -198,7 +198,7 @@ fn cbd_disk_against_the_backend_engine() {
 /// A backend engine (with a staging buffer, so STANDARD writes complete before they are
 /// durable) polling in a thread over a shared file, real clock; `f` gets the disk.
 fn with_backend(tag: &str, opts: CbdOptions, f: impl FnOnce(&CbdDisk)) -> VecMedia {
-    let now = host::cbd::now_ns;
+    let now = host::linux::attach::now_ns;
     let (backend_mem, host_mem) = formatted(tag, now());
     let mut scratch = vec![0u8; chan::MAX_IO as usize];
     let mut staging = vec![0u8; 1 << 20];

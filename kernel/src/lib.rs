@@ -5,18 +5,29 @@
 //! device mapping area) → CPU features → TSC/RTC → ACPI → PCI.
 #![no_std]
 
+// The kernel's platform layers: the only modules allowed `unsafe` (each says why at
+// its own `unsafe` blocks). Everything else in the kernel is safe code.
+#[allow(unsafe_code)] // firmware tables read through the physical-memory map
 pub mod acpi;
+#[allow(unsafe_code)] // CPU: descriptor tables, interrupts, APIC, TSC, cache-line instructions
 pub mod arch;
 pub mod cxl;
+#[allow(unsafe_code)] // the isa-debug-exit port
 pub mod exit;
+#[allow(unsafe_code)] // the fw_cfg I/O ports
 pub mod fwcfg;
+#[allow(unsafe_code)] // page tables and the physical-memory map
 pub mod memory;
+#[allow(unsafe_code)] // memory-mapped device registers
 pub mod mmio;
 pub mod pci;
+#[allow(unsafe_code)] // the shared region: the SharedMem implementation over CXL/ivshmem memory
 pub mod region;
+#[allow(unsafe_code)] // the UART I/O ports
 pub mod serial;
 pub mod serve;
 pub mod testing;
+#[allow(unsafe_code)] // DMA buffers and MMIO of the virtio-blk media
 pub mod virtio;
 
 use bootloader_api::BootInfo;
@@ -48,6 +59,7 @@ pub fn runtime_log_level() -> log::LevelFilter {
 
 /// Bring the platform up. Never returns an error: missing pieces are logged, and
 /// callers that need them fail with their own exit status.
+#[allow(unsafe_code)] // hands the bootloader's memory map to the page-table layer, once
 pub fn init(boot_info: &'static mut BootInfo) -> Platform {
     serial::init_logger(runtime_log_level());
     arch::gdt::init();

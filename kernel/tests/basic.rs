@@ -1,5 +1,7 @@
 //! Platform bring-up checks, each a case in one boot.
 #![no_std]
+// A test binary's own platform glue: the static that hands the platform to the cases.
+#![allow(unsafe_code)]
 #![no_main]
 
 use bootloader_api::{BootInfo, entry_point};

@@ -5,6 +5,8 @@
 //! expect-output: CR2=0x00000deadbeef000 (non-present page on read access, kernel mode)
 //! expect-output: exit: failure (exception)
 #![no_std]
+// The test's whole point is one deliberately invalid read.
+#![allow(unsafe_code)]
 #![no_main]
 
 use bootloader_api::{BootInfo, entry_point};

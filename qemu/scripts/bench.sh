@@ -1,4 +1,4 @@
-# The issue-5 benchmark, inside the Linux guest: fio 4 KiB randread/randwrite at QD1
+# The block-device benchmark, inside the Linux guest: fio 4 KiB randread/randwrite at QD1
 # and QD32 on our ublk disk (CBD over ivshmem), on a virtio-blk disk backed by a
 # /dev/shm file, and on the ublk null target (rublk) — same guest, same run.
 T=bench

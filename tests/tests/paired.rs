@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use boot::pair::{PairSpec, run_pair};
-use boot::status::KernelStatus;
+use qemu::Firmware;
+use qemu::pair::{PairSpec, run_pair};
+use qemu::status::KernelStatus;
 
 fn case(name: &str, topo: &str, with_device: bool, tweak: impl FnOnce(&mut PairSpec)) {
     case_with(name, topo, "", "", with_device, tweak)
@@ -34,9 +35,10 @@ fn case_with(
     };
     let body = body.replace(&format!("T={name}"), &format!("T={run_name}"));
     let mut spec = PairSpec::new(&run_name, topo, &body);
-    spec.with_device = with_device;
     tweak(&mut spec);
-    let out = run_pair(&spec).unwrap_or_else(|e| panic!("{run_name}: {e}"));
+    let kernel = with_device
+        .then(|| boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image"));
+    let out = run_pair(&spec, kernel.as_deref()).unwrap_or_else(|e| panic!("{run_name}: {e}"));
     let ok = out.guest_ok(&run_name);
     let dev_ok = out
         .device

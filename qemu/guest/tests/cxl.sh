@@ -1,6 +1,6 @@
 #!/bin/sh
 # Guest test: CXL type-3 persistent memory -> region -> devdax namespace.
-# Needs the CXL QEMU arguments (boot::guest::cxl_qemu_args) and `-cpu max,-hypervisor`.
+# Needs the CXL QEMU arguments (qemu/topologies/cxl.args) and `-cpu max,-hypervisor`.
 for m in cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax; do
     modprobe $m || { echo "RESULT cxl FAIL modprobe $m"; exit 1; }
 done

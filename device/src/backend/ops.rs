@@ -1,0 +1,236 @@
+//! Op handlers: validate an SE's op and ranges, then run it against the media
+//! (through the stager) and the channel's data area.
+
+use super::*;
+
+/// How an op handler ended.
+enum Outcome {
+    /// The op reached the media (or the stager); traced as `MediaOp`.
+    Ran(i32),
+    /// Refused before touching the media (bad range, bad data area, payload that
+    /// never verified); the reason is already traced.
+    Refused(i32),
+}
+
+/// What every op handler needs besides the SE, derived once per SE.
+struct OpCtx {
+    /// Intent bits count only when durability tokens were negotiated.
+    intent: Intent,
+    /// Deadline by which a staged write must be on media.
+    due: u64,
+    /// `CE_FLAG_DURABLE` if the channel negotiated durability tokens, else 0.
+    durable_flag: u32,
+}
+
+/// A media result as a CE result.
+fn errno_of(r: Result<(), crate::media::MediaError>) -> i32 {
+    if r.is_ok() { 0 } else { errno::EIO }
+}
+
+impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
+    /// Run one validated-tid SE: dispatch to its op's handler, trace the media op.
+    /// Returns the CE result (0 or a negative errno); a handler may also set CE
+    /// flags and `data_crc`.
+    pub(super) fn execute(
+        &mut self,
+        ch: &mut Chan,
+        se: &Se,
+        ce: &mut Ce,
+    ) -> Result<i32, BackendError> {
+        let intent = if ch.durable {
+            Intent::from_se_flags(se.flags)
+        } else {
+            Intent::Standard
+        };
+        let cx = OpCtx {
+            intent,
+            due: self.cfg.durable.due(intent, ch.power_us, self.now),
+            durable_flag: if ch.durable { CE_FLAG_DURABLE } else { 0 },
+        };
+        let outcome = match se.op {
+            op::FLUSH => self.op_flush(ch, &cx, ce),
+            op::DISCARD | op::WRITE_ZEROES if self.cfg.discard_wz => self.op_zero(ch, se, &cx, ce),
+            op::WRITE => self.op_write(ch, se, &cx, ce)?,
+            op::READ => self.op_read(ch, se, ce)?,
+            _ => {
+                self.reject(ch, Reject::BadOp);
+                Outcome::Refused(errno::EOPNOTSUPP)
+            }
+        };
+        match outcome {
+            Outcome::Refused(r) => Ok(r),
+            Outcome::Ran(result) => {
+                self.shm().tracer.event(&TraceEvent::MediaOp {
+                    chan: ch.idx,
+                    op: se.op,
+                    offset: se.offset,
+                    len: se.len,
+                    result,
+                });
+                Ok(result)
+            }
+        }
+    }
+
+    /// v3 FLUSH: every previously completed write is durable when it completes.
+    /// After a re-attach following an unclean stop, the first FLUSH reports -EIO
+    /// (writes staged by the previous incarnation may be lost).
+    fn op_flush(&mut self, ch: &mut Chan, cx: &OpCtx, ce: &mut Ce) -> Outcome {
+        let mut r = errno_of(self.st.sync());
+        if ch.flush_eio {
+            ch.flush_eio = false;
+            r = errno::EIO;
+        }
+        if r == 0 {
+            ce.flags |= cx.durable_flag;
+        }
+        Outcome::Ran(r)
+    }
+
+    /// DISCARD / WRITE_ZEROES (our extension, offered with DISCARD_WZ): zero a
+    /// sector-aligned range; CRITICAL also flushes.
+    fn op_zero(&mut self, ch: &Chan, se: &Se, cx: &OpCtx, ce: &mut Ce) -> Outcome {
+        if !self.range_ok(se.offset, se.len as u64) {
+            self.reject(ch, Reject::BadRange);
+            return Outcome::Refused(errno::EINVAL);
+        }
+        let discard = se.op == op::DISCARD;
+        let (chan, tid, len) = (ch.idx as u8, se.req_tid, se.len as u64);
+        let mut r = errno_of(self.st.zero(chan, tid, se.offset, len, discard, cx.due));
+        if r == 0 && cx.intent == Intent::Critical {
+            r = errno_of(self.st.sync());
+            ce.flags |= cx.durable_flag;
+        }
+        Outcome::Ran(r)
+    }
+
+    /// WRITE: copy and verify the payload, stage it (or write it through);
+    /// CRITICAL completes only once flushed.
+    fn op_write(
+        &mut self,
+        ch: &Chan,
+        se: &Se,
+        cx: &OpCtx,
+        ce: &mut Ce,
+    ) -> Result<Outcome, BackendError> {
+        if let Some(refused) = self.check_io(ch, se) {
+            return Ok(refused);
+        }
+        if !self.fetch_payload(ch, se)? {
+            return Ok(Outcome::Refused(errno::EIO));
+        }
+        let (chan, tid, len) = (ch.idx as u8, se.req_tid, se.len as usize);
+        let data = &self.scratch[..len];
+        let mut r = errno_of(self.st.write(chan, tid, se.offset, data, cx.due));
+        if r == 0 && cx.intent == Intent::Critical {
+            r = errno_of(self.st.sync());
+            if r == 0 {
+                ce.flags |= cx.durable_flag;
+            }
+        }
+        Ok(Outcome::Ran(r))
+    }
+
+    /// READ: media (or staged data) into scratch, then into the data area, with its
+    /// CRC in the CE; written back in non-coherent mode.
+    fn op_read(&mut self, ch: &Chan, se: &Se, ce: &mut Ce) -> Result<Outcome, BackendError> {
+        if let Some(refused) = self.check_io(ch, se) {
+            return Ok(refused);
+        }
+        let shm = self.shm();
+        let g = ch.g;
+        let len = se.len as usize;
+        let r = errno_of(self.st.read(se.offset, &mut self.scratch[..len]));
+        if r == 0 {
+            copy_to_data(shm, &g, se.data_off, &self.scratch[..len])?;
+            if g.el.data_crc {
+                ce.data_crc = payload_crc(&self.scratch[..len]);
+            }
+            if ch.mode == Mode::Nc {
+                data_cache_op(shm, &g, se.data_off, se.len, true)?;
+            }
+            shm.tracer.event(&TraceEvent::DataCopied {
+                chan: ch.idx,
+                dir: CopyDir::ToShared,
+                data_off: se.data_off,
+                len: se.len,
+            });
+        }
+        Ok(Outcome::Ran(r))
+    }
+
+    /// A sector-aligned range inside the media?
+    fn range_ok(&self, off: u64, len: u64) -> bool {
+        off.is_multiple_of(SECTOR)
+            && len.is_multiple_of(SECTOR)
+            && off.checked_add(len).is_some_and(|e| e <= self.st.size())
+    }
+
+    /// READ/WRITE validation: a non-empty range of at most `MAX_IO` bytes inside the
+    /// media, and a payload inside the data area. `Some` = refused (and traced).
+    fn check_io(&self, ch: &Chan, se: &Se) -> Option<Outcome> {
+        if se.len == 0 || se.len > chan::MAX_IO || !self.range_ok(se.offset, se.len as u64) {
+            self.reject(ch, Reject::BadRange);
+            return Some(Outcome::Refused(errno::EINVAL));
+        }
+        if se.data_off as u64 >= chan::DATA_SIZE
+            || se.data_len < se.len
+            || se.data_len > chan::MAX_IO
+        {
+            self.reject(ch, Reject::BadDataArea);
+            return Some(Outcome::Refused(errno::EINVAL));
+        }
+        None
+    }
+
+    /// Trace why the SE at the cursor is refused.
+    fn reject(&self, ch: &Chan, why: Reject) {
+        self.shm().tracer.event(&TraceEvent::Rejected {
+            chan: ch.idx,
+            pos: ch.cursor,
+            why,
+        });
+    }
+
+    /// Copy a WRITE payload into scratch and check its CRC (non-coherent mode:
+    /// re-read within the entry's budget, spread over polls). Returns false if it
+    /// never verified.
+    pub(super) fn fetch_payload(&mut self, ch: &Chan, se: &Se) -> Result<bool, BackendError> {
+        let shm = self.shm();
+        let g = ch.g;
+        let len = se.len as usize;
+        let check = g.el.data_crc && !self.cfg.sabotage().skip_crc_check;
+        let mut first = true;
+        while self.may_read(ch, serve::Stage::Payload, first) {
+            first = false;
+            if ch.mode == Mode::Nc {
+                data_cache_op(shm, &g, se.data_off, se.len, false)?;
+            }
+            copy_from_data(shm, &g, se.data_off, &mut self.scratch[..len])?;
+            shm.tracer.event(&TraceEvent::DataCopied {
+                chan: ch.idx,
+                dir: CopyDir::FromShared,
+                data_off: se.data_off,
+                len: se.len,
+            });
+            if !check || payload_crc(&self.scratch[..len]) == se.data_crc {
+                return Ok(true);
+            }
+        }
+        if !self.give_up(ch, serve::Stage::Payload) {
+            // This poll's share of re-reads is spent: the rest at the next poll.
+            return Err(BackendError::Stale { chan: ch.idx });
+        }
+        let why = if ch.mode == Mode::Nc {
+            Reject::StaleAfterRetries
+        } else {
+            Reject::DataCrc
+        };
+        shm.tracer.event(&TraceEvent::Rejected {
+            chan: ch.idx,
+            pos: ch.cursor,
+            why,
+        });
+        Ok(false)
+    }
+}

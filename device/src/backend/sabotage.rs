@@ -1,0 +1,29 @@
+//! Deliberate protocol violations, **only** for the adversary's negative tests.
+//!
+//! The switches are public (and settable in `BackendConfig::sabotage`) only with the
+//! crate feature `sabotage`, which the tests enable through their dev-dependency and
+//! the kernel never does; without it the engine sees [`Sabotage::NONE`], a constant.
+
+/// One rule of the non-coherent mode the backend breaks on purpose
+/// (`docs/adversary.md`, "Negative tests").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sabotage {
+    /// Do not write back CEs after posting them.
+    pub skip_ce_write_back: bool,
+    /// Do not invalidate SE lines before (re-)reading them.
+    pub skip_se_invalidate: bool,
+    /// Accept SEs and payloads without checking se_crc / data_crc.
+    pub skip_crc_check: bool,
+    /// Keep the device line inside the host's cache line.
+    pub shared_ctrl_line: bool,
+}
+
+impl Sabotage {
+    /// Every rule kept (production behaviour).
+    pub const NONE: Self = Self {
+        skip_ce_write_back: false,
+        skip_se_invalidate: false,
+        skip_crc_check: false,
+        shared_ctrl_line: false,
+    };
+}

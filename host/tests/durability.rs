@@ -1,0 +1,477 @@
+//! Durability tokens: crash tests over a media that loses everything not
+//! yet flushed (`native::CrashMedia`), on coherent memory and on the adversarial
+//! non-coherent memory, plus the semantics of intents / watermark / plain v3 FLUSH.
+//!
+//! Each schedule runs a random 2-queue write workload (STANDARD / EPHEMERAL /
+//! CRITICAL writes of 1–4 blocks, periodic FLUSH, 0 / 16 / 64 KiB staging, tokens
+//! accepted or plain v3) with host and device steps interleaved. Crash points:
+//! * media images taken at random media calls *inside* device steps (between the
+//!   writes of a write-back, before/after a flush), each checked right away;
+//! * real crashes: the backend dies (staging lost; adversary: its cache lost),
+//!   the media loses unflushed blocks, the backend re-attaches on the same media
+//!   and shared memory and the workload goes on.
+//!
+//! Invariants at every crash point, per 4 KiB block: the content is exactly one
+//! version ever written there (never mixed), and not older than the newest
+//! version whose durability the host saw confirmed (DURABLE CE, watermark, FLUSH).
+//! `DURABILITY_CRASH_LONG=1` multiplies the schedules by 10.
+
+mod common;
+use common::Rng;
+use device::adversary::{AdvConfig, Adversary};
+use device::backend::{Backend, BackendConfig};
+use device::durable::{DurableConfig, Intent};
+use device::layout::*;
+use device::native::{CRASH_BLOCK, CrashMedia, HeapMem};
+use device::shm::{SharedMem, Shm};
+use device::trace::NoTrace;
+use device::transport::{Transport, format_flags};
+use host::engine::{Blkdev, Host, HostConfig, HostError, Request};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+const DISK: usize = 256 << 10;
+const BLOCKS: usize = DISK / CRASH_BLOCK;
+const T0: u64 = 1_700_000_000_000_000_000;
+const SEC: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+const FLAGS: u16 = format_flags(true);
+
+fn bcfg(nc: bool) -> BackendConfig<'static> {
+    BackendConfig {
+        n_handlers: 2,
+        noncoherent: nc,
+        batch: 4,
+        nc_retries: 256,
+        durable: DurableConfig {
+            offer: true,
+            standard_bound_ns: 10 * MS,
+            ephemeral_bound_ns: 40 * MS,
+        },
+        ..BackendConfig::default()
+    }
+}
+
+/// Formatted transport + provisioned backend, built once per mode.
+fn base(nc: bool) -> Arc<Vec<u8>> {
+    static B: [OnceLock<Arc<Vec<u8>>>; 2] = [OnceLock::new(), OnceLock::new()];
+    B[nc as usize]
+        .get_or_init(|| {
+            let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
+            let shm = Shm::new(&mem, &NoTrace);
+            Transport::format(shm, FLAGS, false, T0).unwrap();
+            let mut scratch = vec![0u8; chan::MAX_IO as usize];
+            let b =
+                Backend::start(shm, bcfg(nc), CrashMedia::new(DISK, 0), &mut scratch, T0).unwrap();
+            assert_ne!(b.features() & features::DURABLE_TOKENS, 0);
+            drop(b);
+            Arc::new(mem.to_vec())
+        })
+        .clone()
+}
+
+fn word(v: u64, b: usize, i: usize) -> u64 {
+    let mut r = Rng(v ^ ((b as u64) << 40) ^ ((i as u64) << 52));
+    r.next()
+}
+fn fill_block(v: u64, b: usize, out: &mut [u8]) {
+    out[..8].copy_from_slice(&v.to_le_bytes());
+    out[8..16].copy_from_slice(&(b as u64).to_le_bytes());
+    for (i, c) in out[16..].chunks_mut(8).enumerate() {
+        c.copy_from_slice(&word(v, b, i).to_le_bytes());
+    }
+}
+/// The version a block holds, or None if it is not exactly one version (mixed).
+fn block_version(b: usize, data: &[u8]) -> Option<u64> {
+    if data.iter().all(|&x| x == 0) {
+        return Some(0);
+    }
+    let v = u64::from_le_bytes(data[..8].try_into().unwrap());
+    let mut want = vec![0u8; CRASH_BLOCK];
+    fill_block(v, b, &mut want);
+    (want == data).then_some(v)
+}
+
+#[derive(Default)]
+struct Oracle {
+    /// Versions written to each block, in order (= version order).
+    hist: Vec<Vec<u64>>,
+    /// Newest version of each block whose durability was confirmed.
+    floor: Vec<u64>,
+    why: Vec<String>,
+    points: u64,
+}
+impl Oracle {
+    fn new() -> Self {
+        Self {
+            hist: vec![vec![0]; BLOCKS],
+            floor: vec![0; BLOCKS],
+            why: vec![String::new(); BLOCKS],
+            points: 0,
+        }
+    }
+    fn check(&mut self, img: &[u8], what: &str) -> Result<(), String> {
+        self.points += 1;
+        for b in 0..BLOCKS {
+            let data = &img[b * CRASH_BLOCK..][..CRASH_BLOCK];
+            let Some(v) = block_version(b, data) else {
+                return Err(format!("{what}: block {b} mixes versions"));
+            };
+            if !self.hist[b].contains(&v) {
+                return Err(format!("{what}: block {b} holds unknown version {v}"));
+            }
+            if v < self.floor[b] {
+                return Err(format!(
+                    "{what}: block {b} holds version {v}, older than confirmed durable {} ({})",
+                    self.floor[b], self.why[b]
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct WriteRec {
+    blocks: Vec<(usize, u64)>,
+}
+
+enum Req {
+    Write(usize),
+    /// FLUSH: confirms these writes (completed before it was submitted).
+    Flush(Vec<usize>),
+}
+
+/// One schedule. Returns (crash points checked, violation).
+fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
+    let mut r = Rng(seed.wrapping_mul(0x2545F4914F6CDD1D) ^ 0x5EED);
+    let tokens = !r.chance(250);
+    let staging_len = [0usize, 16 << 10, 64 << 10][r.below(3) as usize];
+    let snap = [50, 200, 500][r.below(3) as usize];
+    let heap;
+    let agents;
+    let adv = nc.then(|| {
+        Adversary::new(
+            base(true),
+            2,
+            AdvConfig {
+                seed: r.next(),
+                evict_per_mille: [0, 30, 200][r.below(3) as usize],
+                max_delay: 32,
+            },
+        )
+    });
+    let (dmem, hmem): (&dyn SharedMem, &dyn SharedMem) = if let Some(a) = &adv {
+        agents = (a.agent(0), a.agent(1));
+        (&agents.0, &agents.1)
+    } else {
+        heap = HeapMem::from_bytes(&base(false));
+        (&heap, &heap)
+    };
+    let (dshm, hshm) = (Shm::new(dmem, &NoTrace), Shm::new(hmem, &NoTrace));
+    let mut now = T0 + 31 * SEC;
+    let mut scratch = vec![0u8; chan::MAX_IO as usize];
+    let mut staging = vec![0u8; staging_len];
+    let mut media = CrashMedia::new(DISK, r.next());
+    media.snapshot_per_mille = snap;
+    let mut backend =
+        Some(Backend::start(dshm, bcfg(nc), media, &mut scratch, now).expect("re-attach"));
+    backend.as_mut().unwrap().set_staging(&mut staging).unwrap();
+    let hc = HostConfig {
+        hostname: "hostA",
+        noncoherent: nc,
+        queue_depth: 6,
+        nc_retries: 256,
+        durable_tokens: tokens,
+        ..HostConfig::default()
+    };
+    let host = Host::register(hshm, hc, now).expect("host register");
+    let mut bid = None;
+    for _ in 0..1000 {
+        if let Ok(id) = host.find_backend(now) {
+            bid = Some(id);
+            break;
+        }
+        backend.as_mut().unwrap().poll(now).expect("device poll");
+    }
+    let mut dev: Blkdev<'_, dyn SharedMem> = host
+        .dev_start(bid.expect("backend record"), 2, now)
+        .expect("dev-start");
+    let mut orc = Oracle::new();
+    let mut writes: Vec<WriteRec> = Vec::new();
+    // (queue, tid) -> request; completed unconfirmed writes per queue (tid, write).
+    let mut inflight: HashMap<(usize, u64), Req> = HashMap::new();
+    let mut unconfirmed: [Vec<(u64, usize)>; 2] = [Vec::new(), Vec::new()];
+    let mut busy = [false; BLOCKS];
+    // Writes the crashed incarnation may have completed: a later FLUSH does not
+    // vouch for them (the first FLUSH per channel after the crash fails instead).
+    let mut tainted = std::collections::HashSet::new();
+    let mut version = 0u64;
+    let total = 30 + r.below(50);
+    let crashes: Vec<u64> = (0..r.below(3)).map(|_| r.below(total)).collect();
+    let (mut submitted, mut ready, mut crashed) = (0u64, false, 0usize);
+    let (mut who, mut burst, mut steps) = (0u64, 0u64, 0u64);
+    let mut read_buf = vec![0u8; chan::MAX_IO as usize];
+    let mut payload = vec![0u8; 4 * CRASH_BLOCK];
+
+    let confirm = |orc: &mut Oracle, w: &WriteRec, why: String| {
+        for &(b, v) in &w.blocks {
+            if v > orc.floor[b] {
+                orc.floor[b] = v;
+                orc.why[b] = why.clone();
+            }
+        }
+    };
+    let fail = |orc: &Oracle, e: String| (orc.points, Some(e));
+    loop {
+        if submitted == total && inflight.is_empty() {
+            break;
+        }
+        steps += 1;
+        if steps > 300_000 {
+            return fail(&orc, format!("no progress: {submitted}/{total}"));
+        }
+        if burst == 0 {
+            who = r.below(2);
+            let max = if r.chance(100) { 200 } else { 6 };
+            burst = 1 + r.below(max);
+        }
+        burst -= 1;
+        now += MS;
+        if who == 0 {
+            let b = backend.as_mut().unwrap();
+            if let Err(e) = b.poll(now) {
+                return fail(&orc, format!("device: {e:?}"));
+            }
+            // Crash points inside this device step.
+            for img in std::mem::take(&mut b.media().snapshots) {
+                if let Err(e) = orc.check(&img, "crash point in a device step") {
+                    return fail(&orc, e);
+                }
+            }
+            continue;
+        }
+        // ---- host step
+        let _ = dev.heartbeat(now);
+        if !ready {
+            match dev.poll_ready(now) {
+                Ok(x) => ready = x,
+                Err(e) => return fail(&orc, format!("host reset: {e:?}")),
+            }
+            continue;
+        }
+        if crashed < crashes.len() && crashes[crashed] <= submitted {
+            crashed += 1;
+            tainted.extend(unconfirmed.iter().flatten().map(|&(_, w)| w));
+            tainted.extend(inflight.values().filter_map(|q| match q {
+                Req::Write(w) => Some(*w),
+                Req::Flush(_) => None,
+            }));
+            if std::env::var_os("DDBG").is_some() {
+                eprintln!("CRASH");
+            }
+            // Real crash: staging and (adversary) the device cache are lost, the
+            // media loses unflushed blocks; re-attach on the same media + memory.
+            let (mut m, sc, stg) = backend.take().unwrap().into_parts_staged();
+            let img = m.crash();
+            if let Err(e) = orc.check(&img, "real crash") {
+                return fail(&orc, e);
+            }
+            if let Some(a) = &adv {
+                a.crash(0);
+                a.drain();
+            }
+            now += 31 * SEC;
+            match Backend::start(dshm, bcfg(nc), m, sc, now) {
+                Ok(mut b) => {
+                    b.set_staging(stg).unwrap();
+                    backend = Some(b);
+                }
+                Err(e) => return fail(&orc, format!("re-attach: {e:?}")),
+            }
+        }
+        // Completions.
+        #[allow(clippy::needless_range_loop)]
+        for qi in 0..2 {
+            loop {
+                let c = match dev.queues[qi].poll_at(&mut read_buf, now) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => return fail(&orc, format!("q{qi} poll: {e:?}")),
+                };
+                if std::env::var_os("DDBG").is_some() {
+                    eprintln!(
+                        "done q{qi} {:?} durable={} res={}",
+                        c.req_tid, c.durable, c.result
+                    );
+                }
+                let Some(req) = inflight.remove(&(qi, c.req_tid)) else {
+                    return fail(&orc, format!("q{qi}: unknown completion {}", c.req_tid));
+                };
+                let flush_eio = c.result == errno::EIO && matches!(req, Req::Flush(_));
+                if c.result != 0 && !(flush_eio && crashed > 0) {
+                    return fail(
+                        &orc,
+                        format!("q{qi}: tid {} failed {}", c.req_tid, c.result),
+                    );
+                }
+                match req {
+                    Req::Write(w) => {
+                        for &(b, _) in &writes[w].blocks {
+                            busy[b] = false;
+                        }
+                        if c.durable {
+                            confirm(&mut orc, &writes[w], format!("q{qi} CE tid {}", c.req_tid));
+                        } else {
+                            unconfirmed[qi].push((c.req_tid, w));
+                        }
+                    }
+                    Req::Flush(_) if c.result != 0 => {}
+                    Req::Flush(ws) => {
+                        for w in ws {
+                            confirm(
+                                &mut orc,
+                                &writes[w],
+                                format!("FLUSH q{qi} tid {}", c.req_tid),
+                            );
+                        }
+                    }
+                }
+            }
+            // Watermark: a loss (new incarnation) drops the unconfirmed; otherwise
+            // everything below the first token the queue still waits for is durable.
+            let q = &mut dev.queues[qi];
+            let up = match q.poll_durable(now) {
+                Ok(u) => u,
+                Err(e) => return fail(&orc, format!("q{qi} poll_durable: {e:?}")),
+            };
+            if up.lost > 0 {
+                unconfirmed[qi].clear();
+            } else if q.durable_tokens() {
+                let keep: Vec<_> = unconfirmed[qi]
+                    .iter()
+                    .copied()
+                    .filter(|&(tid, _)| !q.is_durable(tid))
+                    .collect();
+                for &(tid, w) in &unconfirmed[qi] {
+                    if q.is_durable(tid) {
+                        let why = format!("q{qi} tid {tid} watermark {:?}", q.tokens);
+                        confirm(&mut orc, &writes[w], why);
+                    }
+                }
+                unconfirmed[qi] = keep;
+            }
+        }
+        // Crash point after the host learnt what it learnt in this step.
+        if r.chance(300) {
+            let img = backend.as_mut().unwrap().media().crash_image();
+            if let Err(e) = orc.check(&img, "crash point after a host step") {
+                return fail(&orc, e);
+            }
+        }
+        // Submit.
+        if submitted < total && r.chance(600) {
+            let qi = r.below(2) as usize;
+            let q = &mut dev.queues[qi];
+            if r.chance(80) {
+                let all: Vec<usize> = unconfirmed
+                    .iter()
+                    .flatten()
+                    .map(|&(_, w)| w)
+                    .filter(|w| !tainted.contains(w))
+                    .collect();
+                let req = Request {
+                    op: op::FLUSH,
+                    offset: 0,
+                    len: 0,
+                };
+                match q.submit(req, &[]) {
+                    Ok(tid) => {
+                        if std::env::var_os("DDBG").is_some() {
+                            eprintln!("flush q{qi} tid {tid} covers {all:?}");
+                        }
+                        inflight.insert((qi, tid), Req::Flush(all));
+                        submitted += 1;
+                    }
+                    Err(HostError::Busy) => {}
+                    Err(e) => return fail(&orc, format!("submit flush: {e:?}")),
+                }
+                continue;
+            }
+            let n = 1 + r.below(4) as usize;
+            let first = r.below((BLOCKS - n + 1) as u64) as usize;
+            if busy[first..first + n].iter().any(|&b| b) {
+                continue;
+            }
+            let intent = match r.below(10) {
+                0..2 if q.durable_tokens() => Intent::Critical,
+                2 => Intent::Ephemeral,
+                _ => Intent::Standard,
+            };
+            version += 1;
+            let blocks: Vec<(usize, u64)> = (first..first + n).map(|b| (b, version)).collect();
+            for (i, &(b, v)) in blocks.iter().enumerate() {
+                fill_block(v, b, &mut payload[i * CRASH_BLOCK..][..CRASH_BLOCK]);
+            }
+            let req = Request {
+                op: op::WRITE,
+                offset: (first * CRASH_BLOCK) as u64,
+                len: (n * CRASH_BLOCK) as u32,
+            };
+            match q.submit_intent(req, &payload[..n * CRASH_BLOCK], intent) {
+                Ok(tid) => {
+                    if std::env::var_os("DDBG").is_some() {
+                        eprintln!("submit q{qi} tid {tid} {intent:?} {blocks:?}");
+                    }
+                    for &(b, v) in &blocks {
+                        busy[b] = true;
+                        orc.hist[b].push(v);
+                    }
+                    writes.push(WriteRec { blocks });
+                    inflight.insert((qi, tid), Req::Write(writes.len() - 1));
+                    submitted += 1;
+                }
+                Err(HostError::Busy) => version -= 1,
+                Err(e) => return fail(&orc, format!("submit: {e:?}")),
+            }
+        }
+    }
+    // Final crash point: power loss at the very end.
+    let (mut m, _, _) = backend.take().unwrap().into_parts_staged();
+    let img = m.crash();
+    if let Err(e) = orc.check(&img, "final crash") {
+        return fail(&orc, e);
+    }
+    if let Some(v) = adv.as_ref().and_then(|a| a.violations().first().cloned()) {
+        return fail(&orc, format!("adversary: {v}"));
+    }
+    (orc.points, None)
+}
+
+fn run(nc: bool, schedules: u64, min_points: u64) {
+    let long = std::env::var_os("DURABILITY_CRASH_LONG").is_some();
+    let n = if long { schedules * 10 } else { schedules };
+    let mut points = 0;
+    let only: Option<u64> = std::env::var("DDBG").ok().and_then(|x| x.parse().ok());
+    for s in 0..n {
+        if only.is_some_and(|o| o != s) {
+            continue;
+        }
+        let (p, v) = schedule(s, nc);
+        points += p;
+        if let Some(v) = v {
+            panic!("schedule {s} (nc={nc}): {v}");
+        }
+    }
+    eprintln!("durability crash test (nc={nc}): {n} schedules, {points} crash points");
+    assert!(points >= min_points, "only {points} crash points");
+}
+
+#[test]
+fn crash_points_coherent() {
+    run(false, 80, 8_000);
+}
+
+#[test]
+fn crash_points_adversarial() {
+    run(true, 40, 2_500);
+}
