@@ -72,7 +72,9 @@ fn cmd_device(o: &Options) -> Result<KernelStatus, String> {
         Input::Inherit,
     )
     .map_err(|e| e.to_string())?;
-    let out = vm.wait(o.timeout());
+    // --timeout is the whole run.
+    let left = vm.remaining(o.timeout());
+    let out = vm.wait(left);
     eprintln!(
         "boot: device {} after {:.1} s",
         out.status.describe(),
@@ -108,7 +110,9 @@ fn run_one_test(o: &Options, elf: &KernelElf) -> Result<(), String> {
         Echo::Quiet,
     )
     .map_err(|e| e.to_string())?;
-    let out = vm.wait(o.timeout());
+    // --timeout is the whole run of each test.
+    let left = vm.remaining(o.timeout());
+    let out = vm.wait(left);
     if let Some(t) = &topo {
         let _ = std::fs::remove_file(&t.shm);
         let _ = std::fs::remove_file(format!("{}.lsa", t.shm.display()));

@@ -11,6 +11,7 @@ use qemu::{Echo, Firmware, Outcome, Vm};
 fn boot(name: &str, vm: DeviceVm) -> Outcome {
     let img = boot::image::kernel_image_for_tests(vm.firmware).expect("kernel image");
     let v = Vm::spawn(name, &vm.command(&img), Echo::Quiet).expect("start QEMU");
+    // Right after the spawn: 180 s for the whole boot.
     let out = v.wait(Duration::from_secs(180));
     eprintln!("---- {name} ----\n{}", out.output);
     out

@@ -153,7 +153,7 @@ fn serve_workload(name: &str, media: Option<&std::path::Path>) -> Vec<u8> {
     }
     blk.stop().expect("blkdev stop");
     dev.send_line("stop").unwrap();
-    let out = dev.wait(Duration::from_secs(120));
+    let out = dev.wait(qemu::pair::DEVICE_STOP_LIMIT);
     assert_eq!(
         out.status,
         KernelStatus::Success,

@@ -198,13 +198,47 @@ fn cbd_disk_against_the_backend_engine() {
 /// A backend engine (with a staging buffer, so STANDARD writes complete before they are
 /// durable) polling in a thread over a shared file, real clock; `f` gets the disk.
 fn with_backend(tag: &str, opts: CbdOptions, f: impl FnOnce(&CbdDisk)) -> VecMedia {
+    with_backend_wz(tag, opts, true, f)
+}
+
+/// [`with_backend`]; `discard_wz`: the backend offers DISCARD / WRITE_ZEROES.
+fn with_backend_wz(
+    tag: &str,
+    opts: CbdOptions,
+    discard_wz: bool,
+    f: impl FnOnce(&CbdDisk),
+) -> VecMedia {
+    with_backend_mem(tag, discard_wz, |host_mem| {
+        let disk = CbdDisk::start(host_mem, &opts, Arc::new(host::linux::attach::now_ns)).unwrap();
+        f(&disk);
+        disk.shutdown();
+    })
+    .1
+}
+
+/// Sets the flag when dropped: the backend thread stops however the test body ends (a
+/// failed assertion must fail the test, not hang it).
+struct SetOnDrop<'a>(&'a AtomicBool);
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+/// The backend engine polling in a thread (as in [`with_backend`]); `f` gets the host's
+/// mapping. Returns what `f` returned and the media.
+fn with_backend_mem<R>(
+    tag: &str,
+    discard_wz: bool,
+    f: impl FnOnce(&'static MappedMem) -> R,
+) -> (R, VecMedia) {
     let now = host::linux::attach::now_ns;
     let (backend_mem, host_mem) = formatted(tag, now());
     let mut scratch = vec![0u8; chan::MAX_IO as usize];
     let mut staging = vec![0u8; 1 << 20];
     let cfg = BackendConfig {
         n_handlers: 2,
-        discard_wz: true,
+        discard_wz,
         ..BackendConfig::default()
     };
     let mut backend = Backend::start(
@@ -225,11 +259,11 @@ fn with_backend(tag: &str, opts: CbdOptions, f: impl FnOnce(&CbdDisk)) -> VecMed
             }
             backend.into_media()
         });
-        let disk = CbdDisk::start(host_mem, &opts, Arc::new(now)).unwrap();
-        f(&disk);
-        disk.shutdown();
-        stop.store(true, SeqCst);
-        poller.join().unwrap()
+        let r = {
+            let _stop = SetOnDrop(&stop);
+            f(host_mem)
+        };
+        (r, poller.join().unwrap())
     })
 }
 
@@ -331,6 +365,7 @@ fn plain_v3_refuses_discard_and_write_zeroes() {
         ..CbdOptions::new("plainwz")
     };
     with_backend("plainwz", opts, |disk| {
+        assert_eq!(disk.max_discard_bytes(), 0, "not advertised to ublk");
         let mut q = disk.queue(0).unwrap();
         for op in [Op::Discard, Op::WriteZeroes] {
             assert_eq!(
@@ -338,5 +373,205 @@ fn plain_v3_refuses_discard_and_write_zeroes() {
                 Err(Errno(libc::EOPNOTSUPP))
             );
         }
+    });
+}
+
+/// With the extension offered (and not `--plain-v3`), the disk advertises DISCARD /
+/// WRITE_ZEROES up to one CBD request, and both reach the backend: the range reads back as
+/// zeroes, its neighbours keep their data, on either channel. Larger than advertised: EINVAL.
+#[test]
+fn discard_and_write_zeroes_reach_the_backend() {
+    let opts = CbdOptions {
+        queues: 2,
+        ..CbdOptions::new("wz")
+    };
+    let media = with_backend("wz", opts, |disk| {
+        assert_eq!(disk.max_discard_bytes(), chan::MAX_IO);
+        let mut q0 = disk.queue(0).unwrap();
+        let mut q1 = disk.queue(1).unwrap();
+        let mut data = vec![0x5au8; 4 << 20];
+        for i in 0..4u64 {
+            q0.submit(
+                &req(Op::Write, i << 20, 1 << 20, false),
+                &mut data[..1 << 20],
+            )
+            .unwrap();
+        }
+        // DISCARD the whole second MiB (one full-size request), WRITE_ZEROES 8 KiB of the third.
+        q0.submit(&req(Op::Discard, 1 << 20, chan::MAX_IO, false), &mut [])
+            .unwrap();
+        q1.submit(
+            &req(Op::WriteZeroes, (2 << 20) + 4096, 8192, false),
+            &mut [],
+        )
+        .unwrap();
+        let mut back = vec![0u8; 1 << 20];
+        q1.submit(&req(Op::Read, 1 << 20, 1 << 20, false), &mut back)
+            .unwrap();
+        assert!(back.iter().all(|&b| b == 0), "discarded MiB reads zeroes");
+        q0.submit(&req(Op::Read, 2 << 20, 16384, false), &mut back)
+            .unwrap();
+        assert_eq!(&back[..4096], &[0x5a; 4096][..]);
+        assert_eq!(&back[4096..12288], &[0; 8192][..]);
+        assert_eq!(&back[12288..16384], &[0x5a; 4096][..]);
+        assert_eq!(
+            q0.submit(&req(Op::Discard, 0, chan::MAX_IO + 4096, false), &mut []),
+            Err(Errno(libc::EINVAL)),
+            "larger than advertised"
+        );
+        q0.submit(&req(Op::Flush, 0, 0, false), &mut []).unwrap();
+        let st = disk.stats();
+        assert_eq!(stat(&st, "discards"), 3, "{st}");
+    });
+    assert_eq!(&media.data[1 << 20..2 << 20], &vec![0u8; 1 << 20][..]);
+    assert_eq!(media.data[(1 << 20) - 1], 0x5a);
+    assert_eq!(media.data[2 << 20], 0x5a);
+    assert_eq!(
+        &media.data[(2 << 20) + 4096..(2 << 20) + 12288],
+        &[0u8; 8192][..]
+    );
+}
+
+/// A backend without the extension: nothing advertised, EOPNOTSUPP without asking it.
+#[test]
+fn no_discard_when_the_backend_does_not_offer_it() {
+    let opts = CbdOptions::new("nowz");
+    with_backend_wz("nowz", opts, false, |disk| {
+        assert_eq!(disk.max_discard_bytes(), 0);
+        let mut q = disk.queue(0).unwrap();
+        for op in [Op::Discard, Op::WriteZeroes] {
+            assert_eq!(
+                q.submit(&req(op, 0, 4096, false), &mut []),
+                Err(Errno(libc::EOPNOTSUPP))
+            );
+        }
+    });
+}
+
+/// Token mode: two ublk flushes in flight when the backend restarts with a completed write
+/// still staged (lost). Both fail, not only the first to notice: the second arrived before
+/// the loss was reported and would otherwise vouch for the lost write. A flush that arrives
+/// afterwards succeeds again.
+#[test]
+fn token_flushes_in_flight_across_a_backend_restart_all_fail() {
+    use device::durable::DurableConfig;
+    use std::sync::atomic::AtomicU8;
+    let now = host::linux::attach::now_ns;
+    let (backend_mem, host_mem) = formatted("tokcrash", now());
+    let mut scratch = vec![0u8; chan::MAX_IO as usize];
+    let mut staging = vec![0u8; 1 << 20];
+    let cfg = BackendConfig {
+        n_handlers: 1,
+        // STANDARD writes stay staged (not durable) for a second (write-back starts at half
+        // the bound): the crash comes well before; the last flush waits that long.
+        durable: DurableConfig {
+            offer: true,
+            standard_bound_ns: 2_000_000_000,
+            ephemeral_bound_ns: 2_000_000_000,
+        },
+        takeover: true,
+        ..BackendConfig::default()
+    };
+    let shm = Shm::new(&backend_mem, &NoTrace);
+    let mut backend =
+        Backend::start(shm, cfg, VecMedia::new(DISK), &mut scratch, now()).expect("start");
+    backend.set_staging(&mut staging).unwrap();
+    // 0 run, 1 crash requested, 2 re-attached, 3 stop.
+    let phase = AtomicU8::new(0);
+    std::thread::scope(|s| {
+        let poller = s.spawn(|| {
+            let mut b = Some(backend);
+            loop {
+                match phase.load(SeqCst) {
+                    3 => break,
+                    1 => {
+                        let (m, sc, stg) = b.take().unwrap().into_parts_staged();
+                        let mut nb = Backend::start(shm, cfg, m, sc, now()).expect("re-attach");
+                        nb.set_staging(stg).unwrap();
+                        b = Some(nb);
+                        phase.store(2, SeqCst);
+                    }
+                    _ => {}
+                }
+                b.as_mut().unwrap().poll(now()).expect("backend poll");
+                std::thread::yield_now();
+            }
+        });
+        // Stop the backend thread however this ends (a failed assertion must not hang).
+        struct StopOnDrop<'a>(&'a AtomicU8);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(3, SeqCst);
+            }
+        }
+        let _stop = StopOnDrop(&phase);
+        let opts = CbdOptions::new("tokcrash");
+        let disk = CbdDisk::start(host_mem, &opts, Arc::new(now)).unwrap();
+        assert!(disk.durable_tokens());
+        let mut q = disk.queue(0).unwrap();
+        let mut b = vec![0x11; 4096];
+        q.submit(&req(Op::Write, 0, 4096, false), &mut b).unwrap();
+        let flush = req(Op::Flush, 0, 0, false);
+        assert!(q.start(1, &flush, &mut []).is_none());
+        assert!(q.start(2, &flush, &mut []).is_none());
+        phase.store(1, SeqCst);
+        let t0 = std::time::Instant::now();
+        while phase.load(SeqCst) != 2 {
+            assert!(!poller.is_finished(), "the backend thread died");
+            assert!(t0.elapsed().as_secs() < 30, "no re-attach");
+            std::thread::yield_now();
+        }
+        let mut res = Vec::new();
+        q.finish(&mut |t, r, _| res.push((t, r)));
+        assert_eq!(
+            res,
+            vec![(1, Err(Errno(libc::EIO))), (2, Err(Errno(libc::EIO)))]
+        );
+        q.submit(&req(Op::Write, 4096, 4096, false), &mut b)
+            .unwrap();
+        assert_eq!(
+            q.submit(&flush, &mut []),
+            Ok(()),
+            "told: flushes work again"
+        );
+        let st = disk.stats();
+        assert_eq!(stat(&st, "tokens_lost"), 1, "{st}");
+        disk.shutdown();
+        drop(_stop);
+        poller.join().unwrap();
+    });
+}
+
+/// A clean stop clears the blkdev record *and* the host record: the same hostname
+/// registers again at once (before, the host record stayed RUNNING and a restart was
+/// refused for the 30 s heartbeat window: "another host with this id is alive").
+#[test]
+fn clean_stop_lets_the_same_host_start_again_at_once() {
+    let now = host::linux::attach::now_ns;
+    with_backend_mem("again", true, |host_mem| {
+        let opts = CbdOptions::new("again");
+        let first = CbdDisk::start(host_mem, &opts, Arc::new(now)).unwrap();
+        let id = first.registered().host_id;
+        first.shutdown();
+        static TRACE: NoTrace = NoTrace;
+        let tp = Transport::open(Shm::new(host_mem, &TRACE), false).unwrap();
+        let state = tp.host(id).unwrap().map_or(0, |h| h.rec.state);
+        assert_eq!(state, device::layout::STATE_NONE, "host record cleared");
+        let t = std::time::Instant::now();
+        let second = CbdDisk::start(host_mem, &opts, Arc::new(now)).expect("restart at once");
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        let mut q = second.queue(0).unwrap();
+        let mut b = vec![7u8; 4096];
+        q.submit(&req(Op::Write, 0, 4096, false), &mut b).unwrap();
+        second.shutdown();
+        // A failed start leaves nothing alive either: more queues than channels.
+        let bad = CbdOptions {
+            queues: 3,
+            ..CbdOptions::new("again")
+        };
+        assert!(CbdDisk::start(host_mem, &bad, Arc::new(now)).is_err());
+        CbdDisk::start(host_mem, &opts, Arc::new(now))
+            .expect("start after a failed start")
+            .shutdown();
     });
 }

@@ -14,7 +14,12 @@
 //! Invariants at every crash point, per 4 KiB block: the content is exactly one
 //! version ever written there (never mixed), and not older than the newest
 //! version whose durability the host saw confirmed (DURABLE CE, watermark, FLUSH).
-//! `DURABILITY_CRASH_LONG=1` multiplies the schedules by 10.
+//! A FLUSH vouches for every write completed before it was submitted, including
+//! those a crash may have lost, unless the host had been told of that crash first
+//! (it consumed a failed FLUSH on that queue since): docs/durability.md, "After a
+//! device crash". `DURABILITY_CRASH_LONG=1` multiplies the schedules by 10,
+//! `DURABILITY_CRASH_SCHEDULES=N` by N; schedules that once failed always run.
+//! The last tests walk through which FLUSHes fail after a re-attach, step by step.
 
 mod common;
 use common::Rng;
@@ -202,9 +207,13 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
     let mut inflight: HashMap<(usize, u64), Req> = HashMap::new();
     let mut unconfirmed: [Vec<(u64, usize)>; 2] = [Vec::new(), Vec::new()];
     let mut busy = [false; BLOCKS];
-    // Writes the crashed incarnation may have completed: a later FLUSH does not
-    // vouch for them (the first FLUSH per channel after the crash fails instead).
+    // Writes the crashed incarnation may have completed: they may be lost. A FLUSH on
+    // queue q vouches for them too unless, when it was submitted, the host had
+    // already consumed a failed FLUSH on q since the last crash (`told[q]`): the
+    // device tells of the loss by failing FLUSHes, and every FLUSH submitted before
+    // the host was told must fail (docs/durability.md, "After a device crash").
     let mut tainted = std::collections::HashSet::new();
+    let mut told = [false; 2];
     let mut version = 0u64;
     let total = 30 + r.below(50);
     let crashes: Vec<u64> = (0..r.below(3)).map(|_| r.below(total)).collect();
@@ -261,6 +270,7 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
         }
         if crashed < crashes.len() && crashes[crashed] <= submitted {
             crashed += 1;
+            told = [false; 2];
             tainted.extend(unconfirmed.iter().flatten().map(|&(_, w)| w));
             tainted.extend(inflight.values().filter_map(|q| match q {
                 Req::Write(w) => Some(*w),
@@ -313,6 +323,9 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
                         &orc,
                         format!("q{qi}: tid {} failed {}", c.req_tid, c.result),
                     );
+                }
+                if flush_eio && crashed > 0 {
+                    told[qi] = true;
                 }
                 match req {
                     Req::Write(w) => {
@@ -377,7 +390,7 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
                     .iter()
                     .flatten()
                     .map(|&(_, w)| w)
-                    .filter(|w| !tainted.contains(w))
+                    .filter(|w| !(told[qi] && tainted.contains(w)))
                     .collect();
                 let req = Request {
                     op: op::FLUSH,
@@ -447,12 +460,25 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
     (orc.points, None)
 }
 
-fn run(nc: bool, schedules: u64, min_points: u64) {
+/// Schedules that once failed, run in every mode: two FLUSHes in flight on one channel
+/// when the backend crashed with completed STANDARD writes staged; after the re-attach
+/// the first failed, the second completed 0 and vouched for the lost writes.
+const REGRESSIONS_COHERENT: &[u64] = &[86];
+const REGRESSIONS_ADVERSARIAL: &[u64] = &[368];
+
+/// `DURABILITY_CRASH_LONG=1`: ×10 schedules; `DURABILITY_CRASH_SCHEDULES=N`: N× instead
+/// (CI runs a slice of the long mode this way). The regression schedules always run.
+fn run(nc: bool, schedules: u64, min_points: u64, regressions: &[u64]) {
     let long = std::env::var_os("DURABILITY_CRASH_LONG").is_some();
-    let n = if long { schedules * 10 } else { schedules };
+    let times = std::env::var("DURABILITY_CRASH_SCHEDULES")
+        .ok()
+        .and_then(|x| x.parse::<u64>().ok())
+        .unwrap_or(if long { 10 } else { 1 });
+    let n = schedules * times.max(1);
     let mut points = 0;
     let only: Option<u64> = std::env::var("DDBG").ok().and_then(|x| x.parse().ok());
-    for s in 0..n {
+    let extra: Vec<u64> = regressions.iter().copied().filter(|&s| s >= n).collect();
+    for s in (0..n).chain(extra.iter().copied()) {
         if only.is_some_and(|o| o != s) {
             continue;
         }
@@ -462,16 +488,202 @@ fn run(nc: bool, schedules: u64, min_points: u64) {
             panic!("schedule {s} (nc={nc}): {v}");
         }
     }
-    eprintln!("durability crash test (nc={nc}): {n} schedules, {points} crash points");
-    assert!(points >= min_points, "only {points} crash points");
+    eprintln!(
+        "durability crash test (nc={nc}): {n} schedules + {} regression, {points} crash points",
+        extra.len()
+    );
+    assert!(
+        only.is_some() || points >= min_points,
+        "only {points} crash points"
+    );
 }
 
 #[test]
 fn crash_points_coherent() {
-    run(false, 80, 8_000);
+    run(false, 80, 8_000, REGRESSIONS_COHERENT);
 }
 
 #[test]
 fn crash_points_adversarial() {
-    run(true, 40, 2_500);
+    run(true, 40, 2_500, REGRESSIONS_ADVERSARIAL);
+}
+
+#[test]
+fn regression_two_flushes_in_the_ring_at_reattach() {
+    for (nc, s) in [
+        (false, REGRESSIONS_COHERENT),
+        (true, REGRESSIONS_ADVERSARIAL),
+    ] {
+        for &seed in s {
+            if let (_, Some(v)) = schedule(seed, nc) {
+                panic!("schedule {seed} (nc={nc}): {v}");
+            }
+        }
+    }
+}
+
+// ---- Which FLUSHes fail after a re-attach: deterministic scenarios.
+
+/// One backend over CrashMedia with 64 KiB staging and one host with two queues, plain
+/// v3 (no tokens: FLUSH is the only durability signal), driven step by step.
+struct Rig<'a> {
+    shm: Shm<'a, HeapMem>,
+    nc: bool,
+    now: u64,
+    backend: Option<Backend<'a, HeapMem, CrashMedia>>,
+    dev: Blkdev<'a, HeapMem>,
+    buf: Vec<u8>,
+}
+
+impl<'a> Rig<'a> {
+    fn new(heap: &'a HeapMem, nc: bool, scratch: &'a mut [u8], staging: &'a mut [u8]) -> Rig<'a> {
+        let shm = Shm::new(heap, &NoTrace);
+        let now = T0 + 31 * SEC;
+        let mut b = Backend::start(shm, bcfg(nc), CrashMedia::new(DISK, 1), scratch, now)
+            .expect("re-attach");
+        b.set_staging(staging).unwrap();
+        let hc = HostConfig {
+            hostname: "hostA",
+            noncoherent: nc,
+            queue_depth: 8,
+            durable_tokens: false,
+            ..HostConfig::default()
+        };
+        let host = Host::register(shm, hc, now).unwrap();
+        let mut dev = host.dev_start(b.backend_id, 2, now).unwrap();
+        while !dev.poll_ready(now).unwrap() {
+            b.poll(now).unwrap();
+        }
+        Rig {
+            shm,
+            nc,
+            now,
+            backend: Some(b),
+            dev,
+            buf: vec![0; chan::MAX_IO as usize],
+        }
+    }
+    fn submit(&mut self, q: usize, req: Request, payload: &[u8]) -> u64 {
+        self.dev.queues[q].submit(req, payload).expect("submit")
+    }
+    fn write(&mut self, q: usize, block: usize, v: u64) -> u64 {
+        let mut p = vec![0u8; CRASH_BLOCK];
+        fill_block(v, block, &mut p);
+        let req = Request {
+            op: op::WRITE,
+            offset: (block * CRASH_BLOCK) as u64,
+            len: CRASH_BLOCK as u32,
+        };
+        self.submit(q, req, &p)
+    }
+    fn flush(&mut self, q: usize) -> u64 {
+        let req = Request {
+            op: op::FLUSH,
+            offset: 0,
+            len: 0,
+        };
+        self.submit(q, req, &[])
+    }
+    /// The device runs everything submitted (time stands still: nothing falls due).
+    fn device(&mut self) {
+        self.backend.as_mut().unwrap().poll(self.now).unwrap();
+    }
+    /// The host consumes the next completion of `q`: (tid, result).
+    fn complete(&mut self, q: usize) -> (u64, i32) {
+        let c = self.dev.queues[q]
+            .poll_at(&mut self.buf, self.now)
+            .unwrap()
+            .expect("a completion");
+        (c.req_tid, c.result)
+    }
+    /// Write, run, consume: a completed (staged) write.
+    fn completed_write(&mut self, q: usize, block: usize, v: u64) {
+        let t = self.write(q, block, v);
+        self.device();
+        assert_eq!(self.complete(q), (t, 0));
+    }
+    /// FLUSH, run, consume: its result.
+    fn flush_result(&mut self, q: usize) -> i32 {
+        let t = self.flush(q);
+        self.device();
+        let (tid, r) = self.complete(q);
+        assert_eq!(tid, t);
+        r
+    }
+    /// The backend dies (staging lost, the media loses unflushed blocks) and re-attaches
+    /// 31 s later on the same media and memory.
+    fn crash(&mut self) {
+        let (mut m, sc, stg) = self.backend.take().unwrap().into_parts_staged();
+        m.crash();
+        self.now += 31 * SEC;
+        let mut b = Backend::start(self.shm, bcfg(self.nc), m, sc, self.now).expect("re-attach");
+        b.set_staging(stg).unwrap();
+        self.backend = Some(b);
+    }
+    /// Version of `block` on the media if the power failed now.
+    fn on_media(&mut self, block: usize) -> Option<u64> {
+        let img = self.backend.as_mut().unwrap().media().crash_image();
+        block_version(block, &img[block * CRASH_BLOCK..][..CRASH_BLOCK])
+    }
+}
+
+/// Every FLUSH submitted before the host consumed a failed one fails: the two in the
+/// ring at re-attach, and one submitted after the re-attach while the first failure
+/// was posted but not yet consumed. Once told, FLUSH means again what it says.
+#[test]
+fn flushes_fail_until_the_host_was_told() {
+    for nc in [false, true] {
+        let heap = HeapMem::from_bytes(&base(nc));
+        let (mut scratch, mut staging) = (vec![0u8; chan::MAX_IO as usize], vec![0u8; 64 << 10]);
+        let mut rig = Rig::new(&heap, nc, &mut scratch, &mut staging);
+        rig.completed_write(0, 0, 1); // staged, lost in the crash
+        let (f1, f2) = (rig.flush(0), rig.flush(0));
+        rig.crash();
+        rig.device();
+        let f3 = rig.flush(0); // after the re-attach, before the host saw a failure
+        rig.device();
+        for f in [f1, f2, f3] {
+            assert_eq!(rig.complete(0), (f, errno::EIO), "nc={nc}: FLUSH tid {f}");
+        }
+        // Told. A write runs (the device sees the host consumed the failure), then a
+        // FLUSH submitted afterwards succeeds and covers that write.
+        rig.completed_write(0, 1, 2);
+        assert_eq!(rig.flush_result(0), 0, "nc={nc}");
+        assert_eq!(rig.on_media(1), Some(2), "nc={nc}");
+    }
+}
+
+/// A completion of the dead incarnation that the host consumes only after it was told
+/// (here on the other queue) is a write the earlier failure did not cover: FLUSHes fail
+/// again, on every queue, until the host is told anew.
+#[test]
+fn a_late_dead_completion_on_another_queue_fails_flushes_again() {
+    for nc in [false, true] {
+        let heap = HeapMem::from_bytes(&base(nc));
+        let (mut scratch, mut staging) = (vec![0u8; chan::MAX_IO as usize], vec![0u8; 64 << 10]);
+        let mut rig = Rig::new(&heap, nc, &mut scratch, &mut staging);
+        rig.completed_write(0, 0, 1);
+        let x = rig.write(1, 2, 2);
+        rig.device(); // q1's write completes on the device; the host does not look yet
+        rig.crash();
+        assert_eq!(rig.flush_result(0), errno::EIO, "nc={nc}: first FLUSH");
+        rig.completed_write(0, 3, 3);
+        assert_eq!(rig.flush_result(0), 0, "nc={nc}: told, q1's write unseen");
+        assert_eq!(
+            rig.complete(1),
+            (x, 0),
+            "nc={nc}: the dead incarnation's CE"
+        );
+        assert_eq!(
+            rig.flush_result(0),
+            errno::EIO,
+            "nc={nc}: would vouch for q1's write"
+        );
+        rig.completed_write(0, 3, 4);
+        assert_eq!(rig.flush_result(0), 0, "nc={nc}: told again");
+        assert_eq!(rig.flush_result(1), errno::EIO, "nc={nc}: q1 is told on q1");
+        rig.completed_write(1, 4, 5);
+        assert_eq!(rig.flush_result(1), 0, "nc={nc}");
+        assert_eq!(rig.on_media(4), Some(5), "nc={nc}");
+    }
 }

@@ -197,6 +197,7 @@ pub fn run_pair(spec: &PairSpec, device_image: Option<&Path>) -> Result<PairOutc
         let mut vm = Vm::spawn_with_input("device", &d.command(image), spec.echo, Input::Piped)
             .map_err(|e| e.to_string())?;
         if !vm.wait_for("serve: ", Duration::from_secs(240)) {
+            // One more second to collect its last lines, then it is killed.
             let out = vm.wait(Duration::from_secs(1));
             save(&work, "device.log", &out.output);
             return Err(format!(
@@ -225,11 +226,14 @@ pub fn run_pair(spec: &PairSpec, device_image: Option<&Path>) -> Result<PairOutc
     let mut linux_cmd = linux_command(&img, &initrd, &append, &topo);
     linux_cmd.args(spec.linux_extra.iter().cloned());
     let linux = spawn_linux(&linux_cmd, echo, input)?;
-    let linux_out = linux.wait(timeout);
+    // The spec's timeout is the Linux VM's whole run (boot included).
+    let left = linux.remaining(timeout);
+    let linux_out = linux.wait(left);
 
+    // However long the pair ran, the device gets DEVICE_STOP_LIMIT to stop after `stop`.
     let device_out = device.map(|mut vm| {
         let _ = vm.send_line("stop");
-        vm.wait(Duration::from_secs(120))
+        vm.wait(DEVICE_STOP_LIMIT)
     });
     save(&work, "linux.log", &linux_out.output);
     if let Some(d) = &device_out {
@@ -242,6 +246,10 @@ pub fn run_pair(spec: &PairSpec, device_image: Option<&Path>) -> Result<PairOutc
         logs: work,
     })
 }
+
+/// How long the device VM gets to stop (final sync, `serve: stopped` report, exit) once
+/// `stop` was typed on its console, counted from then.
+pub const DEVICE_STOP_LIMIT: Duration = Duration::from_secs(120);
 
 /// How long a Linux guest may take to reach userspace before we call it a failed boot.
 pub const LINUX_BOOT_LIMIT: Duration = Duration::from_secs(150);

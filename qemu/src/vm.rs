@@ -301,9 +301,22 @@ impl Vm {
         false
     }
 
-    /// Wait for QEMU to exit, at most `timeout`; kill it after that.
+    /// Time since the VM was spawned.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// What is left of a budget `total` counted from the spawn (zero once spent): pass it
+    /// to [`Vm::wait`] when a timeout means the whole run (`--timeout N`, a test's limit).
+    pub fn remaining(&self, total: Duration) -> Duration {
+        total.saturating_sub(self.elapsed())
+    }
+
+    /// Wait for QEMU to exit, at most `timeout` **from this call** (e.g. the time a VM
+    /// gets to stop after `stop` was typed, however long it ran before); kill it after
+    /// that. For a budget over the whole run pass [`Vm::remaining`].
     pub fn wait(mut self, timeout: Duration) -> Outcome {
-        let deadline = self.started + timeout;
+        let deadline = wait_deadline(Instant::now(), timeout);
         let mut child = self.child.take().expect("child present until waited");
         let status = loop {
             match child.try_wait() {
@@ -349,6 +362,13 @@ impl Drop for Vm {
             let _ = c.wait();
         }
     }
+}
+
+/// When a [`Vm::wait`] called at `now` with `timeout` gives up (saturating: a huge timeout
+/// waits for ever rather than overflowing).
+fn wait_deadline(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 fn spawn_reader(
@@ -421,6 +441,61 @@ mod tests {
             q.display(),
             "qemu-system-x86_64 -machine q35 -fw_cfg 'name=opt/cbdfw/log,string=debug level' -accel tcg"
         );
+    }
+
+    /// A stand-in for QEMU: `sleep SECS` through the same runner.
+    fn sleeper(secs: &str) -> Vm {
+        let mut c = QemuCmd::new();
+        c.binary = PathBuf::from("sleep");
+        c.arg(secs);
+        Vm::spawn("sleeper", &c, Echo::Quiet).expect("spawn sh")
+    }
+
+    #[test]
+    fn wait_counts_its_timeout_from_the_call() {
+        // Ran 0.6 s before the wait; exits ~0.4 s into a 1.5 s wait: not a timeout (it was one
+        // when the deadline counted from the spawn and the VM had run longer than the wait).
+        let vm = sleeper("1");
+        std::thread::sleep(Duration::from_millis(600));
+        let out = vm.wait(Duration::from_millis(500));
+        assert_eq!(out.status, KernelStatus::Unexpected(Some(0)), "{out:?}");
+        assert!(out.elapsed >= Duration::from_millis(900));
+        // A wait still kills what outlives it, counted from the call too.
+        let vm = sleeper("30");
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        let out = vm.wait(Duration::from_millis(400));
+        assert_eq!(
+            out.status,
+            KernelStatus::Timeout(Duration::from_millis(400))
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn remaining_is_what_is_left_of_a_whole_run_budget() {
+        let vm = sleeper("30");
+        std::thread::sleep(Duration::from_millis(300));
+        let left = vm.remaining(Duration::from_secs(2));
+        assert!(left <= Duration::from_millis(1700), "{left:?}");
+        assert!(left > Duration::from_millis(500), "{left:?}");
+        assert_eq!(vm.remaining(Duration::from_millis(100)), Duration::ZERO);
+        // Spent budget: the wait gives up at once (and kills it).
+        let t = Instant::now();
+        let out = vm.wait(Duration::ZERO);
+        assert!(matches!(out.status, KernelStatus::Timeout(_)));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let now = Instant::now();
+        assert_eq!(
+            wait_deadline(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(wait_deadline(now, Duration::MAX) > now);
     }
 
     #[test]

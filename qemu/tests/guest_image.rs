@@ -88,9 +88,11 @@ fn boot(img: &GuestImage, name: &str, layer: &Layer, cxl: Option<&Path>) -> Stri
             .and_then(|s| s.parse().ok())
             .unwrap_or(600),
     );
-    let out = qemu::pair::spawn_linux(&q, Echo::Quiet, Input::Null)
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-        .wait(limit);
+    let vm = qemu::pair::spawn_linux(&q, Echo::Quiet, Input::Null)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    // The limit is the guest's whole run, boot included.
+    let left = vm.remaining(limit);
+    let out = vm.wait(left);
     std::fs::write(dir.join("console.log"), &out.output).ok();
     // A powered-off Linux guest ends QEMU with status 0.
     assert_eq!(

@@ -140,6 +140,7 @@ fn run_on(
     let ts = q.tokens;
     let _ = blk.stop();
     let _ = dev.send_line("stop");
+    // 60 s to stop, counted from `stop` (the bench itself may run longer).
     let out = dev.wait(Duration::from_secs(60));
     let result = c.map_err(|e| format!("{e}\n---- device serial ----\n{}", out.output))?;
     let device_lines = out

@@ -58,7 +58,8 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         self.sync_for_reset(ch);
         self.st.forget_chan(ch.idx as u8);
         ch.dur_pub = 0;
-        ch.flush_eio = false;
+        ch.loss = Loss::None;
+        ch.stale = None;
         ch.cursor = 0;
         ch.expect_tid = None;
         ch.skip_upto = None;
@@ -91,7 +92,8 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         });
         // Tids are monotonic across epochs: the watermark carries over.
         self.sync_for_reset(ch);
-        ch.flush_eio = false;
+        ch.loss = Loss::None;
+        ch.stale = None;
         ch.mode = Mode::Nc;
         ch.epoch = h.epoch;
         ch.cursor = 0;

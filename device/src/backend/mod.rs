@@ -154,15 +154,50 @@ struct Chan {
     /// Host's power window (µs, 0 = none), read from its durability line.
     power_us: u64,
     /// Re-attached after an unclean stop: writes the previous incarnation completed
-    /// may have been lost with its staging RAM, so this channel's next FLUSH
-    /// reports -EIO (once), like a disk that lost its write cache.
-    flush_eio: bool,
+    /// may have been lost with its staging RAM; which FLUSHes must fail until the
+    /// host has been told (see [`Loss`]).
+    loss: Loss,
+    /// Re-attach: completions of the dead incarnation on this channel the host had not
+    /// consumed yet (`None` once all are).
+    stale: Option<Stale>,
+}
+
+/// What a channel still owes the host after an unclean re-attach. The dead
+/// incarnation may have lost writes it had completed (staged in its RAM), so a FLUSH
+/// may only succeed if, before it was submitted, the host had been told by a failed
+/// FLUSH on this channel, and had seen no completion of the dead incarnation (on any
+/// channel) since. docs/durability.md, "After a device crash", argues why this covers
+/// every lost write. Ring positions come from the device's own cursor / `compr_head`
+/// and from validated host pointers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loss {
+    /// Nothing to report (provisioned fresh, RESET since, or reported).
+    None,
+    /// Every FLUSH fails. `report`: CE position of the first failure posted since the
+    /// state began (the one that tells the host).
+    Failing { report: Option<u32> },
+    /// The host consumed the report; the next `left` SEs run were in the ring when the
+    /// device saw that (they may predate it): FLUSHes among them fail too.
+    Draining { left: u32 },
+}
+
+/// Dead-incarnation CEs of a channel not consumed by the host at the last look:
+/// they lie before ring position `end` (`compr_head` at re-attach); `left` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stale {
+    end: u32,
+    left: u32,
+}
+
+/// Bytes from ring position `from` forward to `to` (both `< size`, validated).
+fn ring_dist(from: u32, to: u32, size: u32) -> u32 {
+    ((to as u64 + size as u64 - from as u64) % size as u64) as u32
 }
 
 impl Chan {
-    /// A channel in its initial (v3, pre-RESET) state. `flush_eio` marks a channel
-    /// re-attached after an unclean stop.
-    fn new(idx: u32, seg_id: u32, g: ChannelGeom, flush_eio: bool) -> Self {
+    /// A channel in its initial (v3, pre-RESET) state. `lossy` marks a channel
+    /// re-attached after an unclean stop (its rings then set by [`Chan::after_crash`]).
+    fn new(idx: u32, seg_id: u32, g: ChannelGeom, lossy: bool) -> Self {
         Chan {
             idx,
             seg_id,
@@ -176,8 +211,25 @@ impl Chan {
             durable: false,
             dur_pub: 0,
             power_us: 0,
-            flush_eio,
+            loss: if lossy {
+                Loss::Failing { report: None }
+            } else {
+                Loss::None
+            },
+            stale: None,
         }
+    }
+
+    /// Re-attach after an unclean stop, with `compr_head` already set and the host's
+    /// `compr_tail` (validated): every FLUSH fails until reported; the CEs between
+    /// the two are the dead incarnation's, not yet consumed.
+    fn after_crash(&mut self, compr_tail: u32) {
+        self.loss = Loss::Failing { report: None };
+        let left = ring_dist(compr_tail, self.compr_head, self.g.compr_size()) / self.g.el.ce_size;
+        self.stale = (left > 0).then_some(Stale {
+            end: self.compr_head,
+            left,
+        });
     }
 }
 

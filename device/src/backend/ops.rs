@@ -47,8 +47,11 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             due: self.cfg.durable.due(intent, ch.power_us, self.now),
             durable_flag: if ch.durable { CE_FLAG_DURABLE } else { 0 },
         };
+        if ch.loss != Loss::None || ch.stale.is_some() {
+            self.track_loss(ch)?;
+        }
         let outcome = match se.op {
-            op::FLUSH => self.op_flush(ch, &cx, ce),
+            op::FLUSH => self.op_flush(ch, &cx, ce)?,
             op::DISCARD | op::WRITE_ZEROES if self.cfg.discard_wz => self.op_zero(ch, se, &cx, ce),
             op::WRITE => self.op_write(ch, se, &cx, ce)?,
             op::READ => self.op_read(ch, se, ce)?,
@@ -57,6 +60,12 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
                 Outcome::Refused(errno::EOPNOTSUPP)
             }
         };
+        if let Loss::Draining { left } = ch.loss {
+            ch.loss = match left.saturating_sub(1) {
+                0 => Loss::None,
+                left => Loss::Draining { left },
+            };
+        }
         match outcome {
             Outcome::Refused(r) => Ok(r),
             Outcome::Ran(result) => {
@@ -73,18 +82,130 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
     }
 
     /// v3 FLUSH: every previously completed write is durable when it completes.
-    /// After a re-attach following an unclean stop, the first FLUSH reports -EIO
-    /// (writes staged by the previous incarnation may be lost).
-    fn op_flush(&mut self, ch: &mut Chan, cx: &OpCtx, ce: &mut Ce) -> Outcome {
+    /// After a re-attach following an unclean stop, FLUSHes report -EIO until the
+    /// host has been told of the loss ([`Loss`]); they still write everything back.
+    fn op_flush(
+        &mut self,
+        ch: &mut Chan,
+        cx: &OpCtx,
+        ce: &mut Ce,
+    ) -> Result<Outcome, BackendError> {
         let mut r = errno_of(self.st.sync());
-        if ch.flush_eio {
-            ch.flush_eio = false;
+        if self.flush_must_fail(ch)? {
             r = errno::EIO;
         }
         if r == 0 {
             ce.flags |= cx.durable_flag;
         }
-        Outcome::Ran(r)
+        Ok(Outcome::Ran(r))
+    }
+
+    /// Must the FLUSH at `ch`'s cursor fail? First look at every channel's dead-incarnation
+    /// completions; then, while `Failing`, the first failure is the report (its CE goes
+    /// to `ch.compr_head`).
+    fn flush_must_fail(&mut self, ch: &mut Chan) -> Result<bool, BackendError> {
+        if ch.stale.is_some() || self.chans.iter().any(|c| c.stale.is_some()) {
+            let mut seen = self.look_at_stale(ch)?;
+            for i in 0..self.chans.len() {
+                if i as u32 != ch.idx {
+                    let mut c = self.chans[i];
+                    seen |= self.look_at_stale(&mut c)?;
+                    self.chans[i] = c;
+                }
+            }
+            if seen {
+                self.fail_flushes_again(ch);
+            }
+        }
+        match ch.loss {
+            Loss::None => Ok(false),
+            Loss::Draining { .. } | Loss::Failing { report: Some(_) } => Ok(true),
+            Loss::Failing { report: None } => {
+                ch.loss = Loss::Failing {
+                    report: Some(ch.compr_head),
+                };
+                Ok(true)
+            }
+        }
+    }
+
+    /// The host consumed a dead-incarnation completion since the last look: whatever it
+    /// was told before does not cover that write, so every channel fails FLUSHes again
+    /// until a new report (`ch` is the channel being served, the others are in
+    /// `self.chans`).
+    fn fail_flushes_again(&mut self, ch: &mut Chan) {
+        ch.loss = Loss::Failing { report: None };
+        for c in self.chans.iter_mut().filter(|c| c.idx != ch.idx) {
+            c.loss = Loss::Failing { report: None };
+        }
+    }
+
+    /// Re-count `c`'s dead-incarnation CEs the host has not consumed; true if it
+    /// consumed some since the last look. The unconsumed span is `[compr_tail,
+    /// compr_head)`; of it, `[end, compr_head)` is the new incarnation's. Unambiguous
+    /// while a stale CE is unconsumed (the device never posts into an unconsumed slot,
+    /// so `compr_head` cannot lap it); a look that misses the moment the last one went
+    /// (the ring lapped since) only keeps counting until the host catches up: safe.
+    fn look_at_stale(&self, c: &mut Chan) -> Result<bool, BackendError> {
+        let Some(s) = c.stale else {
+            return Ok(false);
+        };
+        let Some((tail, _)) = self.host_pointers(c)? else {
+            return Ok(false);
+        };
+        let size = c.g.compr_size();
+        let unconsumed = ring_dist(tail, c.compr_head, size);
+        let new = ring_dist(s.end, c.compr_head, size);
+        let left = unconsumed.saturating_sub(new) / c.g.el.ce_size;
+        c.stale = (left > 0).then_some(Stale { end: s.end, left });
+        Ok(left < s.left)
+    }
+
+    /// The host's (`compr_tail`, `submr_head`) of `c`, both validated, or `None`
+    /// (torn or other-epoch line, or a pointer outside its ring). Tail first: a head
+    /// read later is at least the head of when the tail moved.
+    fn host_pointers(&self, c: &Chan) -> Result<Option<(u32, u32)>, BackendError> {
+        let shm = self.shm();
+        let (tail, head) = match c.mode {
+            Mode::Nc => match read_host_line(shm, &c.g, true)? {
+                Some(h) if h.epoch == c.epoch => (h.compr_tail, h.submr_head),
+                _ => return Ok(None),
+            },
+            Mode::V3 => {
+                let t = shm.load_u32(c.g.ctrl(ctrl::COMPR_TAIL))?;
+                (t, shm.load_u32(c.g.ctrl(ctrl::SUBMR_HEAD))?)
+            }
+        };
+        Ok((c.g.valid_ce_pos(tail) && c.g.valid_se_pos(head)).then_some((tail, head)))
+    }
+
+    /// Before each SE after an unclean re-attach: this channel's own dead-incarnation
+    /// CEs (looked at per SE, so `compr_head` cannot lap them unseen), and, with a
+    /// report posted, whether the host consumed it: then FLUSHes still in the ring may
+    /// predate that and fail (`Draining` up to the host's `submr_head`, this SE
+    /// included); later ones are normal again.
+    fn track_loss(&mut self, ch: &mut Chan) -> Result<(), BackendError> {
+        if ch.stale.is_some() && self.look_at_stale(ch)? {
+            self.fail_flushes_again(ch);
+        }
+        let Loss::Failing { report: Some(p) } = ch.loss else {
+            return Ok(());
+        };
+        // Unreadable or invalid host pointers: not consumed (FLUSHes keep failing).
+        let Some((tail, head)) = self.host_pointers(ch)? else {
+            return Ok(());
+        };
+        // Consumed iff the unconsumed span [compr_tail, compr_head) lies within what was
+        // posted after the report; as in `look_at_stale`, compr_head cannot lap the
+        // report while it is unconsumed.
+        let size = ch.g.compr_size();
+        let after_report = ring_dist(ch.g.next_ce(p), ch.compr_head, size);
+        if ring_dist(tail, ch.compr_head, size) > after_report {
+            return Ok(());
+        }
+        let n = ring_dist(ch.cursor, head, ch.g.submr_size()) / ch.g.el.se_size;
+        ch.loss = Loss::Draining { left: n.max(1) };
+        Ok(())
     }
 
     /// DISCARD / WRITE_ZEROES (our extension, offered with DISCARD_WZ): zero a
@@ -99,7 +220,9 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         let mut r = errno_of(self.st.zero(chan, tid, se.offset, len, discard, cx.due));
         if r == 0 && cx.intent == Intent::Critical {
             r = errno_of(self.st.sync());
-            ce.flags |= cx.durable_flag;
+            if r == 0 {
+                ce.flags |= cx.durable_flag;
+            }
         }
         Outcome::Ran(r)
     }

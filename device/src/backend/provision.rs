@@ -279,6 +279,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         }
         ch.cursor = tail;
         ch.compr_head = compr_head;
+        ch.after_crash(compr_tail);
         if compr_head != compr_tail {
             // Published CEs not yet consumed: their SEs must not run again.
             let last = if compr_head == 0 {

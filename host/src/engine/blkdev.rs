@@ -23,6 +23,13 @@ impl<'a, M: SharedMem + ?Sized> Host<'a, M> {
         Ok(Self { tp, cfg, host_id })
     }
 
+    /// Clean stop of the host: clear its record (unless a running, alive blkdev still
+    /// names it), so the same hostname registers again at once instead of being refused
+    /// for the 30 s heartbeat window. Returns whether the record was cleared.
+    pub fn unregister(&self, now_ns: u64) -> Result<bool, HostError> {
+        unregister(&self.tp, self.host_id, self.cfg.hostname, now_ns)
+    }
+
     /// First RUNNING, alive backend (offering non-coherent mode if we need it).
     pub fn find_backend(&self, now_ns: u64) -> Result<u32, HostError> {
         for id in 0..self.tp.info.backend_num {
@@ -100,6 +107,7 @@ impl<'a, M: SharedMem + ?Sized> Host<'a, M> {
         }
         Ok(Blkdev {
             tp: tp.clone(),
+            hostname: self.cfg.hostname,
             host_id: self.host_id,
             blkdev_id,
             backend_id,
@@ -146,6 +154,7 @@ impl<'a, M: SharedMem + ?Sized> Host<'a, M> {
 /// A started blkdev (/dev/cbdN on Linux).
 pub struct Blkdev<'a, M: SharedMem + ?Sized> {
     tp: Transport<'a, M>,
+    hostname: &'a str,
     pub host_id: u32,
     pub blkdev_id: u32,
     pub backend_id: u32,
@@ -192,4 +201,39 @@ impl<'a, M: SharedMem + ?Sized> Blkdev<'a, M> {
         self.tp.clear(SlotKind::Blkdev, self.blkdev_id)?;
         Ok(())
     }
+
+    /// After [`Blkdev::stop`]: [`Host::unregister`] (clean stop of the whole host).
+    pub fn unregister_host(&self, now_ns: u64) -> Result<bool, HostError> {
+        unregister(&self.tp, self.host_id, self.hostname, now_ns)
+    }
+}
+
+/// Clear host record `host_id` if it is still ours (`hostname`) and no running, alive
+/// blkdev names it.
+fn unregister<M: SharedMem + ?Sized>(
+    tp: &Transport<'_, M>,
+    host_id: u32,
+    hostname: &str,
+    now_ns: u64,
+) -> Result<bool, HostError> {
+    let Some(h) = tp.host(host_id)? else {
+        return Ok(false);
+    };
+    let name = &h.rec.hostname;
+    let n = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let ours = name[..n] == hostname.as_bytes()[..hostname.len().min(name.len() - 1)];
+    if h.rec.state == STATE_NONE || !ours {
+        return Ok(false);
+    }
+    for id in 0..tp.info.blkdev_num {
+        if let Some(d) = tp.blkdev(id)?
+            && d.rec.state == STATE_RUNNING
+            && d.rec.host_id == host_id
+            && is_alive(d.rec.alive_ts, now_ns)
+        {
+            return Ok(false);
+        }
+    }
+    tp.clear(SlotKind::Host, host_id)?;
+    Ok(true)
 }

@@ -145,6 +145,8 @@ pub struct Registered {
     pub backend_id: u32,
     /// Backend disk size in bytes.
     pub dev_size: u64,
+    /// Feature bits the backend advertises (`device::layout::features`).
+    pub features: u64,
 }
 
 /// Opens the transport and checks the backend (exists, running, alive) without writing
@@ -193,6 +195,7 @@ pub fn register_check_only(
         host_id: u32::MAX,
         backend_id: opts.backend_id,
         dev_size: be.dev_size << 9,
+        features: be.features,
     })
 }
 
@@ -342,7 +345,8 @@ mod tests {
             Registered {
                 host_id: u32::MAX,
                 backend_id: 0,
-                dev_size: 2048 * 512
+                dev_size: 2048 * 512,
+                features: 0,
             }
         );
     }

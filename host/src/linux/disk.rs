@@ -8,6 +8,10 @@ use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The DISCARD / WRITE_ZEROES limit a disk that takes them advertises: one CBD request
+/// (`chan::MAX_IO`, 1 MiB); the kernel splits larger ones.
+pub const MAX_DISCARD_BYTES: u32 = device::layout::chan::MAX_IO;
+
 /// A block request as the ublk driver hands it over (byte units).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Req {
@@ -70,6 +74,11 @@ pub trait Disk: Send + Sync {
     fn queue(&self, qid: u16) -> Result<Box<dyn QueueIo>, String>;
     /// One-line description for logs.
     fn describe(&self) -> String;
+    /// Largest DISCARD / WRITE_ZEROES request in bytes the disk takes, 0 if it takes none
+    /// (then they fail with `EOPNOTSUPP` and the ublk device does not advertise them).
+    fn max_discard_bytes(&self) -> u32 {
+        0
+    }
     /// Counters printed when the program exits.
     fn stats(&self) -> String {
         String::new()
@@ -195,6 +204,9 @@ impl Disk for &'static RamDisk {
     }
     fn describe(&self) -> String {
         format!("RAM disk (test mode), {} MiB", self.size >> 20)
+    }
+    fn max_discard_bytes(&self) -> u32 {
+        MAX_DISCARD_BYTES
     }
     fn stats(&self) -> String {
         self.stats.to_string()

@@ -4,7 +4,10 @@
 //! Request mapping: READ/WRITE → data transfer; FLUSH → [`Op::Flush`] (CBD FLUSH on the real
 //! path); a WRITE with `UBLK_IO_F_FUA` → [`Req::fua`] (the disk makes it durable before
 //! completing); DISCARD / WRITE_ZEROES → [`Op::Discard`] / [`Op::WriteZeroes`]. The device
-//! advertises a volatile write cache and FUA, so the kernel sends flushes and FUA writes.
+//! advertises a volatile write cache and FUA, so the kernel sends flushes and FUA writes; and,
+//! when the disk takes them ([`Disk::max_discard_bytes`] > 0), DISCARD and WRITE_ZEROES
+//! (`UBLK_PARAM_TYPE_DISCARD`, one segment of at most that size: `blkdiscard`, `fstrim`,
+//! `BLKZEROOUT`, `fallocate(PUNCH_HOLE)` reach the disk instead of failing with EOPNOTSUPP).
 
 use std::sync::Arc;
 
@@ -143,11 +146,10 @@ pub fn serve(
         .map_err(|e| {
             format!("creating the ublk device failed: {e} (is ublk_drv loaded? /dev/ublk-control)")
         })?;
+    let discard_bytes = disk.max_discard_bytes();
     let tgt_init = move |dev: &mut UblkDev| {
         dev.set_default_params(size);
-        // Volatile cache → the kernel sends FLUSH; FUA → writes may carry UBLK_IO_F_FUA.
-        dev.tgt.params.basic.attrs = sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA;
-        dev.tgt.params.basic.logical_bs_shift = 9;
+        set_params(&mut dev.tgt.params, discard_bytes);
         Ok(())
     };
     let d = Arc::clone(&disk);
@@ -156,6 +158,25 @@ pub fn serve(
     ctrl.run_target(tgt_init, q_fn, dev_fn)
         .map_err(|e| format!("ublk device failed: {e}"))?;
     Ok(())
+}
+
+/// Our parameters over libublk's defaults: volatile cache (the kernel sends FLUSH), FUA (writes
+/// may carry `UBLK_IO_F_FUA`), 512-byte logical blocks; with `discard_bytes` > 0, DISCARD and
+/// WRITE_ZEROES of up to that many bytes in one segment, granularity the physical block.
+pub fn set_params(p: &mut sys::ublk_params, discard_bytes: u32) {
+    p.basic.attrs = sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA;
+    p.basic.logical_bs_shift = 9;
+    if discard_bytes >= 512 {
+        p.types |= sys::UBLK_PARAM_TYPE_DISCARD;
+        p.discard = sys::ublk_param_discard {
+            discard_alignment: 0,
+            discard_granularity: 1 << p.basic.physical_bs_shift.max(9),
+            max_discard_sectors: discard_bytes >> 9,
+            max_write_zeroes_sectors: discard_bytes >> 9,
+            max_discard_segments: 1,
+            reserved0: 0,
+        };
+    }
 }
 
 /// Stops ublk device `dev_id` (its queues finish, [`serve`] returns).
@@ -194,5 +215,62 @@ mod tests {
             Op::WriteZeroes
         );
         assert!(decode(0xfe, 0, 0).is_none());
+    }
+
+    fn defaults() -> sys::ublk_params {
+        sys::ublk_params {
+            types: sys::UBLK_PARAM_TYPE_BASIC,
+            basic: sys::ublk_param_basic {
+                physical_bs_shift: 12,
+                max_sectors: 1024,
+                dev_sectors: 1 << 20,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_are_advertised_only_when_the_disk_takes_them() {
+        let mut p = defaults();
+        set_params(&mut p, 0);
+        assert_eq!(p.types, sys::UBLK_PARAM_TYPE_BASIC, "no discard params");
+        assert_eq!(
+            p.basic.attrs,
+            sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA
+        );
+        assert_eq!(
+            (
+                p.discard.max_discard_sectors,
+                p.discard.max_write_zeroes_sectors
+            ),
+            (0, 0)
+        );
+
+        let mut p = defaults();
+        set_params(&mut p, crate::linux::disk::MAX_DISCARD_BYTES);
+        assert_eq!(
+            p.types,
+            sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD
+        );
+        let d = p.discard;
+        // One CBD request at most (1 MiB), one segment (what ublk_drv accepts), 4 KiB units.
+        assert_eq!(d.max_discard_sectors, device::layout::chan::MAX_IO >> 9);
+        assert_eq!(d.max_write_zeroes_sectors, d.max_discard_sectors);
+        assert_eq!((d.max_discard_segments, d.discard_granularity), (1, 4096));
+        assert_eq!(d.discard_alignment, 0);
+        // ublk_drv refuses discard params with a zero granularity or more than one segment.
+        assert!(d.discard_granularity > 0 && d.max_discard_segments == 1);
+    }
+
+    #[test]
+    fn discard_ops_decode_to_their_ranges() {
+        let d = decode(sys::UBLK_IO_OP_DISCARD, 2048, 2048).unwrap();
+        assert_eq!(
+            (d.op, d.offset, d.len, d.fua),
+            (Op::Discard, 1 << 20, 1 << 20, false)
+        );
+        let z = decode(sys::UBLK_IO_OP_WRITE_ZEROES | sys::UBLK_IO_F_NOUNMAP, 8, 8).unwrap();
+        assert_eq!((z.op, z.offset, z.len), (Op::WriteZeroes, 4096, 4096));
     }
 }

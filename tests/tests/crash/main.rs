@@ -17,8 +17,8 @@
 //!    records over while the dead incarnation's heartbeat still looks alive — the
 //!    first 50-point version waited that out by ageing the records from the test;
 //!    the engine now does it properly). The requests in flight at the kill
-//!    complete; each channel's first FLUSH after the re-attach fails with EIO
-//!    (exactly once), the next succeeds;
+//!    complete; on each channel FLUSHes fail with EIO (at least one) until the host
+//!    was told of the loss, then one succeeds (within four);
 //! 4. the whole disk is read back through the protocol and checked like the image,
 //!    and the image file (after that FLUSH) must equal it byte for byte. What was
 //!    read becomes the new confirmed baseline, and the workload goes on.
@@ -149,8 +149,14 @@ fn device_vm_crash_points_keep_confirmed_writes() {
             "the device did not re-attach to its backend"
         );
         d.drain("in flight at the kill", &dev);
+        // FLUSHes fail until the host was told of the loss on that queue: the first one
+        // (or a FLUSH in flight at the kill) is the report; a FLUSH submitted before the
+        // device saw the host consume it fails too (here the very next one: nothing runs
+        // between), and a completion of the dead incarnation consumed late starts over.
+        // Then FLUSH succeeds again (docs/durability.md, "After a device crash").
         for q in 0..2 {
-            for _ in 0..3 {
+            let mut ok = false;
+            for _ in 0..4 {
                 let before = d.m.n.flushes;
                 d.run_one(
                     q,
@@ -163,12 +169,20 @@ fn device_vm_crash_points_keep_confirmed_writes() {
                     &dev,
                 );
                 if d.m.n.flushes > before {
+                    ok = true;
                     break;
                 }
             }
-            assert_eq!(
-                d.m.flush_eio[q], 1,
-                "crash point {point}: queue {q}: FLUSHes failing with EIO after the re-attach"
+            assert!(
+                ok && d.m.flush_eio[q] >= 1,
+                "crash point {point}: queue {q}: {} FLUSHes failed with EIO after the re-attach, \
+                 then {}",
+                d.m.flush_eio[q],
+                if ok {
+                    "one succeeded"
+                } else {
+                    "none succeeded"
+                }
             );
         }
         max_lost_tokens = max_lost_tokens.max(d.blk.queues.iter().map(|q| q.tokens.lost).sum());
@@ -228,7 +242,8 @@ fn device_vm_crash_points_keep_confirmed_writes() {
 
     d.blk.stop().expect("blkdev stop");
     dev.send_line("stop").unwrap();
-    let out = dev.wait(Duration::from_secs(120));
+    // Counted from `stop`: the crash points before took far longer than this.
+    let out = dev.wait(qemu::pair::DEVICE_STOP_LIMIT);
     assert_eq!(
         out.status,
         KernelStatus::Success,

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::{Blkdev, Host, HostConfig, HostError, HostQueue, Intent, TokenStats};
+use device::layout::features;
 use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::Transport;
@@ -71,7 +72,9 @@ struct Shared {
     /// Durability tokens negotiated on every channel (and not `--plain-v3`).
     tokens: bool,
     default_intent: Intent,
-    plain_v3: bool,
+    /// DISCARD / WRITE_ZEROES go to the backend: it offers them (`features::DISCARD_WZ`)
+    /// and not `--plain-v3`. Otherwise they fail with `EOPNOTSUPP` here.
+    discard_wz: bool,
     stats: Stats,
     /// CBD FLUSH commands sent (plain v3: one per ublk flush and per FUA write).
     cbd_flushes_sent: AtomicU64,
@@ -205,22 +208,16 @@ impl CbdDisk {
         };
         let shm = Shm::new(mem, &TRACE);
         let host = Host::register(shm, cfg, clock()).map_err(|e| host_err("registering", e))?;
-        let mut dev = host
-            .dev_start(opts.backend_id, opts.queues as u32, clock())
-            .map_err(|e| host_err("dev-start", e))?;
-        let t0 = clock();
-        while !dev
-            .poll_ready(clock())
-            .map_err(|e| host_err("channel RESET", e))?
-        {
-            if clock().saturating_sub(t0) > READY_TIMEOUT_NS {
-                return Err(CbdError::Engine {
-                    step: "channel RESET",
-                    err: HostError::Timeout,
-                });
+        let mut dev = match Self::start_blkdev(&host, opts, &*clock) {
+            Ok(d) => d,
+            Err(e) => {
+                // Leave nothing alive: a retry with this hostname must not wait 30 s.
+                if let Err(u) = host.unregister(clock()) {
+                    log::warn!("clearing the host record after a failed start: {u:?}");
+                }
+                return Err(e);
             }
-            std::thread::yield_now();
-        }
+        };
         let reg = Registered {
             host_id: host.host_id,
             ..reg0
@@ -256,7 +253,7 @@ impl CbdDisk {
                 .collect(),
             tokens,
             default_intent: opts.default_intent,
-            plain_v3: opts.plain_v3,
+            discard_wz: !opts.plain_v3 && reg.features & features::DISCARD_WZ != 0,
             stats: Stats::default(),
             cbd_flushes_sent: AtomicU64::new(0),
             flushes_by_watermark: AtomicU64::new(0),
@@ -284,6 +281,34 @@ impl CbdDisk {
             stop,
             heartbeat: Mutex::new(Some(hb)),
         })
+    }
+
+    /// dev-start and wait until every channel answered RESET; on failure the blkdev record
+    /// is cleared again.
+    fn start_blkdev(
+        host: &Host<'static, MappedMem>,
+        opts: &CbdOptions,
+        clock: &dyn Fn() -> u64,
+    ) -> Result<Blkdev<'static, MappedMem>, CbdError> {
+        let mut dev = host
+            .dev_start(opts.backend_id, opts.queues as u32, clock())
+            .map_err(|e| host_err("dev-start", e))?;
+        let t0 = clock();
+        loop {
+            let err = match dev.poll_ready(clock()) {
+                Ok(true) => return Ok(dev),
+                Ok(false) if clock().saturating_sub(t0) <= READY_TIMEOUT_NS => {
+                    std::thread::yield_now();
+                    continue;
+                }
+                Ok(false) => HostError::Timeout,
+                Err(e) => e,
+            };
+            if let Err(e) = dev.stop() {
+                log::warn!("clearing the blkdev record after a failed RESET: {e:?}");
+            }
+            return Err(host_err("channel RESET", err));
+        }
     }
 
     pub fn registered(&self) -> &Registered {
@@ -337,10 +362,16 @@ fn heartbeat_loop(
             std::thread::sleep(HEARTBEAT_EVERY);
         }
     }
-    // dev-stop: the queues left with the ublk threads; the record is cleared here.
+    // dev-stop: the queues left with the ublk threads; the record is cleared here. Then the
+    // host record, so that this hostname can register again at once.
     match dev.stop() {
         Ok(()) => log::info!("dev-stop: blkdev record cleared"),
         Err(e) => log::error!("dev-stop: {e:?}"),
+    }
+    match dev.unregister_host(clock()) {
+        Ok(true) => log::info!("host record {} cleared", dev.host_id),
+        Ok(false) => log::info!("host record {} left (in use or not ours)", dev.host_id),
+        Err(e) => log::error!("clearing the host record: {e:?}"),
     }
 }
 
@@ -374,6 +405,13 @@ impl Disk for CbdDisk {
             self.reg.dev_size >> 20,
             self.reg.host_id
         )
+    }
+    fn max_discard_bytes(&self) -> u32 {
+        if self.shared.discard_wz {
+            super::disk::MAX_DISCARD_BYTES
+        } else {
+            0
+        }
     }
     fn stats(&self) -> String {
         format!("{} {}", self.shared.stats, self.token_summary())

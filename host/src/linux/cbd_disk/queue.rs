@@ -12,7 +12,7 @@ use device::transport::{Transport, is_alive};
 use super::{
     ChanRef, Clock, FLUSH_WAIT_SLEEP, LIVENESS_CHECK_NS, LIVENESS_CHECK_POLLS, Shared, lock,
 };
-use crate::linux::disk::{Errno, Op, QueueIo, Req, Sink};
+use crate::linux::disk::{Errno, MAX_DISCARD_BYTES, Op, QueueIo, Req, Sink};
 use crate::linux::mem::MappedMem;
 
 /// One ublk queue = one CBD channel.
@@ -28,8 +28,16 @@ pub struct CbdQueue {
     inflight: std::collections::HashMap<u64, Started>,
     /// Completions taken while starting (a full ring): tag, result, READ data.
     early: Vec<(u16, Result<(), Errno>, Vec<u8>)>,
-    /// Token flushes started: the tag and, per channel, the write end to wait for.
-    flushes: Vec<(u16, Vec<u64>)>,
+    /// Token flushes started: the tag, the snapshot to wait for.
+    flushes: Vec<(u16, FlushSnap)>,
+}
+
+/// What a token flush waits for: per channel, the end (max tid + 1) of the writes completed
+/// when it arrived; and the sum of lost tokens already reported then.
+#[derive(Clone, Debug)]
+struct FlushSnap {
+    ends: Vec<u64>,
+    reported: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -203,27 +211,36 @@ impl CbdQueue {
         }
     }
 
-    /// A flush without a command: the end of the writes completed so far, per channel.
-    fn flush_snapshot(&self) -> Vec<u64> {
-        self.shared
+    /// A flush without a command: the end of the writes completed so far, per channel, and
+    /// the losses already reported when it arrived.
+    fn flush_snapshot(&self) -> FlushSnap {
+        let reported = *self
+            .shared
+            .lost_reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let ends = self
+            .shared
             .chans
             .iter()
             .map(|c| lock(c).write_end)
-            .collect()
+            .collect();
+        FlushSnap { ends, reported }
     }
 
     /// Waits until, on every channel, every write below the snapshot's end is durable: the
-    /// watermark reached it (or nothing completed is unconfirmed). `EIO` if the backend lost
-    /// completed writes (new incarnation) since the last flush that reported it, or if it
-    /// died.
-    fn wait_durable(&self, snap: &[u64]) -> Result<(), Errno> {
+    /// watermark reached it (or nothing completed is unconfirmed). `EIO` if the backend died,
+    /// or if it lost completed writes (new incarnation) that no flush had reported when this
+    /// one arrived: every flush that arrived before the loss was reported fails, not only the
+    /// first to notice (a second one in flight would otherwise vouch for the lost writes).
+    fn wait_durable(&self, snap: &FlushSnap) -> Result<(), Errno> {
         let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
         let mut polls = 0u32;
         loop {
             let now = (self.clock)();
             let mut done = true;
             let mut lost = 0u64;
-            for (c, &end) in self.shared.chans.iter().zip(snap) {
+            for (c, &end) in self.shared.chans.iter().zip(&snap.ends) {
                 let mut g = lock(c);
                 if let Err(e) = g.q.poll_durable(now) {
                     log::error!("flush: reading the watermark: {e:?}");
@@ -242,12 +259,14 @@ impl CbdQueue {
                     .lost_reported
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                if lost > *rep {
-                    log::error!(
-                        "flush: the backend lost {} completed write(s) (restarted); failing the flush",
-                        lost - *rep
-                    );
-                    *rep = lost;
+                if lost > snap.reported {
+                    if lost > *rep {
+                        log::error!(
+                            "flush: the backend lost {} completed write(s) (restarted); failing the flush",
+                            lost - *rep
+                        );
+                        *rep = lost;
+                    }
                     return Err(Errno(libc::EIO));
                 }
             }
@@ -284,9 +303,16 @@ impl QueueIo for CbdQueue {
         if matches!(req.op, Op::Read | Op::Write) && (len > buf.len() || req.len > chan::MAX_IO) {
             return Some(Err(Errno(libc::EINVAL)));
         }
-        if self.shared.plain_v3 && matches!(req.op, Op::Discard | Op::WriteZeroes) {
-            // DISCARD / WRITE_ZEROES are our extension, not CBD v3.
-            return Some(Err(Errno(libc::EOPNOTSUPP)));
+        if matches!(req.op, Op::Discard | Op::WriteZeroes)
+            && (!self.shared.discard_wz || req.len > MAX_DISCARD_BYTES)
+        {
+            // DISCARD / WRITE_ZEROES are our extension, not CBD v3: only if the backend offers
+            // it (never with --plain-v3), at most the advertised size.
+            return Some(Err(Errno(if self.shared.discard_wz {
+                libc::EINVAL
+            } else {
+                libc::EOPNOTSUPP
+            })));
         }
         if req.op == Op::Flush && self.shared.tokens {
             // No command: wait (in `finish`) for the watermarks to cover what completed so far.
