@@ -391,3 +391,153 @@ fn checker_catches_early_durable_watermark() {
         3,
     );
 }
+
+/// Coherent memory, host and backend in two threads over one mmap'd file: the
+/// recorder's logical clock orders what each thread saw, invocations are stamped
+/// before the submission (with the tid the queue hands out next) and completions
+/// after the CE was consumed.
+#[test]
+fn two_threads_overlapping_history_passes() {
+    use device::native::{MmapMem, VecMedia};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    const TOTAL: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MmapMem::create(&dir.path().join("transport"), TransportInfo::region_for(2)).unwrap();
+    Transport::format(Shm::new(&mem, &NoTrace), FLAGS, false, T0).unwrap();
+    let clock = AtomicU64::new(T0);
+    let stop = AtomicBool::new(false);
+    let started = AtomicBool::new(false);
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, SeqCst);
+        }
+    }
+    let rec = Recorder::new(Header::default());
+    std::thread::scope(|s| {
+        let _guard = StopOnDrop(&stop);
+        let backend = s.spawn(|| {
+            let mut scratch = vec![0u8; chan::MAX_IO as usize];
+            let shm = Shm::new(&mem, &NoTrace);
+            let mut b = Backend::start(
+                shm,
+                bcfg(false, Sabotage::NONE),
+                VecMedia::new(DISK),
+                &mut scratch,
+                clock.load(SeqCst),
+            )
+            .expect("backend start");
+            started.store(true, SeqCst);
+            while !stop.load(SeqCst) {
+                b.poll(clock.load(SeqCst)).expect("backend poll");
+            }
+        });
+        // Management steps are serialized (docs/protocol.md): wait for the backend.
+        while !started.load(SeqCst) {
+            assert!(!backend.is_finished(), "backend thread ended");
+            std::thread::yield_now();
+        }
+        let hc = HostConfig {
+            hostname: "hostA",
+            queue_depth: 64,
+            durable_tokens: true,
+            ..HostConfig::default()
+        };
+        let host = Host::register(Shm::new(&mem, &NoTrace), hc, T0).unwrap();
+        let bid = loop {
+            match host.find_backend(clock.load(SeqCst)) {
+                Ok(id) => break id,
+                Err(_) => std::thread::yield_now(),
+            }
+        };
+        let mut dev = host.dev_start(bid, 2, clock.load(SeqCst)).unwrap();
+        while !dev.poll_ready(clock.load(SeqCst)).unwrap() {
+            std::thread::yield_now();
+        }
+        let mut r = Rng(0x4157);
+        let mut read_buf = vec![0u8; chan::MAX_IO as usize];
+        let mut payload = Vec::new();
+        // The tid each queue hands out next, learnt from one unrecorded READ (a
+        // read changes nothing, so leaving it out of the history is sound).
+        let mut next_tid = [0u64; 2];
+        for (qi, q) in dev.queues.iter_mut().enumerate() {
+            let req = Request {
+                op: op::READ,
+                offset: 0,
+                len: 512,
+            };
+            next_tid[qi] = q.submit(req, &[]).unwrap() + 1;
+            while q.poll(&mut read_buf).unwrap().is_none() {
+                std::thread::yield_now();
+            }
+        }
+        // A request invoked but refused (Busy) is retried before anything else on
+        // its queue, so its recorded tid stays right.
+        let mut pending: [Option<(Request, Vec<u8>, OpId)>; 2] = [None, None];
+        let mut inflight: HashMap<(usize, u64), OpId> = HashMap::new();
+        let mut watermark = [0u64; 2];
+        let (mut submitted, mut idle) = (0u64, 0u64);
+        while submitted < TOTAL || !inflight.is_empty() || pending.iter().any(Option::is_some) {
+            let now = clock.fetch_add(200_000, SeqCst);
+            assert!(!backend.is_finished(), "backend thread ended early");
+            idle += 1;
+            assert!(idle < 20_000_000, "no progress: {submitted}/{TOTAL}");
+            dev.heartbeat(now).unwrap();
+            let qi = r.below(2) as usize;
+            if pending[qi].is_none() && submitted < TOTAL {
+                let req = random_request(&mut r, &mut payload);
+                let data = (req.op == op::WRITE)
+                    .then(|| payload.clone())
+                    .unwrap_or_default();
+                let d = (req.op == op::WRITE).then_some(&data[..]);
+                let id = rec.invoke(
+                    qi as u16,
+                    next_tid[qi],
+                    kind(req.op),
+                    req.offset,
+                    req.len,
+                    d,
+                );
+                pending[qi] = Some((req, data, id));
+                submitted += 1;
+            }
+            if let Some((req, data, id)) = pending[qi].take() {
+                match dev.queues[qi].submit(req, &data) {
+                    Ok(tid) => {
+                        assert_eq!(tid, next_tid[qi], "the recorded tid");
+                        next_tid[qi] += 1;
+                        inflight.insert((qi, tid), id);
+                    }
+                    Err(HostError::Busy) => pending[qi] = Some((req, data, id)),
+                    Err(e) => panic!("submit: {e:?}"),
+                }
+            }
+            for (qi, q) in dev.queues.iter_mut().enumerate() {
+                while let Some(c) = q.poll_at(&mut read_buf, now).unwrap() {
+                    let id = inflight.remove(&(qi, c.req_tid)).expect("known completion");
+                    let outcome = if c.result == 0 {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Err(-c.result)
+                    };
+                    let data = (c.req.op == op::READ).then(|| &read_buf[..c.req.len as usize]);
+                    rec.complete(id, outcome, data, c.durable);
+                    idle = 0;
+                }
+                let up = q.poll_durable(now).unwrap();
+                if up.watermark > watermark[qi] {
+                    watermark[qi] = up.watermark;
+                    rec.watermark(qi as u16, up.watermark);
+                }
+            }
+        }
+        stop.store(true, SeqCst);
+        backend.join().unwrap();
+        dev.stop().unwrap();
+    });
+    let h = rec.into_history();
+    match history::check(&h) {
+        Ok(s) => eprintln!("two threads: accepted, {s:?}"),
+        Err(e) => panic!("two threads: legal history rejected: {e}"),
+    }
+}
