@@ -486,9 +486,11 @@ fn two_threads_overlapping_history_passes() {
             let qi = r.below(2) as usize;
             if pending[qi].is_none() && submitted < TOTAL {
                 let req = random_request(&mut r, &mut payload);
-                let data = (req.op == op::WRITE)
-                    .then(|| payload.clone())
-                    .unwrap_or_default();
+                let data = if req.op == op::WRITE {
+                    payload.clone()
+                } else {
+                    Vec::new()
+                };
                 let d = (req.op == op::WRITE).then_some(&data[..]);
                 let id = rec.invoke(
                     qi as u16,
