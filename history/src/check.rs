@@ -309,7 +309,10 @@ fn durability(h: &History, crashes: &[u64]) -> Vec<Option<Why>> {
             {
                 let i = flushes.partition_point(|f| f.0 <= done);
                 let (t, id) = suffix[i];
-                if t < next_crash(crashes, done) {
+                // Only before the first crash after the write's invocation: a write
+                // whose completion was seen after a crash may have been lost in it,
+                // and a later FLUSH (of the next incarnation) does not bring it back.
+                if t < horizon {
                     take(Why::Flush { id, t });
                 }
             }

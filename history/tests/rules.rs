@@ -507,6 +507,17 @@ fn flush_covers_only_writes_completed_before_it_was_invoked() {
 }
 
 #[test]
+fn flush_after_a_crash_does_not_vouch_for_a_write_of_the_dead_incarnation() {
+    // The write's CE was posted before the crash and seen after it; the FLUSH of the
+    // next incarnation cannot bring back what the crash lost.
+    let mut b = cbd();
+    b.w(0, 0, 0, 8, 1, 1, 3);
+    b.crash(2, &[(0, &rep(Z, 8))]);
+    b.flush(1, 0, 4, 5);
+    b.ok();
+}
+
+#[test]
 fn concurrent_durable_write_may_be_ordered_first() {
     // W2 durable, W1 concurrent and unconfirmed: media = W1 is legal (W2 then W1)
     let mut b = cbd();

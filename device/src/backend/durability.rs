@@ -61,6 +61,13 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             }
             let Some(next) = ch.expect_tid else { continue };
             let w = self.st.watermark(ch.idx as u8, next);
+            // Sabotage: claim everything executed is durable, flushed or not.
+            #[cfg(feature = "sabotage")]
+            let w = if self.cfg.sabotage().early_watermark {
+                next
+            } else {
+                w
+            };
             if w > ch.dur_pub {
                 ch.dur_pub = w;
                 self.publish_dur_line(&ch)?;

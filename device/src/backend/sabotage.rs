@@ -16,6 +16,14 @@ pub struct Sabotage {
     pub skip_crc_check: bool,
     /// Keep the device line inside the host's cache line.
     pub shared_ctrl_line: bool,
+    /// Swap the last two CEs a channel posted in one poll before publishing
+    /// `compr_head`: the channel completes out of submission order
+    /// (the history checker names `channel-order`).
+    pub swap_completions: bool,
+    /// Publish the durable watermark as everything executed, before the write-back
+    /// and media flush: a crash then loses writes already confirmed durable
+    /// (the history checker names `lost-durable`).
+    pub early_watermark: bool,
 }
 
 impl Sabotage {
@@ -25,5 +33,7 @@ impl Sabotage {
         skip_se_invalidate: false,
         skip_crc_check: false,
         shared_ctrl_line: false,
+        swap_completions: false,
+        early_watermark: false,
     };
 }

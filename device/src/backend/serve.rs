@@ -195,12 +195,22 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         }
         let mut done = 0;
         let mut result = Ok(());
+        // Sabotage: the CE slots posted in this poll (the last two get swapped).
+        #[cfg(feature = "sabotage")]
+        let mut posted: [Option<u32>; 2] = [None; 2];
         while ch.cursor != head && done < self.cfg.batch {
             // Never overrun compr_tail: keep one CE slot empty.
             if g.next_ce(ch.compr_head) == compr_tail {
                 break;
             }
-            match self.handle_se(ch) {
+            #[cfg(feature = "sabotage")]
+            let before = ch.compr_head;
+            let r = self.handle_se(ch);
+            #[cfg(feature = "sabotage")]
+            if ch.compr_head != before {
+                posted = [posted[1], Some(before)];
+            }
+            match r {
                 Ok(()) => {}
                 // This poll's share of re-reads is spent, the entry's budget is not:
                 // the channel resumes at the same entry at the next poll.
@@ -216,11 +226,35 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             }
             done += 1;
         }
+        #[cfg(feature = "sabotage")]
+        if self.cfg.sabotage().swap_completions
+            && let [Some(a), Some(b)] = posted
+        {
+            self.swap_ces(ch, a, b)?;
+        }
         if done > 0 {
             st.ses += done;
             self.publish_compr_head(ch)?;
         }
         result
+    }
+
+    /// Sabotage: exchange the (sealed, not yet published) CEs in slots `a` and `b`.
+    #[cfg(feature = "sabotage")]
+    fn swap_ces(&mut self, ch: &Chan, a: u32, b: u32) -> Result<(), BackendError> {
+        let shm = self.shm();
+        let g = ch.g;
+        let n = g.el.ce_size as usize;
+        let (mut x, mut y) = ([0u8; MAX_CE_SIZE], [0u8; MAX_CE_SIZE]);
+        shm.read(g.ce(a), &mut x[..n])?;
+        shm.read(g.ce(b), &mut y[..n])?;
+        shm.write(g.ce(a), &y[..n])?;
+        shm.write(g.ce(b), &x[..n])?;
+        if ch.mode == Mode::Nc {
+            shm.write_back(g.ce(a), n as u64)?;
+            shm.write_back(g.ce(b), n as u64)?;
+        }
+        Ok(())
     }
 
     pub(super) fn publish_compr_head(&mut self, ch: &Chan) -> Result<(), BackendError> {

@@ -1,0 +1,545 @@
+//! Recorded histories of native runs, checked against the consistency model
+//! (`docs/consistency.md`) by the `history` crate.
+//!
+//! Host and backend engines run in one thread with their steps interleaved by a
+//! seeded schedule, on coherent memory or on the adversarial non-coherent memory,
+//! over a media that loses what was not flushed (`native::CrashMedia`). The workload
+//! overlaps on purpose: two channels write the same blocks concurrently, reads race
+//! writes, requests are 512 B to 1 MiB, FLUSHes are mixed in and durability tokens are
+//! on. Every request is recorded (invoked before its submission could take effect,
+//! completed after its CE was seen), with the DURABLE flags and the watermarks the host
+//! saw; a backend crash records the media read back, then the backend re-attaches.
+//! The checker must accept every history; with a broken-device switch
+//! (`backend::Sabotage`) on, it must reject it and name the rule.
+
+mod common;
+use common::Rng;
+use device::adversary::{AdvConfig, Adversary};
+use device::backend::{Backend, BackendConfig, Sabotage};
+use device::durable::DurableConfig;
+use device::layout::*;
+use device::native::{CrashMedia, HeapMem};
+use device::shm::{SharedMem, Shm};
+use device::trace::NoTrace;
+use device::transport::{Transport, format_flags};
+use history::{CheckError, Header, OpId, OpKind, Outcome, Recorder, Rule};
+use host::engine::{Blkdev, Host, HostConfig, HostError, Request};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+const DISK: usize = 2 << 20;
+/// Most requests land here, so they overlap.
+const HOT: u64 = 64 << 10;
+const T0: u64 = 1_700_000_000_000_000_000;
+const SEC: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+const FLAGS: u16 = format_flags(true);
+
+fn bcfg(nc: bool, sabotage: Sabotage) -> BackendConfig<'static> {
+    BackendConfig {
+        n_handlers: 2,
+        noncoherent: nc,
+        batch: 8,
+        nc_retries: 256,
+        durable: DurableConfig {
+            offer: true,
+            standard_bound_ns: 100 * MS,
+            ephemeral_bound_ns: 200 * MS,
+        },
+        sabotage,
+        ..BackendConfig::default()
+    }
+}
+
+/// Formatted transport + provisioned backend, built once per mode.
+fn base(nc: bool) -> Arc<Vec<u8>> {
+    static B: [OnceLock<Arc<Vec<u8>>>; 2] = [OnceLock::new(), OnceLock::new()];
+    B[nc as usize]
+        .get_or_init(|| {
+            let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
+            let shm = Shm::new(&mem, &NoTrace);
+            Transport::format(shm, FLAGS, false, T0).unwrap();
+            let mut scratch = vec![0u8; chan::MAX_IO as usize];
+            let b = Backend::start(
+                shm,
+                bcfg(nc, Sabotage::NONE),
+                CrashMedia::new(DISK, 0),
+                &mut scratch,
+                T0,
+            )
+            .unwrap();
+            drop(b);
+            Arc::new(mem.to_vec())
+        })
+        .clone()
+}
+
+/// One schedule's setting.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    seed: u64,
+    nc: bool,
+    /// Requests submitted in all.
+    total: u64,
+    queue_depth: usize,
+    /// Crash the backend (and re-attach) after this many submissions.
+    crash_at: Option<u64>,
+    sabotage: Sabotage,
+}
+
+/// A random request: mostly inside the hot region (overlapping), sometimes large.
+fn random_request(r: &mut Rng, payload: &mut Vec<u8>) -> Request {
+    let k = r.below(100);
+    if k < 6 {
+        return Request {
+            op: op::FLUSH,
+            offset: 0,
+            len: 0,
+        };
+    }
+    let len = common::random_len(r, chan::MAX_IO);
+    let span = if len as u64 <= HOT / 2 && !r.chance(100) {
+        HOT
+    } else {
+        DISK as u64
+    };
+    let off = r.below((span - len as u64) / 512 + 1) * 512;
+    let opc = if k < 56 { op::WRITE } else { op::READ };
+    if opc == op::WRITE {
+        payload.resize(len as usize, 0);
+        r.fill(payload);
+    }
+    Request {
+        op: opc,
+        offset: off,
+        len,
+    }
+}
+
+fn kind(opc: u32) -> OpKind {
+    match opc {
+        op::WRITE => OpKind::Write,
+        op::READ => OpKind::Read,
+        _ => OpKind::Flush,
+    }
+}
+
+/// Run one schedule and return its recorded history (or a harness failure).
+fn schedule(run: Run) -> Result<history::History, String> {
+    let mut r = Rng(run.seed.wrapping_mul(0x2545F4914F6CDD1D) ^ 0x415);
+    let nc = run.nc;
+    let heap;
+    let agents;
+    let adv = nc.then(|| {
+        Adversary::new(
+            base(true),
+            2,
+            AdvConfig {
+                seed: r.next(),
+                evict_per_mille: [0, 30, 200][r.below(3) as usize],
+                max_delay: 32,
+            },
+        )
+    });
+    let (dmem, hmem): (&dyn SharedMem, &dyn SharedMem) = if let Some(a) = &adv {
+        agents = (a.agent(0), a.agent(1));
+        (&agents.0, &agents.1)
+    } else {
+        heap = HeapMem::from_bytes(&base(false));
+        (&heap, &heap)
+    };
+    let (dshm, hshm) = (Shm::new(dmem, &NoTrace), Shm::new(hmem, &NoTrace));
+    let mut now = T0 + 31 * SEC;
+    let mut scratch = vec![0u8; chan::MAX_IO as usize];
+    let media = CrashMedia::new(DISK, r.next());
+    let cfg = bcfg(nc, run.sabotage);
+    let mut backend = Some(
+        Backend::start(dshm, cfg, media, &mut scratch, now).map_err(|e| format!("start: {e:?}"))?,
+    );
+    let hc = HostConfig {
+        hostname: "hostA",
+        noncoherent: nc,
+        queue_depth: run.queue_depth,
+        nc_retries: 256,
+        durable_tokens: true,
+        ..HostConfig::default()
+    };
+    let host = Host::register(hshm, hc, now).map_err(|e| format!("register: {e:?}"))?;
+    let mut bid = None;
+    for _ in 0..1000 {
+        if let Ok(id) = host.find_backend(now) {
+            bid = Some(id);
+            break;
+        }
+        backend
+            .as_mut()
+            .unwrap()
+            .poll(now)
+            .map_err(|e| format!("device poll: {e:?}"))?;
+    }
+    let mut dev: Blkdev<'_, dyn SharedMem> = host
+        .dev_start(bid.ok_or("no backend record")?, 2, now)
+        .map_err(|e| format!("dev-start: {e:?}"))?;
+
+    let rec = Recorder::new(Header::default());
+    let mut inflight: HashMap<(usize, u64), OpId> = HashMap::new();
+    let mut watermark = [0u64; 2];
+    let (mut submitted, mut ready, mut crashed) = (0u64, false, false);
+    let (mut who, mut burst, mut steps) = (0u64, 0u64, 0u64);
+    let mut read_buf = vec![0u8; chan::MAX_IO as usize];
+    let mut payload = Vec::new();
+    loop {
+        if submitted >= run.total && inflight.is_empty() {
+            break;
+        }
+        steps += 1;
+        if steps > 2_000_000 {
+            return Err(format!("no progress: {submitted}/{}", run.total));
+        }
+        if burst == 0 {
+            who = r.below(2);
+            let max = if r.chance(100) { 100 } else { 6 };
+            burst = 1 + r.below(max);
+        }
+        burst -= 1;
+        now += MS;
+        if who == 0 {
+            backend
+                .as_mut()
+                .unwrap()
+                .poll(now)
+                .map_err(|e| format!("device: {e:?}"))?;
+            continue;
+        }
+        // ---- host step
+        let _ = dev.heartbeat(now);
+        if !ready {
+            ready = dev
+                .poll_ready(now)
+                .map_err(|e| format!("host reset: {e:?}"))?;
+            continue;
+        }
+        if !crashed && run.crash_at.is_some_and(|c| c <= submitted) {
+            crashed = true;
+            // The backend dies (staging, and the adversary's device cache, lost), the
+            // media keeps one possible crash image; record it, then re-attach.
+            let (mut m, sc, _) = backend.take().unwrap().into_parts_staged();
+            let img = m.crash();
+            rec.crash();
+            rec.media(0, &img);
+            if let Some(a) = &adv {
+                a.crash(0);
+                a.drain();
+            }
+            now += 31 * SEC;
+            backend = Some(
+                Backend::start(dshm, cfg, m, sc, now).map_err(|e| format!("re-attach: {e:?}"))?,
+            );
+        }
+        // Completions, then what the host learnt about durability.
+        #[allow(clippy::needless_range_loop)]
+        for qi in 0..2 {
+            loop {
+                let c = match dev.queues[qi].poll_at(&mut read_buf, now) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("q{qi} poll: {e:?}")),
+                };
+                let Some(id) = inflight.remove(&(qi, c.req_tid)) else {
+                    return Err(format!("q{qi}: unknown completion {}", c.req_tid));
+                };
+                let outcome = if c.result == 0 {
+                    Outcome::Ok
+                } else {
+                    Outcome::Err(-c.result)
+                };
+                let data = (c.req.op == op::READ).then(|| &read_buf[..c.req.len as usize]);
+                rec.complete(id, outcome, data, c.durable);
+            }
+            let q = &mut dev.queues[qi];
+            let up = q
+                .poll_durable(now)
+                .map_err(|e| format!("q{qi} poll_durable: {e:?}"))?;
+            // Only the first incarnation's watermarks: after a re-attach the tid space
+            // of the lost writes is vouched for by nobody.
+            if !crashed && up.lost == 0 && up.watermark > watermark[qi] {
+                watermark[qi] = up.watermark;
+                rec.watermark(qi as u16, up.watermark);
+            }
+        }
+        // Submit a few.
+        for _ in 0..r.below(4) {
+            if submitted >= run.total {
+                break;
+            }
+            let qi = r.below(2) as usize;
+            let req = random_request(&mut r, &mut payload);
+            let data = (req.op == op::WRITE).then_some(&payload[..]);
+            match dev.queues[qi].submit(req, data.unwrap_or(&[])) {
+                // The device does not run between the submission and this record
+                // (one thread), so the invocation is still before any effect.
+                Ok(tid) => {
+                    let id = rec.invoke(qi as u16, tid, kind(req.op), req.offset, req.len, data);
+                    inflight.insert((qi, tid), id);
+                    submitted += 1;
+                }
+                Err(HostError::Busy) => {}
+                Err(e) => return Err(format!("submit: {e:?}")),
+            }
+        }
+    }
+    if let Some(v) = adv.as_ref().and_then(|a| a.violations().first().cloned()) {
+        return Err(format!("adversary: {v}"));
+    }
+    Ok(rec.into_history())
+}
+
+/// Run and check; Err = the checker's rejection (harness failures panic).
+fn checked(run: Run) -> Result<history::Summary, CheckError> {
+    let h = schedule(run).unwrap_or_else(|e| panic!("{run:?}: {e}"));
+    history::check(&h)
+}
+
+fn accepted(run: Run) {
+    match checked(run) {
+        Ok(s) => eprintln!("{run:?}: accepted, {s:?}"),
+        Err(e) => panic!("{run:?}: legal history rejected: {e}"),
+    }
+}
+
+fn run(seed: u64, nc: bool) -> Run {
+    Run {
+        seed,
+        nc,
+        total: 300,
+        queue_depth: if nc { 16 } else { 64 },
+        crash_at: None,
+        sabotage: Sabotage::NONE,
+    }
+}
+
+#[test]
+fn coherent_overlapping_histories_pass() {
+    for seed in 0..4 {
+        accepted(run(seed, false));
+    }
+}
+
+#[test]
+fn adversarial_overlapping_histories_pass() {
+    for seed in 0..6 {
+        accepted(run(seed, true));
+    }
+}
+
+#[test]
+fn crash_and_reattach_histories_pass() {
+    for seed in 0..4 {
+        for nc in [false, true] {
+            accepted(Run {
+                crash_at: Some(150),
+                ..run(seed, nc)
+            });
+        }
+    }
+}
+
+/// With `sab` on, every seed's history is rejected and names `rule`; with it off
+/// the same schedules are accepted.
+fn rejected(base: impl Fn(u64) -> Run, sab: Sabotage, rule: Rule, seeds: u64) {
+    let mut caught = 0;
+    for seed in 0..seeds {
+        accepted(base(seed));
+        match checked(Run {
+            sabotage: sab,
+            ..base(seed)
+        }) {
+            Ok(s) => eprintln!("seed {seed}: broken device not caught ({s:?})"),
+            Err(CheckError::Violation(v)) => {
+                eprintln!("seed {seed}: counter-example:\n{v}");
+                assert_eq!(v.rule, rule, "wrong rule: {v}");
+                caught += 1;
+            }
+            Err(e) => panic!("seed {seed}: {e}"),
+        }
+    }
+    assert!(caught > 0, "the broken device was never caught");
+}
+
+#[test]
+fn checker_catches_swapped_completions() {
+    let sab = Sabotage {
+        swap_completions: true,
+        ..Sabotage::NONE
+    };
+    rejected(|s| run(s, false), sab, Rule::ChannelOrder, 2);
+}
+
+#[test]
+fn checker_catches_early_durable_watermark() {
+    let sab = Sabotage {
+        early_watermark: true,
+        ..Sabotage::NONE
+    };
+    rejected(
+        |s| Run {
+            crash_at: Some(150),
+            ..run(s, false)
+        },
+        sab,
+        Rule::LostDurable,
+        3,
+    );
+}
+
+/// Coherent memory, host and backend in two threads over one mmap'd file: the
+/// recorder's logical clock orders what each thread saw, invocations are stamped
+/// before the submission (with the tid the queue hands out next) and completions
+/// after the CE was consumed.
+#[test]
+fn two_threads_overlapping_history_passes() {
+    use device::native::{MmapMem, VecMedia};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    const TOTAL: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MmapMem::create(&dir.path().join("transport"), TransportInfo::region_for(2)).unwrap();
+    Transport::format(Shm::new(&mem, &NoTrace), FLAGS, false, T0).unwrap();
+    let clock = AtomicU64::new(T0);
+    let stop = AtomicBool::new(false);
+    let started = AtomicBool::new(false);
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, SeqCst);
+        }
+    }
+    let rec = Recorder::new(Header::default());
+    std::thread::scope(|s| {
+        let _guard = StopOnDrop(&stop);
+        let backend = s.spawn(|| {
+            let mut scratch = vec![0u8; chan::MAX_IO as usize];
+            let shm = Shm::new(&mem, &NoTrace);
+            let mut b = Backend::start(
+                shm,
+                bcfg(false, Sabotage::NONE),
+                VecMedia::new(DISK),
+                &mut scratch,
+                clock.load(SeqCst),
+            )
+            .expect("backend start");
+            started.store(true, SeqCst);
+            while !stop.load(SeqCst) {
+                b.poll(clock.load(SeqCst)).expect("backend poll");
+            }
+        });
+        // Management steps are serialized (docs/protocol.md): wait for the backend.
+        while !started.load(SeqCst) {
+            assert!(!backend.is_finished(), "backend thread ended");
+            std::thread::yield_now();
+        }
+        let hc = HostConfig {
+            hostname: "hostA",
+            queue_depth: 64,
+            durable_tokens: true,
+            ..HostConfig::default()
+        };
+        let host = Host::register(Shm::new(&mem, &NoTrace), hc, T0).unwrap();
+        let bid = loop {
+            match host.find_backend(clock.load(SeqCst)) {
+                Ok(id) => break id,
+                Err(_) => std::thread::yield_now(),
+            }
+        };
+        let mut dev = host.dev_start(bid, 2, clock.load(SeqCst)).unwrap();
+        while !dev.poll_ready(clock.load(SeqCst)).unwrap() {
+            std::thread::yield_now();
+        }
+        let mut r = Rng(0x4157);
+        let mut read_buf = vec![0u8; chan::MAX_IO as usize];
+        let mut payload = Vec::new();
+        // The tid each queue hands out next, learnt from one unrecorded READ (a
+        // read changes nothing, so leaving it out of the history is sound).
+        let mut next_tid = [0u64; 2];
+        for (qi, q) in dev.queues.iter_mut().enumerate() {
+            let req = Request {
+                op: op::READ,
+                offset: 0,
+                len: 512,
+            };
+            next_tid[qi] = q.submit(req, &[]).unwrap() + 1;
+            while q.poll(&mut read_buf).unwrap().is_none() {
+                std::thread::yield_now();
+            }
+        }
+        // A request invoked but refused (Busy) is retried before anything else on
+        // its queue, so its recorded tid stays right.
+        let mut pending: [Option<(Request, Vec<u8>, OpId)>; 2] = [None, None];
+        let mut inflight: HashMap<(usize, u64), OpId> = HashMap::new();
+        let mut watermark = [0u64; 2];
+        let (mut submitted, mut idle) = (0u64, 0u64);
+        while submitted < TOTAL || !inflight.is_empty() || pending.iter().any(Option::is_some) {
+            let now = clock.fetch_add(200_000, SeqCst);
+            assert!(!backend.is_finished(), "backend thread ended early");
+            idle += 1;
+            assert!(idle < 20_000_000, "no progress: {submitted}/{TOTAL}");
+            dev.heartbeat(now).unwrap();
+            let qi = r.below(2) as usize;
+            if pending[qi].is_none() && submitted < TOTAL {
+                let req = random_request(&mut r, &mut payload);
+                let data = if req.op == op::WRITE {
+                    payload.clone()
+                } else {
+                    Vec::new()
+                };
+                let d = (req.op == op::WRITE).then_some(&data[..]);
+                let id = rec.invoke(
+                    qi as u16,
+                    next_tid[qi],
+                    kind(req.op),
+                    req.offset,
+                    req.len,
+                    d,
+                );
+                pending[qi] = Some((req, data, id));
+                submitted += 1;
+            }
+            if let Some((req, data, id)) = pending[qi].take() {
+                match dev.queues[qi].submit(req, &data) {
+                    Ok(tid) => {
+                        assert_eq!(tid, next_tid[qi], "the recorded tid");
+                        next_tid[qi] += 1;
+                        inflight.insert((qi, tid), id);
+                    }
+                    Err(HostError::Busy) => pending[qi] = Some((req, data, id)),
+                    Err(e) => panic!("submit: {e:?}"),
+                }
+            }
+            for (qi, q) in dev.queues.iter_mut().enumerate() {
+                while let Some(c) = q.poll_at(&mut read_buf, now).unwrap() {
+                    let id = inflight.remove(&(qi, c.req_tid)).expect("known completion");
+                    let outcome = if c.result == 0 {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Err(-c.result)
+                    };
+                    let data = (c.req.op == op::READ).then(|| &read_buf[..c.req.len as usize]);
+                    rec.complete(id, outcome, data, c.durable);
+                    idle = 0;
+                }
+                let up = q.poll_durable(now).unwrap();
+                if up.watermark > watermark[qi] {
+                    watermark[qi] = up.watermark;
+                    rec.watermark(qi as u16, up.watermark);
+                }
+            }
+        }
+        stop.store(true, SeqCst);
+        backend.join().unwrap();
+        dev.stop().unwrap();
+    });
+    let h = rec.into_history();
+    match history::check(&h) {
+        Ok(s) => eprintln!("two threads: accepted, {s:?}"),
+        Err(e) => panic!("two threads: legal history rejected: {e}"),
+    }
+}
