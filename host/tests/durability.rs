@@ -22,8 +22,7 @@
 //! The last tests walk through which FLUSHes fail after a re-attach, step by step.
 
 mod common;
-use common::Rng;
-use device::adversary::{AdvConfig, Adversary};
+use common::{Memory, Rng};
 use device::backend::{Backend, BackendConfig};
 use device::durable::{DurableConfig, Intent};
 use device::layout::*;
@@ -152,27 +151,12 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
     let tokens = !r.chance(250);
     let staging_len = [0usize, 16 << 10, 64 << 10][r.below(3) as usize];
     let snap = [50, 200, 500][r.below(3) as usize];
-    let heap;
-    let agents;
-    let adv = nc.then(|| {
-        Adversary::new(
-            base(true),
-            2,
-            AdvConfig {
-                seed: r.next(),
-                evict_per_mille: [0, 30, 200][r.below(3) as usize],
-                max_delay: 32,
-            },
-        )
-    });
-    let (dmem, hmem): (&dyn SharedMem, &dyn SharedMem) = if let Some(a) = &adv {
-        agents = (a.agent(0), a.agent(1));
-        (&agents.0, &agents.1)
-    } else {
-        heap = HeapMem::from_bytes(&base(false));
-        (&heap, &heap)
-    };
-    let (dshm, hshm) = (Shm::new(dmem, &NoTrace), Shm::new(hmem, &NoTrace));
+    let mem = Memory::new(nc, base(nc), &mut r);
+    let views = mem.views();
+    let (dshm, hshm) = (
+        Shm::new(views.device(), &NoTrace),
+        Shm::new(views.host(), &NoTrace),
+    );
     let mut now = T0 + 31 * SEC;
     let mut scratch = vec![0u8; chan::MAX_IO as usize];
     let mut staging = vec![0u8; staging_len];
@@ -286,10 +270,7 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
             if let Err(e) = orc.check(&img, "real crash") {
                 return fail(&orc, e);
             }
-            if let Some(a) = &adv {
-                a.crash(0);
-                a.drain();
-            }
+            mem.crash_device();
             now += 31 * SEC;
             match Backend::start(dshm, bcfg(nc), m, sc, now) {
                 Ok(mut b) => {
@@ -454,7 +435,10 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
     if let Err(e) = orc.check(&img, "final crash") {
         return fail(&orc, e);
     }
-    if let Some(v) = adv.as_ref().and_then(|a| a.violations().first().cloned()) {
+    if let Some(v) = mem
+        .adversary()
+        .and_then(|a| a.violations().first().cloned())
+    {
         return fail(&orc, format!("adversary: {v}"));
     }
     (orc.points, None)

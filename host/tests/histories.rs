@@ -13,8 +13,7 @@
 //! (`backend::Sabotage`) on, it must reject it and name the rule.
 
 mod common;
-use common::Rng;
-use device::adversary::{AdvConfig, Adversary};
+use common::{Memory, Rng};
 use device::backend::{Backend, BackendConfig, Sabotage};
 use device::durable::DurableConfig;
 use device::layout::*;
@@ -128,27 +127,12 @@ fn kind(opc: u32) -> OpKind {
 fn schedule(run: Run) -> Result<history::History, String> {
     let mut r = Rng(run.seed.wrapping_mul(0x2545F4914F6CDD1D) ^ 0x415);
     let nc = run.nc;
-    let heap;
-    let agents;
-    let adv = nc.then(|| {
-        Adversary::new(
-            base(true),
-            2,
-            AdvConfig {
-                seed: r.next(),
-                evict_per_mille: [0, 30, 200][r.below(3) as usize],
-                max_delay: 32,
-            },
-        )
-    });
-    let (dmem, hmem): (&dyn SharedMem, &dyn SharedMem) = if let Some(a) = &adv {
-        agents = (a.agent(0), a.agent(1));
-        (&agents.0, &agents.1)
-    } else {
-        heap = HeapMem::from_bytes(&base(false));
-        (&heap, &heap)
-    };
-    let (dshm, hshm) = (Shm::new(dmem, &NoTrace), Shm::new(hmem, &NoTrace));
+    let mem = Memory::new(nc, base(nc), &mut r);
+    let views = mem.views();
+    let (dshm, hshm) = (
+        Shm::new(views.device(), &NoTrace),
+        Shm::new(views.host(), &NoTrace),
+    );
     let mut now = T0 + 31 * SEC;
     let mut scratch = vec![0u8; chan::MAX_IO as usize];
     let media = CrashMedia::new(DISK, r.next());
@@ -227,10 +211,7 @@ fn schedule(run: Run) -> Result<history::History, String> {
             let img = m.crash();
             rec.crash();
             rec.media(0, &img);
-            if let Some(a) = &adv {
-                a.crash(0);
-                a.drain();
-            }
+            mem.crash_device();
             now += 31 * SEC;
             backend = Some(
                 Backend::start(dshm, cfg, m, sc, now).map_err(|e| format!("re-attach: {e:?}"))?,
@@ -288,7 +269,10 @@ fn schedule(run: Run) -> Result<history::History, String> {
             }
         }
     }
-    if let Some(v) = adv.as_ref().and_then(|a| a.violations().first().cloned()) {
+    if let Some(v) = mem
+        .adversary()
+        .and_then(|a| a.violations().first().cloned())
+    {
         return Err(format!("adversary: {v}"));
     }
     Ok(rec.into_history())

@@ -125,3 +125,76 @@ impl Model {
         Ok(())
     }
 }
+
+/// One transport image as the two engines see it: a coherent heap both share, or the
+/// adversarial non-coherent memory with agent 0 for the device and agent 1 for the host.
+pub enum Memory {
+    Heap(device::native::HeapMem),
+    Adv(Box<device::adversary::Adversary>),
+}
+
+impl Memory {
+    /// Coherent memory (`nc` false) or adversarial memory over `image`; the
+    /// adversary's seed and eviction rate are drawn from `r`, in that order.
+    pub fn new(nc: bool, image: std::sync::Arc<Vec<u8>>, r: &mut Rng) -> Self {
+        if nc {
+            let cfg = device::adversary::AdvConfig {
+                seed: r.next(),
+                evict_per_mille: [0, 30, 200][r.below(3) as usize],
+                max_delay: 32,
+            };
+            Memory::Adv(Box::new(device::adversary::Adversary::new(image, 2, cfg)))
+        } else {
+            Memory::Heap(device::native::HeapMem::from_bytes(&image))
+        }
+    }
+
+    /// The adversary, in non-coherent mode (its violations, crashes).
+    pub fn adversary(&self) -> Option<&device::adversary::Adversary> {
+        match self {
+            Memory::Adv(a) => Some(a),
+            Memory::Heap(_) => None,
+        }
+    }
+
+    /// The device's and the host's views.
+    pub fn views(&self) -> Views<'_> {
+        match self {
+            Memory::Heap(h) => Views::Heap(h),
+            Memory::Adv(a) => Views::Adv(a.agent(0), a.agent(1)),
+        }
+    }
+
+    /// The device crashed: in non-coherent mode, what its agent had not written back
+    /// is lost and the lines in flight settle.
+    pub fn crash_device(&self) {
+        if let Memory::Adv(a) = self {
+            a.crash(0);
+            a.drain();
+        }
+    }
+}
+
+/// The two engines' views of a [`Memory`].
+pub enum Views<'a> {
+    Heap(&'a device::native::HeapMem),
+    Adv(
+        device::adversary::AgentMem<'a>,
+        device::adversary::AgentMem<'a>,
+    ),
+}
+
+impl Views<'_> {
+    pub fn device(&self) -> &dyn device::shm::SharedMem {
+        match self {
+            Views::Heap(h) => *h,
+            Views::Adv(d, _) => d,
+        }
+    }
+    pub fn host(&self) -> &dyn device::shm::SharedMem {
+        match self {
+            Views::Heap(h) => *h,
+            Views::Adv(_, h) => h,
+        }
+    }
+}
