@@ -190,6 +190,12 @@ pub struct Options {
     /// bench journal: data blocks per transaction (default 4)
     #[arg(long, value_name = "N", help_heading = "Bench")]
     pub blocks: Option<u64>,
+    /// bench fio: cbd-host queues (1-8, default 1)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8), help_heading = "Bench")]
+    pub queues: Option<u32>,
+    /// bench fio: where the JSON and SVG of the run go (default target/bench)
+    #[arg(long = "bench-out", value_name = "DIR", help_heading = "Bench")]
+    pub bench_out: Option<PathBuf>,
     /// Extra QEMU arguments for the device VM
     #[arg(last = true, value_name = "QEMU-ARGS")]
     pub qemu_args: Vec<String>,
@@ -392,6 +398,8 @@ mod tests {
             Some(("d.img".into(), 256))
         );
         assert_eq!(ok(&["bench", "--runtime", "0"]).1.runtime(), Some(1));
+        let o = ok(&["bench", "--queues", "2", "--bench-out", "/tmp/b"]).1;
+        assert_eq!((o.queues, o.bench_out), (Some(2), Some("/tmp/b".into())));
     }
 
     #[test]
@@ -415,7 +423,7 @@ mod tests {
 
     #[test]
     fn bad_input_is_a_clear_error_with_status_2() {
-        let cases: [(&[&str], ErrorKind, &str); 10] = [
+        let cases: [(&[&str], ErrorKind, &str); 11] = [
             (
                 &["--frobnicate"],
                 ErrorKind::UnknownArgument,
@@ -436,6 +444,11 @@ mod tests {
             ),
             (&["--media", "d.img:big"], ErrorKind::ValueValidation, "MiB"),
             (&["bench", "disk"], ErrorKind::InvalidValue, "journal"),
+            (
+                &["bench", "--queues", "9"],
+                ErrorKind::ValueValidation,
+                "1..=8",
+            ),
             (&["frobnicate"], ErrorKind::UnknownArgument, "frobnicate"),
             // A command comes first (as before): options, then a command, is an error.
             (&["--uefi", "device"], ErrorKind::UnknownArgument, "device"),

@@ -339,6 +339,20 @@ fn cmd_inspect(a: &cli::InspectArgs) -> Result<i32, String> {
     }
 }
 
+/// `bench fio`: the run, its table, and its JSON and SVG files.
+fn cmd_bench_fio(o: &Options) -> Result<i32, String> {
+    use boot::bench::fio;
+    let r = fio::run(o.runtime().unwrap_or(5), o.queues.unwrap_or(1))?;
+    print!("{}", fio::table(&r));
+    let dir = o
+        .bench_out
+        .clone()
+        .unwrap_or_else(|| qemu::workspace_root().join("target").join("bench"));
+    let (j, s) = fio::save(&r, &dir)?;
+    println!("wrote {} and {}", j.display(), s.display());
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Bad input: the message and the usage on stderr, exit 2 (`--help`: stdout, 0).
@@ -353,10 +367,7 @@ fn main() -> ExitCode {
             print!("{}", r.text());
             if r.device_stopped { 0 } else { 1 }
         }),
-        Cmd::Bench(Bench::Fio) => boot::bench::fio::run(o.runtime().unwrap_or(5)).map(|s| {
-            println!("{}", boot::bench::fio::table(&s));
-            0
-        }),
+        Cmd::Bench(Bench::Fio) => cmd_bench_fio(&o),
         Cmd::Ktest(filter) => cmd_ktest(&o, filter.as_deref()).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Test => cmd_test(&o).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Inspect(a) => cmd_inspect(&a),
