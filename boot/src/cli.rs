@@ -68,6 +68,45 @@ pub enum Command {
     /// Decode a CBD transport file read-only (a live /dev/shm file or a saved copy):
     /// records, liveness, channel pointers, entries in flight, what is wrong; no VM
     Inspect(InspectArgs),
+    /// Protocol lessons: break one rule on the adversarial memory, watch what goes
+    /// wrong, then see the correct version pass (native, seconds; no VM). No NAME: the list
+    Lesson(LessonArgs),
+}
+
+/// `lesson`: which one and how much to show (docs/lessons.md).
+#[derive(Args, Debug, Clone, PartialEq)]
+#[command(
+    after_help = "Exit status: 0 the lesson ran as designed (its broken run failed, its fixed \
+                        run passed) or the list was printed, 1 it did not run as designed, 2 bad \
+                        input or no such lesson."
+)]
+pub struct LessonArgs {
+    /// The lesson to run; without it, the list
+    #[arg(value_name = "NAME", value_parser = parse_lesson)]
+    pub name: Option<String>,
+    /// The first scenario seed to try [default: the lesson's own]
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Seeds tried, from the first, until the broken run fails the way the lesson says
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub tries: u64,
+    /// Trace lines shown up to the failure (0: none)
+    #[arg(long, value_name = "LINES", default_value_t = 40)]
+    pub context: usize,
+    /// Only what happened: no rule, source or trace
+    #[arg(long, short, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// The whole trace, record upkeep (record writes, heartbeats) included
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+fn parse_lesson(v: &str) -> Result<String, String> {
+    match lessons::find(v) {
+        Some(l) => Ok(l.name.to_string()),
+        None => Err(lessons::unknown(v)),
+    }
 }
 
 /// `inspect`: what to read and how to show it.
@@ -249,6 +288,7 @@ pub enum Cmd {
     Ktest(Option<String>),
     Test,
     Inspect(InspectArgs),
+    Lesson(LessonArgs),
 }
 
 /// Parse `boot`'s arguments (without the program name). On error, `clap::Error::exit`
@@ -279,6 +319,10 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<(Cmd, Options), clap::Err
             }
             let defaults = Cli::try_parse_from(["boot"])?.options;
             (Cmd::Inspect(a), defaults)
+        }
+        Some(Command::Lesson(a)) => {
+            let defaults = Cli::try_parse_from(["boot"])?.options;
+            (Cmd::Lesson(a), defaults)
         }
     })
 }
@@ -502,6 +546,51 @@ mod tests {
             let e = err(args);
             assert_eq!(e.exit_code(), 2, "{args:?}");
             assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn lesson_parses_and_refuses_an_unknown_name_with_status_2() {
+        let Cmd::Lesson(a) = ok(&["lesson"]).0 else {
+            panic!("not lesson")
+        };
+        assert_eq!(
+            (a.name, a.seed, a.tries, a.context, a.quiet, a.verbose),
+            (None, None, 20, 40, false, false)
+        );
+        let Cmd::Lesson(a) = ok(&[
+            "lesson",
+            "dropped-write-back",
+            "--seed",
+            "7",
+            "--tries",
+            "3",
+            "--context",
+            "10",
+            "-q",
+        ])
+        .0
+        else {
+            panic!("not lesson")
+        };
+        assert_eq!(a.name.as_deref(), Some("dropped-write-back"));
+        assert_eq!(
+            (a.seed, a.tries, a.context, a.quiet),
+            (Some(7), 3, 10, true)
+        );
+        for (args, says) in [
+            (&["lesson", "no-such-lesson"][..], "dropped-write-back"),
+            (&["lesson", "--seed", "x"], "invalid digit"),
+            (&["lesson", "--tries", "0"], "0"),
+            (&["lesson", "-q", "-v"], "cannot be used"),
+        ] {
+            let e = err(args);
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
+        let e = err(&["lesson", "no-such-lesson"]).to_string();
+        for l in lessons::all() {
+            assert!(e.contains(l.name), "the error lists {}: {e}", l.name);
         }
     }
 

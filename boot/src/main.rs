@@ -2,7 +2,8 @@
 //!
 //! The command line is declared in `boot::cli` (`boot --help`): `demo` (the default),
 //! `device`, `shell`, `bench [fio|journal]`, `ktest [FILTER]`, `test`, `inspect PATH`
-//! (no VM: decode a transport file read-only, `device::inspect`); options alone
+//! (no VM: decode a transport file read-only, `device::inspect`), `lesson [NAME]` (no
+//! VM: break one protocol rule and watch, the `lessons` crate); options alone
 //! boot the device by itself; `-- QEMU-ARGS…` go to the device VM's QEMU.
 
 use std::process::ExitCode;
@@ -297,6 +298,26 @@ fn cmd_shell(o: &Options) -> Result<i32, String> {
     Ok(0)
 }
 
+/// `lesson`: the list, or one lesson run (docs/lessons.md). 0: it ran as designed (the
+/// broken run failed, the fixed run passed), 1: it did not.
+fn cmd_lesson(a: &cli::LessonArgs) -> Result<i32, String> {
+    let Some(name) = &a.name else {
+        print!("{}", lessons::list_text());
+        return Ok(0);
+    };
+    let lesson = lessons::find(name).ok_or_else(|| lessons::unknown(name))?;
+    let o = lessons::Options {
+        seed: a.seed,
+        tries: a.tries,
+        context: a.context,
+        quiet: a.quiet,
+        verbose: a.verbose,
+    };
+    let r = lessons::run(&lesson, &o);
+    print!("{}", r.text);
+    Ok(if r.as_designed() { 0 } else { 1 })
+}
+
 /// `inspect`: decode the file (again every `--watch` seconds), print text or JSON, or
 /// write the layout picture. 0: nothing wrong, 1: the report has errors.
 fn cmd_inspect(a: &cli::InspectArgs) -> Result<i32, String> {
@@ -371,6 +392,7 @@ fn main() -> ExitCode {
         Cmd::Ktest(filter) => cmd_ktest(&o, filter.as_deref()).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Test => cmd_test(&o).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Inspect(a) => cmd_inspect(&a),
+        Cmd::Lesson(a) => cmd_lesson(&a),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

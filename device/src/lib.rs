@@ -21,6 +21,14 @@
 //! bare-metal kernel and natively in tests.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
+// The test-only protocol violations never reach the device kernel, whatever feature
+// unification does in a build that also contains the lessons or the tests: the kernel's
+// target has no OS, the tools' and tests' targets do (docs/lessons.md).
+#[cfg(all(feature = "sabotage", target_os = "none"))]
+compile_error!(
+    "feature `sabotage` (test-only protocol violations) must never be built into the device kernel"
+);
+
 pub mod hw;
 
 pub mod backend;
