@@ -494,7 +494,7 @@ mod tests {
                 "cannot be used",
             ),
             (
-                &["inspect", "--png", "o.png", "--watch", "f"],
+                &["inspect", "f", "--png", "o.png", "--watch"],
                 "cannot be used",
             ),
         ] {
