@@ -112,6 +112,7 @@ fn parse_lesson(v: &str) -> Result<String, String> {
 /// `inspect`: what to read and how to show it.
 #[derive(Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Exit status: 0 nothing wrong, 1 the report has errors, 2 bad input.")]
+#[command(group(clap::ArgGroup::new("picture").args(["svg", "png"]).multiple(true)))]
 pub struct InspectArgs {
     /// The transport file, e.g. /dev/shm/cbdfw-ivshmem.raw (optional with --svg)
     #[arg(value_name = "PATH")]
@@ -121,7 +122,7 @@ pub struct InspectArgs {
     pub json: bool,
     /// Refresh every SECS seconds (default 1) until interrupted
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1",
-          value_parser = parse_secs, conflicts_with = "svg")]
+          value_parser = parse_secs, conflicts_with = "picture")]
     pub watch: Option<f64>,
     /// Judge heartbeats at this CLOCK_REALTIME time in ns [default: now]
     #[arg(long, value_name = "NS")]
@@ -129,8 +130,11 @@ pub struct InspectArgs {
     /// Write a picture of the layout to OUT.svg (with PATH: its live pointers)
     #[arg(long, value_name = "OUT")]
     pub svg: Option<PathBuf>,
-    /// The channel segment --svg draws [default: the first one in use]
-    #[arg(long, value_name = "ID", requires = "svg")]
+    /// The same picture as PNG, to OUT.png (rendered with the machine's fonts)
+    #[arg(long, value_name = "OUT")]
+    pub png: Option<PathBuf>,
+    /// The channel segment --svg/--png draws [default: the first one in use]
+    #[arg(long, value_name = "ID", requires = "picture")]
     pub segment: Option<u32>,
 }
 
@@ -310,11 +314,11 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<(Cmd, Options), clap::Err
         Some(Command::Ktest(k)) => (Cmd::Ktest(k.filter), k.options),
         Some(Command::Test(o)) => (Cmd::Test, o),
         Some(Command::Inspect(a)) => {
-            if a.path.is_none() && a.svg.is_none() {
+            if a.path.is_none() && a.svg.is_none() && a.png.is_none() {
                 use clap::CommandFactory;
                 return Err(Cli::command().error(
                     clap::error::ErrorKind::MissingRequiredArgument,
-                    "inspect needs PATH (or --svg OUT for the layout alone)",
+                    "inspect needs PATH (or --svg/--png OUT for the layout alone)",
                 ));
             }
             let defaults = Cli::try_parse_from(["boot"])?.options;
@@ -533,6 +537,10 @@ mod tests {
             panic!("not inspect")
         };
         assert_eq!((a.path, a.segment), (None, Some(2)));
+        let Cmd::Inspect(a) = ok(&["inspect", "f", "--png", "o.png", "--segment", "1"]).0 else {
+            panic!("not inspect")
+        };
+        assert_eq!((a.png.is_some(), a.svg, a.segment), (true, None, Some(1)));
         for (args, says) in [
             (&["inspect"][..], "needs PATH"),
             (&["inspect", "--watch", "0", "f"], "seconds"),
@@ -540,6 +548,10 @@ mod tests {
             (&["inspect", "--segment", "1", "f"], "--svg"),
             (
                 &["inspect", "--svg", "o.svg", "--watch", "2", "f"],
+                "cannot be used",
+            ),
+            (
+                &["inspect", "f", "--png", "o.png", "--watch"],
                 "cannot be used",
             ),
         ] {

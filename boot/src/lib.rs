@@ -7,3 +7,4 @@ pub mod cli;
 pub mod image;
 pub mod ktest;
 pub mod native_host;
+pub mod png;

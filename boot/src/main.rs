@@ -326,13 +326,21 @@ fn cmd_inspect(a: &cli::InspectArgs) -> Result<i32, String> {
     let read = |p: &std::path::Path| {
         inspect::inspect_file(p, now()).map_err(|e| format!("{}: {e}", p.display()))
     };
-    if let Some(out) = &a.svg {
+    if a.svg.is_some() || a.png.is_some() {
         let svg = match &a.path {
             Some(p) => read(p)?.svg(a.segment),
             None => inspect::svg::layout_svg(&inspect::svg::example_info(), None, None),
         };
-        std::fs::write(out, svg).map_err(|e| format!("{}: {e}", out.display()))?;
-        eprintln!("inspect: wrote {}", out.display());
+        let png = match &a.png {
+            Some(_) => boot::png::render(&svg).map_err(|e| format!("inspect --png: {e}"))?,
+            None => Vec::new(),
+        };
+        for (out, bytes) in [(&a.svg, svg.as_bytes()), (&a.png, &png[..])] {
+            if let Some(out) = out {
+                std::fs::write(out, bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+                eprintln!("inspect: wrote {}", out.display());
+            }
+        }
         return Ok(0);
     }
     let path = a.path.as_deref().ok_or("inspect: no PATH")?;

@@ -137,6 +137,25 @@ fn save(dir: &Path, file: &str, text: &str) {
 /// Linux VM on one shared file until the guest script ends. Without a device image only
 /// the Linux VM runs (case (d): a host with no device).
 pub fn run_pair(spec: &PairSpec, device_image: Option<&Path>) -> Result<PairOutcome, String> {
+    run_pair_watched(spec, device_image, |_| {})
+}
+
+/// A running pair, as [`run_pair_watched`] hands it to its watcher: the shared file
+/// (read it, e.g. with `device::inspect`, while both VMs use it) and the Linux VM
+/// (its console so far, [`Vm::wait_for`]).
+pub struct Live<'a> {
+    pub shm: &'a Path,
+    pub linux: &'a mut Vm,
+}
+
+/// [`run_pair`], calling `watch` once the Linux VM has reached userspace, while both
+/// VMs run; the guest script goes on meanwhile, and the pair is waited for (and the
+/// device stopped) when `watch` returns.
+pub fn run_pair_watched(
+    spec: &PairSpec,
+    device_image: Option<&Path>,
+    watch: impl FnOnce(&mut Live<'_>),
+) -> Result<PairOutcome, String> {
     let root = crate::workspace_root();
     let work = root.join("target").join("pairs").join(&spec.name);
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
@@ -225,7 +244,11 @@ pub fn run_pair(spec: &PairSpec, device_image: Option<&Path>) -> Result<PairOutc
     };
     let mut linux_cmd = linux_command(&img, &initrd, &append, &topo);
     linux_cmd.args(spec.linux_extra.iter().cloned());
-    let linux = spawn_linux(&linux_cmd, echo, input)?;
+    let mut linux = spawn_linux(&linux_cmd, echo, input)?;
+    watch(&mut Live {
+        shm: &shm,
+        linux: &mut linux,
+    });
     // The spec's timeout is the Linux VM's whole run (boot included).
     let left = linux.remaining(timeout);
     let linux_out = linux.wait(left);
