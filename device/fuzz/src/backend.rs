@@ -610,6 +610,12 @@ impl<'m> Harness<'m> {
         }
         self.q[i].completed = true;
         let r = self.q[i].clone();
+        if !self.strict {
+            // Rewound or re-attached at a hostile pointer, the device may have run an
+            // older SE of that slot: what it ran is not knowable (the model is re-read
+            // at the next RESET).
+            return;
+        }
         // What the device saw: the SE as it is in the ring now (nothing wrote it since
         // the poll; the DONE flag is only set when the host consumes).
         let mut b = [0u8; MAX_SE_SIZE];

@@ -174,6 +174,8 @@ struct H<'m> {
     subs: Vec<HashMap<u64, Sub>>,
     /// Submission order per queue (tids), for the honest phase.
     order: Vec<Vec<u64>>,
+    /// Each queue's compr_tail as the host engine keeps it (0 from each RESET on).
+    host_tail: Vec<u32>,
 }
 
 impl<'m> H<'m> {
@@ -457,11 +459,18 @@ pub fn run(input: &Input) {
         devs,
         subs: vec![HashMap::new(); nqs],
         order: vec![Vec::new(); nqs],
+        host_tail: vec![0; nqs],
     };
     let mut read_buf = vec![0u8; chan::MAX_IO as usize];
     let mut payload = vec![0u8; chan::MAX_IO as usize];
     for a in input.actions.iter().take(MAX_ACTIONS) {
+        let ready: Vec<bool> = dev.queues.iter().map(|q| q.is_ready()).collect();
         step(&mut h, &mut dev, a, &mut read_buf, &mut payload);
+        for (q, was) in ready.into_iter().enumerate() {
+            if !was && dev.queues[q].is_ready() {
+                h.host_tail[q] = 0;
+            }
+        }
         for q in dev.queues.iter() {
             let _ = q.tokens.outstanding();
         }
@@ -477,8 +486,21 @@ fn poll_one(
     q: usize,
     read_buf: &mut [u8],
 ) -> Option<Completion> {
-    let (tail_before, _) = h.host_ptrs(q);
-    match dev.queues[q].poll_at(read_buf, h.now) {
+    // The host's own compr_tail (a hostile device may overwrite the published copy;
+    // the engine keeps its private one, rightly).
+    let tail_before = h.host_tail[q];
+    let r = dev.queues[q].poll_at(read_buf, h.now);
+    if matches!(r, Ok(Some(_)) | Err(HostError::BadCompletion { .. })) {
+        h.host_tail[q] = h.devs[q].g.next_ce(tail_before);
+        let (published, _) = h.host_ptrs(q);
+        if published != h.host_tail[q] {
+            violation(format!(
+                "q{q}: compr_tail published {published}, consumed up to {}",
+                h.host_tail[q]
+            ));
+        }
+    }
+    match r {
         Ok(Some(c)) => {
             check_completion(h, q, &c, tail_before, read_buf);
             Some(c)
@@ -697,7 +719,7 @@ fn honest_phase(h: &mut H<'_>, dev: &mut Blkdev<'_, SparseMem>, read_buf: &mut [
     for q in 0..nq {
         // Complete everything in flight, from the host's compr_tail on.
         if dev.queues[q].is_ready() && !h.subs[q].is_empty() {
-            let (tail, _) = h.host_ptrs(q);
+            let tail = h.host_tail[q];
             h.devs[q].ce_next = tail;
             let inflight: Vec<u64> = h.order[q]
                 .iter()
@@ -744,7 +766,7 @@ fn honest_phase(h: &mut H<'_>, dev: &mut Blkdev<'_, SparseMem>, read_buf: &mut [
         }
         h.answer_reset(q, 0, true);
         match dev.queues[q].poll_reset(h.now) {
-            Ok(true) => {}
+            Ok(true) => h.host_tail[q] = 0,
             r => violation(format!("q{q}: honest RESET answer not taken: {r:?}")),
         }
         // A WRITE and a READ.
