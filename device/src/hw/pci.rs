@@ -263,6 +263,11 @@ pub fn decode_bar(index: u8, orig: u32, mask: u32, orig_hi: u32, mask_hi: u32) -
             return None;
         }
         let size = u64::from((!m).wrapping_add(1) & 0xffff);
+        // A mask with no writable bit below 64 KiB claims all of I/O space (or more):
+        // no device decodes that; a size of 0 is not a BAR (found by fuzzing).
+        if size == 0 {
+            return None;
+        }
         return Some(Bar {
             index,
             base: u64::from(orig & 0xffff_fffc),
@@ -487,5 +492,9 @@ mod tests {
         assert_eq!((b.base, b.size, b.io), (0xc000, 32, true));
         // Unimplemented BAR.
         assert!(decode_bar(1, 0, 0, 0, 0).is_none());
+        // An I/O BAR whose mask has no writable bit in the low 16 bits would be 64 KiB
+        // of ports or more, i.e. size 0 after the 16-bit mask: not a BAR (fuzz `hw`).
+        assert!(decode_bar(3, 0x6cff_ffff, 0x9b00_0000, 0, 0).is_none());
+        assert!(decode_bar(3, 0x0000_c001, 0xffff_0001, 0, 0).is_none());
     }
 }
