@@ -277,7 +277,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         while s < end && r == 0 {
             let keep = !skipped(s);
             let mut e = s + SECTOR;
-            while e < end && !skipped(e) == keep {
+            while e < end && skipped(e) != keep {
                 e += SECTOR;
             }
             if keep {
