@@ -276,8 +276,11 @@ fn durability(h: &History, crashes: &[u64]) -> Vec<Option<Why>> {
                 }
             };
             let horizon = next_crash(crashes, op.invoke);
+            // A DURABLE completion seen after a crash (an orphan the next incarnation ran)
+            // says nothing about the media at that crash.
             if op.durable
                 && let Some(t) = op.completed_at()
+                && t < horizon
             {
                 take(Why::Flag(t));
             }

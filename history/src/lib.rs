@@ -82,14 +82,19 @@
 //! sector of zeroes, `X*N` for N equal ones: `d=z*8` is a zeroed 4 KiB block, a 1 MiB
 //! write of distinct content is 2048 digests (~34 KiB of text, 3 % of the data).
 //! Header keys: `level=cbd|linux`, `initial=zero|unknown`, `discard=zeroes|undefined`.
+//! Lines need not be in time order (a [`Log`] written while a program runs puts an
+//! invocation after its submission, with the earlier stamp); an operation's `inv` comes
+//! before its `ret`, and `media` lines follow their `crash`.
 //! An `inv` may be the last word about an operation (still in flight, or lost in a
 //! crash). [`parse`] reports the line of any problem; it never panics.
 
 mod check;
+mod log;
 mod model;
 mod text;
 
 pub use check::{CheckError, CheckOptions, Rule, Summary, Violation, check, check_with};
+pub use log::Log;
 pub use model::{
     BLOCK, Confirm, Crash, Digest, DiscardMode, Header, History, HistoryError, Initial, Level,
     MAX_REQUEST, MediaRange, Op, OpId, OpKind, Outcome, Recorder, SECTOR, SECTORS_PER_BLOCK,

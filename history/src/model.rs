@@ -436,8 +436,25 @@ impl Recorder {
         len: u32,
         written: Vec<Digest>,
     ) -> OpId {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let invoke = self.tick();
+        self.invoke_at(invoke, chan, tid, kind, offset, len, written)
+    }
+
+    /// A request stamped `invoke` ([`Recorder::tick`], taken before its submission: a
+    /// device running concurrently may execute it before the submission call returns
+    /// its tid) was submitted as `tid`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn invoke_at(
+        &self,
+        invoke: u64,
+        chan: u16,
+        tid: u64,
+        kind: OpKind,
+        offset: u64,
+        len: u32,
+        written: Vec<Digest>,
+    ) -> OpId {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         self.with(|h| {
             h.ops.push(Op {
                 id,

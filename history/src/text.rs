@@ -16,7 +16,7 @@ fn level_name(l: Level) -> &'static str {
 }
 
 /// Appends a digest list: `z` for the zero sector, hex otherwise, `*N` for runs.
-fn push_digests(out: &mut String, ds: &[Digest]) {
+pub(crate) fn push_digests(out: &mut String, ds: &[Digest]) {
     let zero = zero_digest();
     let mut i = 0;
     let mut first = true;
@@ -42,42 +42,69 @@ fn push_digests(out: &mut String, ds: &[Digest]) {
     }
 }
 
+/// The `inv` line of an operation (no newline).
+pub(crate) fn inv_line(op: &Op) -> String {
+    let mut s = format!(
+        "inv {} t={} ch={} tid={} {}",
+        op.id,
+        op.invoke,
+        op.chan,
+        op.tid,
+        op.kind.name()
+    );
+    if op.kind.has_range() {
+        let _ = write!(s, " off={:#x} len={}", op.offset, op.len);
+    }
+    if op.kind == OpKind::Write {
+        s.push_str(" d=");
+        push_digests(&mut s, &op.written);
+    }
+    s
+}
+
+/// The `ret` line of a completed operation (no newline).
+pub(crate) fn ret_line(op: &Op) -> Option<String> {
+    let (t, out) = op.complete?;
+    let mut s = format!("ret {} t={t}", op.id);
+    match out {
+        Outcome::Ok => s.push_str(" ok"),
+        Outcome::Err(e) => {
+            let _ = write!(s, " err={e}");
+        }
+    }
+    if op.durable {
+        s.push_str(" durable");
+    }
+    if op.kind == OpKind::Read && out == Outcome::Ok {
+        s.push_str(" d=");
+        push_digests(&mut s, &op.read);
+    }
+    Some(s)
+}
+
+/// The first line of the text format (with its newline).
+pub(crate) fn header_line(h: &Header) -> String {
+    format!(
+        "{MAGIC} {VERSION} level={} initial={} discard={}\n",
+        level_name(h.level),
+        match h.initial {
+            Initial::Zero => "zero",
+            Initial::Unknown => "unknown",
+        },
+        match h.discard {
+            DiscardMode::Zeroes => "zeroes",
+            DiscardMode::Undefined => "undefined",
+        }
+    )
+}
+
 /// Serialises a history; [`parse`] reads it back unchanged.
 pub fn to_text(h: &History) -> String {
     let mut ev: Vec<(u64, u8, usize, String)> = Vec::new();
     for (i, op) in h.ops.iter().enumerate() {
-        let mut s = format!(
-            "inv {} t={} ch={} tid={} {}",
-            op.id,
-            op.invoke,
-            op.chan,
-            op.tid,
-            op.kind.name()
-        );
-        if op.kind.has_range() {
-            let _ = write!(s, " off={:#x} len={}", op.offset, op.len);
-        }
-        if op.kind == OpKind::Write {
-            s.push_str(" d=");
-            push_digests(&mut s, &op.written);
-        }
-        ev.push((op.invoke, 0, i, s));
-        if let Some((t, out)) = op.complete {
-            let mut s = format!("ret {} t={t}", op.id);
-            match out {
-                Outcome::Ok => s.push_str(" ok"),
-                Outcome::Err(e) => {
-                    let _ = write!(s, " err={e}");
-                }
-            }
-            if op.durable {
-                s.push_str(" durable");
-            }
-            if op.kind == OpKind::Read && out == Outcome::Ok {
-                s.push_str(" d=");
-                push_digests(&mut s, &op.read);
-            }
-            ev.push((t, 1, i, s));
+        ev.push((op.invoke, 0, i, inv_line(op)));
+        if let Some(s) = ret_line(op) {
+            ev.push((op.completed_at().unwrap_or(0), 1, i, s));
         }
     }
     for (i, w) in h.watermarks.iter().enumerate() {
@@ -105,18 +132,7 @@ pub fn to_text(h: &History) -> String {
         ev.push((c.t, 4, i, s));
     }
     ev.sort_by_key(|e| (e.0, e.1, e.2));
-    let mut out = format!(
-        "{MAGIC} {VERSION} level={} initial={} discard={}\n",
-        level_name(h.header.level),
-        match h.header.initial {
-            Initial::Zero => "zero",
-            Initial::Unknown => "unknown",
-        },
-        match h.header.discard {
-            DiscardMode::Zeroes => "zeroes",
-            DiscardMode::Undefined => "undefined",
-        }
-    );
+    let mut out = header_line(&h.header);
     for (_, _, _, s) in ev {
         out.push_str(&s);
         out.push('\n');

@@ -321,6 +321,21 @@ fn write_in_flight_at_a_crash_may_land_after_it() {
     b.ok();
 }
 
+/// A CRITICAL write in flight at a crash, run by the restarted device: its DURABLE
+/// completion comes after the crash and says nothing about the media at the crash
+/// (found by the device-VM crash runs' histories).
+#[test]
+fn durable_completion_after_a_crash_does_not_vouch_for_the_media_at_it() {
+    let mut b = cbd();
+    b.w(0, 0, 0, 8, 1, 1, 2);
+    b.flush(0, 1, 3, 4);
+    b.w(0, 2, 0, 8, 2, 5, 20);
+    b.last().durable = true;
+    b.crash(6, &[(0, &rep(1, 8))]);
+    b.r(0, 3, 0, &rep(2, 8), 21, 22);
+    b.ok();
+}
+
 #[test]
 fn durable_write_survives_and_newer_unconfirmed_may_too() {
     for media in [1, 2] {

@@ -257,6 +257,9 @@ pub struct Backend<'a, M: SharedMem + ?Sized, D: Media> {
     rec: BackendInfo,
     /// Non-coherent mode: re-reads spent on the entry at each channel's cursor.
     rereads: [serve::Reread; MAX_CHANNELS],
+    /// Sabotage `torn_block`: the last WRITE executed in this poll (channel, byte range).
+    #[cfg(feature = "sabotage")]
+    torn_prev: Option<(u32, u64, u64)>,
 }
 
 fn path_field(p: &str) -> [u8; backend_rec::PATH_LEN] {

@@ -243,6 +243,10 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             return Ok(Outcome::Refused(errno::EIO));
         }
         let (chan, tid, len) = (ch.idx as u8, se.req_tid, se.len as usize);
+        #[cfg(feature = "sabotage")]
+        if self.cfg.sabotage().torn_block {
+            return Ok(self.torn_write(ch, se, cx, ce));
+        }
         let data = &self.scratch[..len];
         let mut r = errno_of(self.st.write(chan, tid, se.offset, data, cx.due));
         if r == 0 && cx.intent == Intent::Critical {
@@ -252,6 +256,43 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             }
         }
         Ok(Outcome::Ran(r))
+    }
+
+    /// Sabotage `torn_block`: the WRITE (payload verified, in scratch) skips every odd
+    /// sector of the range it shares with the previous WRITE of another channel in this
+    /// poll, so each block of the overlap keeps that write's data in those sectors.
+    #[cfg(feature = "sabotage")]
+    fn torn_write(&mut self, ch: &Chan, se: &Se, cx: &OpCtx, ce: &mut Ce) -> Outcome {
+        let (start, end) = (se.offset, se.offset + se.len as u64);
+        let overlap = self
+            .torn_prev
+            .filter(|&(c, a, b)| c != ch.idx && a < end && start < b)
+            .map(|(_, a, b)| (a.max(start), b.min(end)));
+        self.torn_prev = Some((ch.idx, start, end));
+        // every odd sector of the overlap keeps the other write's data
+        let skipped =
+            |s: u64| overlap.is_some_and(|(a, b)| a <= s && s < b && (s / SECTOR) % 2 == 1);
+        let mut r = 0;
+        let mut s = start;
+        while s < end && r == 0 {
+            let keep = !skipped(s);
+            let mut e = s + SECTOR;
+            while e < end && skipped(e) != keep {
+                e += SECTOR;
+            }
+            if keep {
+                let data = &self.scratch[(s - start) as usize..(e - start) as usize];
+                r = errno_of(self.st.write(ch.idx as u8, se.req_tid, s, data, cx.due));
+            }
+            s = e;
+        }
+        if r == 0 && cx.intent == Intent::Critical {
+            r = errno_of(self.st.sync());
+            if r == 0 {
+                ce.flags |= cx.durable_flag;
+            }
+        }
+        Outcome::Ran(r)
     }
 
     /// READ: media (or staged data) into scratch, then into the data area, with its

@@ -41,6 +41,8 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             last_hb: now_ns,
             rec: BackendInfo::default(),
             rereads: Default::default(),
+            #[cfg(feature = "sabotage")]
+            torn_prev: None,
         };
         match existing {
             Some((id, rec)) => me.reattach(id, rec, dev_sectors, features, now_ns)?,

@@ -24,6 +24,13 @@ pub struct Sabotage {
     /// and media flush: a crash then loses writes already confirmed durable
     /// (the history checker names `lost-durable`).
     pub early_watermark: bool,
+    /// Interleave two overlapping writes inside their blocks: a WRITE that overlaps a
+    /// WRITE of another channel executed earlier in the same poll (both still in
+    /// flight: no CE of this poll is seen before it returns) writes only the even
+    /// sectors of the overlap, leaving the other write's data in the odd ones. Every
+    /// block of the overlap then holds sectors of two writes that both cover them (the
+    /// history checker names `torn-block`).
+    pub torn_block: bool,
 }
 
 impl Sabotage {
@@ -35,5 +42,6 @@ impl Sabotage {
         shared_ctrl_line: false,
         swap_completions: false,
         early_watermark: false,
+        torn_block: false,
     };
 }

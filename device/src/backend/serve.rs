@@ -48,6 +48,10 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             }
         }
         self.now = now_ns;
+        #[cfg(feature = "sabotage")]
+        {
+            self.torn_prev = None;
+        }
         for r in self.rereads.iter_mut() {
             r.this_poll = 0;
         }

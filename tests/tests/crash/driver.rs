@@ -1,7 +1,10 @@
 //! The driver: the host's write workload on the blkdev, polling completions and the
 //! durability line into the model.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use history::{OpId, OpKind, Outcome, Recorder};
 
 use device::durable::Intent;
 use device::layout::op;
@@ -20,6 +23,23 @@ pub struct Driver<'a> {
     pub blk: Dev<'a>,
     pub m: Model,
     pub read_buf: Vec<u8>,
+    /// The history of every request, watermark and crash (checked at the end).
+    pub rec: Recorder,
+    /// Per queue: the history op of each tid in flight.
+    pub ids: [HashMap<u64, OpId>; 2],
+    /// Per queue: the last watermark recorded and its backend incarnation.
+    pub marks: [(u32, u64); 2],
+    /// Overlapping writes allowed (and reads mixed in): the history checker judges them,
+    /// the per-version model cannot.
+    pub overlap: bool,
+}
+
+fn kind(code: u32) -> OpKind {
+    match code {
+        op::WRITE => OpKind::Write,
+        op::READ => OpKind::Read,
+        _ => OpKind::Flush,
+    }
 }
 
 impl<'a> Driver<'a> {
@@ -32,9 +52,28 @@ impl<'a> Driver<'a> {
                 .poll_at(&mut self.read_buf, now)
                 .expect("poll")
             {
+                if let Some(id) = self.ids[q].remove(&c.req_tid) {
+                    let ok = c.result == 0;
+                    let outcome = if ok {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Err(-c.result)
+                    };
+                    let data =
+                        (ok && c.req.op == op::READ).then(|| &self.read_buf[..c.req.len as usize]);
+                    self.rec.complete(id, outcome, data, ok && c.durable);
+                }
                 self.m.on_complete(q, c, &self.read_buf);
             }
             self.blk.queues[q].poll_durable(now).expect("poll_durable");
+            let t = self.blk.queues[q].tokens;
+            if self.marks[q].0 != t.incarnation {
+                self.marks[q] = (t.incarnation, 0);
+            }
+            if t.watermark > self.marks[q].1 {
+                self.marks[q].1 = t.watermark;
+                self.rec.watermark(q as u16, t.watermark);
+            }
             let hq = &self.blk.queues[q];
             let done: Vec<u64> = self.m.unconfirmed[q]
                 .keys()
@@ -68,8 +107,17 @@ impl<'a> Driver<'a> {
                 std::thread::yield_now();
                 continue;
             }
+            // Stamped before the device (running on its own) can see the request.
+            let at = self.rec.tick();
             match self.blk.queues[q].submit_intent(req, payload, intent) {
                 Ok(tid) => {
+                    let written = match req.op {
+                        op::WRITE => history::digests(payload),
+                        _ => Vec::new(),
+                    };
+                    let (k, off, len) = (kind(req.op), req.offset, req.len);
+                    let id = self.rec.invoke_at(at, q as u16, tid, k, off, len, written);
+                    self.ids[q].insert(tid, id);
                     self.m.pending[q].insert(tid, p);
                     return Some(tid);
                 }
@@ -127,9 +175,26 @@ impl<'a> Driver<'a> {
                 continue;
             }
             let k = 1 + rng.below(4) as usize;
-            let b0 = rng.below((NBLOCKS - k + 1) as u64) as usize;
+            // Overlap: most requests in the first 64 blocks, reads racing the writes.
+            let span = if self.overlap { 64 } else { NBLOCKS };
+            let b0 = rng.below((span - k + 1) as u64) as usize;
+            if self.overlap && rng.below(4) == 0 {
+                let req = Request {
+                    op: op::READ,
+                    offset: (b0 * BLOCK) as u64,
+                    len: (k * BLOCK) as u32,
+                };
+                let p = Pending::Read(b0 * BLOCK);
+                if self
+                    .submit(q, req, &[], Intent::Standard, p, stop)
+                    .is_none()
+                {
+                    return;
+                }
+                continue;
+            }
             // No overlapping writes in flight: wait for the older one.
-            while self.m.busy[b0..b0 + k].iter().any(|&n| n > 0) {
+            while !self.overlap && self.m.busy[b0..b0 + k].iter().any(|&n| n > 0) {
                 if stop() {
                     return;
                 }

@@ -150,6 +150,10 @@ struct RunArgs {
     /// [default: /run/cbd-host/ublkbN.stats].
     #[arg(long, value_name = "FILE", value_parser = parse_stats, help_heading = "Counters")]
     stats: Option<String>,
+    /// Record every CBD request submitted and completed, the watermarks seen and backend
+    /// restarts in FILE, in the history checker's format (`history check FILE`).
+    #[arg(long, value_name = "FILE", help_heading = "Counters")]
+    history: Option<std::path::PathBuf>,
 
     /// /dev/ublkbN number [default: chosen by the driver].
     #[arg(
@@ -209,6 +213,8 @@ pub struct Args {
     pub default_intent: Intent,
     /// Counters file: `None` = the default path for the device, `Some("")` = none.
     pub stats: Option<String>,
+    /// History file (`--history`).
+    pub history: Option<std::path::PathBuf>,
     pub ublk: UblkOptions,
     pub verbose: bool,
 }
@@ -282,6 +288,12 @@ where
         None => {}
     }
     let r = cli.run;
+    if r.history.is_some() && r.backend == BackendKind::Ram {
+        return Err(Cli::command().error(
+            ErrorKind::ArgumentConflict,
+            "--history records CBD requests: it needs --backend cbd",
+        ));
+    }
     if r.plain_v3 {
         for (given, opt) in [
             (r.noncoherent, "--noncoherent"),
@@ -314,6 +326,7 @@ where
             Some(IntentArg::Ephemeral) => Intent::Ephemeral,
         },
         stats: r.stats,
+        history: r.history,
         ublk: UblkOptions {
             dev_id: r.dev_id.unwrap_or(UblkOptions::default().dev_id),
             queues: r.queues,
@@ -389,6 +402,12 @@ mod tests {
         assert_eq!(a.power_window_us, 5000);
         assert_eq!(a.default_intent, Intent::Ephemeral);
         assert_eq!(a.stats.as_deref(), Some("/tmp/s"));
+        assert_eq!(a.history, None);
+        let a = run("--history /tmp/h.txt");
+        assert_eq!(
+            a.history.as_deref(),
+            Some(std::path::Path::new("/tmp/h.txt"))
+        );
         let a = run("--plain-v3 --stats none --hostname guest --io-buf 1M");
         assert!(a.plain_v3);
         assert_eq!(a.stats.as_deref(), Some(""));
@@ -460,6 +479,7 @@ mod tests {
             "--power-window-us",
             "--default-intent",
             "--stats",
+            "--history",
             "--dev-id",
             "--queues",
             "--depth",
@@ -490,6 +510,7 @@ mod tests {
                 "1..63 bytes",
             ),
             ("--stats=", "--stats none"),
+            ("--backend ram --history /tmp/h", "needs --backend cbd"),
             ("--frobnicate", "unexpected argument '--frobnicate'"),
             ("stop", "DEV_ID"),
             ("stop 1 2", "unexpected argument '2'"),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cli::{BackendKind, Command};
-use host::linux::cbd_disk::CbdDisk;
+use host::linux::cbd_disk::{self, CbdDisk};
 use host::linux::disk::{Disk, RamDisk};
 use host::linux::{attach, map, ublk};
 
@@ -68,6 +68,17 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
     };
     init_log(args.verbose);
 
+    let history = match &args.history {
+        Some(p) => {
+            let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let w: Box<dyn Write + Send> = Box::new(std::io::BufWriter::with_capacity(1 << 20, f));
+            let log = cbd_disk::HistoryLog::new(w, cbd_disk::history_header())
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            log::info!("recording the request history in {}", p.display());
+            Some(Arc::new(log))
+        }
+        None => None,
+    };
     let disk: Arc<dyn Disk> = match args.backend {
         BackendKind::Ram => {
             log::warn!("TEST MODE: serving an in-process RAM disk, not a CBD backend");
@@ -94,7 +105,13 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 power_window_us: args.power_window_us,
                 default_intent: args.default_intent,
             };
-            Arc::new(CbdDisk::start(mem, &opts, Arc::new(attach::now_ns))?)
+            let clock = Arc::new(attach::now_ns);
+            Arc::new(CbdDisk::start_recording(
+                mem,
+                &opts,
+                clock,
+                history.clone(),
+            )?)
         }
     };
     log::info!(
@@ -148,6 +165,9 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
         std::fs::remove_file(p).ok();
     }
     disk.shutdown();
+    if let Some(h) = &history {
+        h.flush()?;
+    }
     served?;
     let stats = disk.stats();
     println!("cbd-host: stopped; {stats}");

@@ -31,8 +31,10 @@ use device::trace::NoTrace;
 use device::transport::Transport;
 
 mod queue;
+mod record;
 
 pub use queue::CbdQueue;
+pub use record::{FLUSH_CHANNEL, HistoryLog, header as history_header};
 
 use super::attach::{CbdError, CbdOptions, Registered};
 use super::disk::{Disk, QueueIo, Stats};
@@ -58,6 +60,8 @@ type Q = HostQueue<'static, MappedMem>;
 struct Chan {
     q: Q,
     write_end: u64,
+    /// What the history recorded of its watermark.
+    marks: record::ChanMarks,
 }
 
 type ChanRef = Arc<Mutex<Chan>>;
@@ -84,6 +88,8 @@ struct Shared {
     critical_writes: AtomicU64,
     /// Sum of the channels' lost tokens already reported as a failed flush.
     lost_reported: Mutex<u64>,
+    /// `--history`: the log of what was submitted and completed.
+    history: Option<record::Recording>,
 }
 
 /// Durability counters of the whole disk (sum over the channels), readable while running.
@@ -107,12 +113,22 @@ pub struct TokenSummary {
 }
 
 impl Shared {
+    /// `poll_durable` on channel `idx` (held as `g`), recording in the history what it
+    /// showed (a new incarnation, a higher watermark).
+    fn poll_durable(&self, idx: usize, g: &mut Chan, now: u64) -> Result<(), HostError> {
+        g.q.poll_durable(now)?;
+        if let Some(h) = &self.history {
+            h.durable_seen(idx as u16, g);
+        }
+        Ok(())
+    }
+
     fn tokens_summary(&self, now: u64) -> TokenSummary {
         let mut t = TokenStats::default();
-        for c in &self.chans {
+        for (i, c) in self.chans.iter().enumerate() {
             let mut g = lock(c);
             if self.tokens
-                && let Err(e) = g.q.poll_durable(now)
+                && let Err(e) = self.poll_durable(i, &mut g, now)
             {
                 log::debug!("stats: poll_durable: {e:?}");
             }
@@ -196,6 +212,17 @@ impl CbdDisk {
         opts: &CbdOptions,
         clock: Clock,
     ) -> Result<CbdDisk, CbdError> {
+        Self::start_recording(mem, opts, clock, None)
+    }
+
+    /// [`CbdDisk::start`], recording the history of every request in `history`
+    /// (`cbd-host --history`; see `record.rs` for what is recorded).
+    pub fn start_recording(
+        mem: &'static MappedMem,
+        opts: &CbdOptions,
+        clock: Clock,
+        history: Option<Arc<HistoryLog>>,
+    ) -> Result<CbdDisk, CbdError> {
         // Clear errors for missing/stopped/dead backends first.
         let reg0 = super::attach::prepare(mem, opts, &*clock)?;
         let hostname: &'static str = Box::leak(opts.hostname.clone().into_boxed_str());
@@ -249,7 +276,13 @@ impl CbdDisk {
         let shared = Arc::new(Shared {
             chans: queues
                 .into_iter()
-                .map(|q| Arc::new(Mutex::new(Chan { q, write_end: 0 })))
+                .map(|q| {
+                    Arc::new(Mutex::new(Chan {
+                        q,
+                        write_end: 0,
+                        marks: Default::default(),
+                    }))
+                })
                 .collect(),
             tokens,
             default_intent: opts.default_intent,
@@ -259,6 +292,7 @@ impl CbdDisk {
             flushes_by_watermark: AtomicU64::new(0),
             critical_writes: AtomicU64::new(0),
             lost_reported: Mutex::new(0),
+            history: history.map(record::Recording::new),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let hb = {
@@ -349,10 +383,10 @@ fn heartbeat_loop(
             last_hb = Some(std::time::Instant::now());
         }
         if shared.tokens {
-            for c in &shared.chans {
+            for (i, c) in shared.chans.iter().enumerate() {
                 // A busy queue thread holds its channel; it is not waiting on us.
                 if let Ok(mut g) = c.try_lock()
-                    && let Err(e) = g.q.poll_durable(clock())
+                    && let Err(e) = shared.poll_durable(i, &mut g, clock())
                 {
                     log::debug!("watermark: {e:?}");
                 }

@@ -9,11 +9,13 @@ use crate::engine::{Completion, HostError, Intent, Request};
 use device::layout::{STATE_RUNNING, chan, op};
 use device::transport::{Transport, is_alive};
 
+use super::record::{FLUSH_CHANNEL, digests_if, kind_of};
 use super::{
     ChanRef, Clock, FLUSH_WAIT_SLEEP, LIVENESS_CHECK_NS, LIVENESS_CHECK_POLLS, Shared, lock,
 };
 use crate::linux::disk::{Errno, MAX_DISCARD_BYTES, Op, QueueIo, Req, Sink};
 use crate::linux::mem::MappedMem;
+use history::{OpId, OpKind, Outcome};
 
 /// One ublk queue = one CBD channel.
 pub struct CbdQueue {
@@ -28,8 +30,13 @@ pub struct CbdQueue {
     inflight: std::collections::HashMap<u64, Started>,
     /// Completions taken while starting (a full ring): tag, result, READ data.
     early: Vec<(u16, Result<(), Errno>, Vec<u8>)>,
-    /// Token flushes started: the tag, the snapshot to wait for.
-    flushes: Vec<(u16, FlushSnap)>,
+    /// Token flushes started: the tag, the snapshot to wait for, its history op.
+    flushes: Vec<(u16, FlushSnap, Option<OpId>)>,
+    /// `--history`: the op of each submitted tid whose completion was not recorded yet
+    /// (kept when this host fails the request itself: the CE may still come).
+    hist_ids: std::collections::HashMap<u64, OpId>,
+    /// Token flushes recorded so far (their tids on the pseudo-channel).
+    hist_flushes: u64,
 }
 
 /// What a token flush waits for: per channel, the end (max tid + 1) of the writes completed
@@ -69,6 +76,8 @@ impl CbdQueue {
             inflight: std::collections::HashMap::new(),
             early: Vec::new(),
             flushes: Vec::new(),
+            hist_ids: std::collections::HashMap::new(),
+            hist_flushes: 0,
         }
     }
 
@@ -112,6 +121,37 @@ impl CbdQueue {
             && is_write(c.req.op)
         {
             g.write_end = g.write_end.max(c.req_tid + 1);
+        }
+        if let (Some(c), Some(h)) = (c, &self.shared.history) {
+            // A new incarnation is recorded before its first completion.
+            if self.shared.tokens
+                && let Err(e) = self.shared.poll_durable(self.idx, &mut g, now)
+            {
+                log::debug!("history: poll_durable: {e:?}");
+            }
+            match self.hist_ids.remove(&c.req_tid) {
+                Some(id) => {
+                    let (outcome, read) = if c.result == 0 {
+                        let data = &self.read_buf[..c.req.len as usize];
+                        let read = if c.req.op == op::READ {
+                            history::digests(data)
+                        } else {
+                            Vec::new()
+                        };
+                        (Outcome::Ok, read)
+                    } else {
+                        (Outcome::Err(-c.result), Vec::new())
+                    };
+                    h.log.complete(
+                        id,
+                        kind_of(c.req.op),
+                        outcome,
+                        read,
+                        c.durable && c.result == 0,
+                    );
+                }
+                None => log::warn!("history: completion of unrecorded tid {}", c.req_tid),
+            }
         }
         Ok(c)
     }
@@ -178,12 +218,22 @@ impl CbdQueue {
     ) -> Result<u64, Errno> {
         let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
         let mut polls = 0u32;
+        let written = digests_if(self.shared.history.as_ref(), payload);
         loop {
+            // Stamped before the backend can see the request.
+            let stamp = self.shared.history.as_ref().map(|h| h.log.tick());
             let res = lock(self.me()).q.submit_intent(r, payload, intent);
             match res {
                 Ok(t) => {
                     if r.op == op::FLUSH {
                         self.shared.cbd_flushes_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let (Some(h), Some(at)) = (&self.shared.history, stamp) {
+                        let (kind, off, len) = (kind_of(r.op), r.offset, r.len);
+                        let id = h
+                            .log
+                            .invoke(at, self.idx as u16, t, kind, off, len, written);
+                        self.hist_ids.insert(t, id);
                     }
                     return Ok(t);
                 }
@@ -240,9 +290,9 @@ impl CbdQueue {
             let now = (self.clock)();
             let mut done = true;
             let mut lost = 0u64;
-            for (c, &end) in self.shared.chans.iter().zip(&snap.ends) {
+            for (i, (c, &end)) in self.shared.chans.iter().zip(&snap.ends).enumerate() {
                 let mut g = lock(c);
-                if let Err(e) = g.q.poll_durable(now) {
+                if let Err(e) = self.shared.poll_durable(i, &mut g, now) {
                     log::error!("flush: reading the watermark: {e:?}");
                     return Err(Errno(libc::EIO));
                 }
@@ -316,8 +366,15 @@ impl QueueIo for CbdQueue {
         }
         if req.op == Op::Flush && self.shared.tokens {
             // No command: wait (in `finish`) for the watermarks to cover what completed so far.
+            let stamp = self.shared.history.as_ref().map(|h| h.log.tick());
             let snap = self.flush_snapshot();
-            self.flushes.push((tag, snap));
+            let id = self.shared.history.as_ref().zip(stamp).map(|(h, at)| {
+                self.hist_flushes += 1;
+                let ch = FLUSH_CHANNEL + self.idx as u16;
+                h.log
+                    .invoke(at, ch, self.hist_flushes, OpKind::Flush, 0, 0, Vec::new())
+            });
+            self.flushes.push((tag, snap, id));
             return None;
         }
         let fua = req.fua && req.op == Op::Write;
@@ -382,8 +439,13 @@ impl QueueIo for CbdQueue {
                 self.fail_all(sink);
             }
         }
-        for (tag, snap) in std::mem::take(&mut self.flushes) {
+        for (tag, snap, id) in std::mem::take(&mut self.flushes) {
             let r = self.wait_durable(&snap);
+            if let (Some(h), Some(id)) = (&self.shared.history, id) {
+                let outcome = r.map_or_else(|e| Outcome::Err(e.0), |()| Outcome::Ok);
+                h.log
+                    .complete(id, OpKind::Flush, outcome, Vec::new(), false);
+            }
             match r {
                 Ok(()) => {
                     self.shared
