@@ -257,6 +257,10 @@ pub struct Backend<'a, M: SharedMem + ?Sized, D: Media> {
     rec: BackendInfo,
     /// Non-coherent mode: re-reads spent on the entry at each channel's cursor.
     rereads: [serve::Reread; MAX_CHANNELS],
+    /// Sabotage `publish_before_read_payload_write_back`: READ payloads (data_off,
+    /// len) whose write-back waits until `compr_head` is published.
+    #[cfg(feature = "sabotage")]
+    deferred_read_wb: heapless::Vec<(u32, u32), 64>,
 }
 
 fn path_field(p: &str) -> [u8; backend_rec::PATH_LEN] {
