@@ -135,6 +135,10 @@ pub fn data_cache_op<M: SharedMem + ?Sized>(
             }
         }
     }
+    if !wb {
+        // The invalidation is ordered before the loads that follow only by a full fence.
+        shm.full_fence();
+    }
     Ok(())
 }
 
@@ -221,6 +225,7 @@ pub fn read_host_line<M: SharedMem + ?Sized>(
     let mut b = [0u8; nc_host::SIZE];
     if invalidate {
         shm.invalidate(g.host_line, b.len() as u64)?;
+        shm.full_fence();
     }
     shm.read(g.host_line, &mut b)?;
     Ok(HostLine::decode(&b))
@@ -233,6 +238,7 @@ pub fn read_dev_line<M: SharedMem + ?Sized>(
     let mut b = [0u8; nc_dev::SIZE];
     if invalidate {
         shm.invalidate(g.dev_line, b.len() as u64)?;
+        shm.full_fence();
     }
     shm.read(g.dev_line, &mut b)?;
     Ok(DevLine::decode(&b))
@@ -313,6 +319,7 @@ pub fn read_dur_dev<M: SharedMem + ?Sized>(
     let off = g.ctrl(ctrl::DUR_DEV_LINE);
     if invalidate {
         shm.invalidate(off, b.len() as u64)?;
+        shm.full_fence();
     }
     shm.read(off, &mut b)?;
     Ok(DurDevLine::decode(&b))
@@ -327,6 +334,7 @@ pub fn read_dur_host<M: SharedMem + ?Sized>(
     let off = g.ctrl(ctrl::DUR_HOST_LINE);
     if invalidate {
         shm.invalidate(off, b.len() as u64)?;
+        shm.full_fence();
     }
     shm.read(off, &mut b)?;
     Ok(DurHostLine::decode(&b))

@@ -93,6 +93,7 @@ pub fn read_latest<R: Record, M: SharedMem + ?Sized>(
         let off = base + (i * R::COPY_SIZE) as u64;
         if invalidate {
             shm.invalidate(off, R::COPY_SIZE as u64)?;
+            shm.full_fence();
         }
         shm.read(off, buf)?;
         if let Some((seq, rec)) = decode_copy::<R>(buf) {
@@ -122,6 +123,7 @@ pub fn read_seqs<M: SharedMem + ?Sized>(
         let off = base + (i * copy_size) as u64;
         if invalidate {
             shm.invalidate(off, copy_size as u64)?;
+            shm.full_fence();
         }
         shm.read(off, buf)?;
         *o = copy_valid(buf);

@@ -149,6 +149,7 @@ impl<'a, M: SharedMem + ?Sized> Transport<'a, M> {
         let mut hdr = [0u8; tinfo::SIZE];
         if noncoherent {
             shm.invalidate(0, tinfo::SIZE as u64)?;
+            shm.full_fence();
         }
         shm.read(0, &mut hdr)?;
         let info = TransportInfo::decode(&hdr).ok_or(TransportError::Invalid("short"))?;

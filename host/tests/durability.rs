@@ -141,6 +141,12 @@ struct WriteRec {
 
 enum Req {
     Write(usize),
+    /// READ of `n` blocks from `first`: each must hold a version ever written there,
+    /// not older than confirmed durable, and the newest one unless a crash came since.
+    Read {
+        first: usize,
+        n: usize,
+    },
     /// FLUSH: confirms these writes (completed before it was submitted).
     Flush(Vec<usize>),
 }
@@ -191,6 +197,8 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
     let mut inflight: HashMap<(usize, u64), Req> = HashMap::new();
     let mut unconfirmed: [Vec<(u64, usize)>; 2] = [Vec::new(), Vec::new()];
     let mut busy = [false; BLOCKS];
+    // Blocks whose newest write a crash may have lost (no write submitted since).
+    let mut crashed_since = [false; BLOCKS];
     // Writes the crashed incarnation may have completed: they may be lost. A FLUSH on
     // queue q vouches for them too unless, when it was submitted, the host had
     // already consumed a failed FLUSH on q since the last crash (`told[q]`): the
@@ -255,10 +263,11 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
         if crashed < crashes.len() && crashes[crashed] <= submitted {
             crashed += 1;
             told = [false; 2];
+            crashed_since = [true; BLOCKS];
             tainted.extend(unconfirmed.iter().flatten().map(|&(_, w)| w));
             tainted.extend(inflight.values().filter_map(|q| match q {
                 Req::Write(w) => Some(*w),
-                Req::Flush(_) => None,
+                _ => None,
             }));
             if std::env::var_os("DDBG").is_some() {
                 eprintln!("CRASH");
@@ -309,6 +318,32 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
                     told[qi] = true;
                 }
                 match req {
+                    Req::Read { first, n } => {
+                        for b in first..first + n {
+                            busy[b] = false;
+                            let got = block_version(
+                                b,
+                                &read_buf[(b - first) * CRASH_BLOCK..][..CRASH_BLOCK],
+                            );
+                            let newest = *orc.hist[b].last().unwrap();
+                            let ok = match got {
+                                Some(v) if crashed_since[b] => {
+                                    orc.hist[b].contains(&v) && v >= orc.floor[b]
+                                }
+                                Some(v) => v == newest,
+                                None => false,
+                            };
+                            if !ok {
+                                return fail(
+                                    &orc,
+                                    format!(
+                                        "q{qi}: READ tid {} of block {b} returned {got:?}, newest written {newest}, confirmed durable {} (crash since: {})",
+                                        c.req_tid, orc.floor[b], crashed_since[b]
+                                    ),
+                                );
+                            }
+                        }
+                    }
                     Req::Write(w) => {
                         for &(b, _) in &writes[w].blocks {
                             busy[b] = false;
@@ -396,6 +431,23 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
             if busy[first..first + n].iter().any(|&b| b) {
                 continue;
             }
+            if r.chance(READ_PER_MILLE) {
+                let req = Request {
+                    op: op::READ,
+                    offset: (first * CRASH_BLOCK) as u64,
+                    len: (n * CRASH_BLOCK) as u32,
+                };
+                match q.submit(req, &[]) {
+                    Ok(tid) => {
+                        busy[first..first + n].iter_mut().for_each(|b| *b = true);
+                        inflight.insert((qi, tid), Req::Read { first, n });
+                        submitted += 1;
+                    }
+                    Err(HostError::Busy) => {}
+                    Err(e) => return fail(&orc, format!("submit read: {e:?}")),
+                }
+                continue;
+            }
             let intent = match r.below(10) {
                 0..2 if q.durable_tokens() => Intent::Critical,
                 2 => Intent::Ephemeral,
@@ -418,6 +470,7 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
                     }
                     for &(b, v) in &blocks {
                         busy[b] = true;
+                        crashed_since[b] = false;
                         orc.hist[b].push(v);
                     }
                     writes.push(WriteRec { blocks });
@@ -443,6 +496,9 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
     }
     (orc.points, None)
 }
+
+/// Share (‰) of the non-FLUSH requests that are READs (checked block by block).
+const READ_PER_MILLE: u64 = 250;
 
 /// Schedules that once failed, run in every mode: two FLUSHes in flight on one channel
 /// when the backend crashed with completed STANDARD writes staged; after the re-attach

@@ -260,6 +260,10 @@ pub struct Backend<'a, M: SharedMem + ?Sized, D: Media> {
     /// Sabotage `torn_block`: the last WRITE executed in this poll (channel, byte range).
     #[cfg(feature = "sabotage")]
     torn_prev: Option<(u32, u64, u64)>,
+    /// Sabotage `publish_before_read_payload_write_back`: READ payloads (data_off,
+    /// len) whose write-back waits until `compr_head` is published.
+    #[cfg(feature = "sabotage")]
+    deferred_read_wb: heapless::Vec<(u32, u32), 64>,
 }
 
 fn path_field(p: &str) -> [u8; backend_rec::PATH_LEN] {

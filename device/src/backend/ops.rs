@@ -310,7 +310,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             if g.el.data_crc {
                 ce.data_crc = payload_crc(&self.scratch[..len]);
             }
-            if ch.mode == Mode::Nc {
+            if ch.mode == Mode::Nc && !self.defer_read_write_back(se) {
                 data_cache_op(shm, &g, se.data_off, se.len, true)?;
             }
             shm.tracer.event(&TraceEvent::DataCopied {

@@ -43,6 +43,8 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             rereads: Default::default(),
             #[cfg(feature = "sabotage")]
             torn_prev: None,
+            #[cfg(feature = "sabotage")]
+            deferred_read_wb: heapless::Vec::new(),
         };
         match existing {
             Some((id, rec)) => me.reattach(id, rec, dev_sectors, features, now_ns)?,
@@ -293,6 +295,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             let n = g.el.ce_size as usize;
             if ch.mode == Mode::Nc {
                 shm.invalidate(g.ce(last), n as u64)?;
+                shm.full_fence();
             }
             shm.read(g.ce(last), &mut b[..n])?;
             if g.el.entry_crc_ok(&b, g.el.ce_size)

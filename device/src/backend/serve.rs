@@ -240,7 +240,22 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             st.ses += done;
             self.publish_compr_head(ch)?;
         }
+        #[cfg(feature = "sabotage")]
+        for (off, len) in core::mem::take(&mut self.deferred_read_wb) {
+            data_cache_op(shm, &g, off, len, true)?;
+        }
         result
+    }
+
+    /// Sabotage `publish_before_read_payload_write_back`: hold the READ payload's
+    /// write-back until `compr_head` is published (true = held).
+    pub(super) fn defer_read_write_back(&mut self, se: &Se) -> bool {
+        #[cfg(feature = "sabotage")]
+        if self.cfg.sabotage().publish_before_read_payload_write_back {
+            return self.deferred_read_wb.push((se.data_off, se.len)).is_ok();
+        }
+        let _ = se;
+        false
     }
 
     /// Sabotage: exchange the (sealed, not yet published) CEs in slots `a` and `b`.
@@ -264,7 +279,9 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
     pub(super) fn publish_compr_head(&mut self, ch: &Chan) -> Result<(), BackendError> {
         let shm = self.shm();
         let g = ch.g;
-        shm.store_fence();
+        if !self.cfg.sabotage().skip_compr_head_fence {
+            shm.store_fence();
+        }
         match ch.mode {
             Mode::V3 => shm.store_u32(g.ctrl(ctrl::COMPR_HEAD), ch.compr_head)?,
             Mode::Nc => {
@@ -354,6 +371,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             first = false;
             if ch.mode == Mode::Nc && !sab.skip_se_invalidate {
                 shm.invalidate(g.se(ch.cursor), n as u64)?;
+                shm.full_fence();
             }
             shm.read(g.se(ch.cursor), &mut b[..n])?;
             let Some(se) = g.el.decode_se(&b[..n]) else {

@@ -133,7 +133,7 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
         g.el.seal_se(&mut b);
         let pos = self.submr_head;
         shm.write(g.se(pos), &b[..se_size as usize])?;
-        if self.nc {
+        if self.nc && !self.cfg.sab().skip_se_write_back {
             shm.write_back(g.se(pos), se_size as u64)?;
         }
         shm.tracer.event(&TraceEvent::SePosted {
@@ -142,7 +142,9 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
             req_tid: tid,
             op: req.op,
         });
-        shm.store_fence();
+        if !self.cfg.sab().skip_submr_head_fence {
+            shm.store_fence();
+        }
         self.submr_head = g.next_se(pos);
         if self.nc {
             self.publish_host_line()?;

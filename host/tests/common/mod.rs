@@ -142,6 +142,7 @@ impl Memory {
                 seed: r.next(),
                 evict_per_mille: [0, 30, 200][r.below(3) as usize],
                 max_delay: 32,
+                ..device::adversary::AdvConfig::default()
             };
             Memory::Adv(Box::new(device::adversary::Adversary::new(image, 2, cfg)))
         } else {
