@@ -251,7 +251,7 @@ pub fn run(l: &Lesson, o: &Options) -> Report {
                 None => Ok(format!(
                     "{} requests completed ({} writes, {} reads, {} flush(es)), every READ returned \
                      what was written, the media equals the model disk, the memory saw no \
-                     violation ({} write-backs, {} early evictions, {} stale cache hits the \
+                     violation ({} write-backs, {} early evictions, {} stale reads the \
                      protocol re-read past)",
                     r.submitted,
                     r.counts.writes,
@@ -259,7 +259,7 @@ pub fn run(l: &Lesson, o: &Options) -> Report {
                     r.counts.flushes,
                     r.stats.write_backs,
                     r.stats.early_write_backs,
-                    r.stats.stale_hits
+                    r.stats.stale_reads
                 )),
                 Some(f) => Err(f),
             }

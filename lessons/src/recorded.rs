@@ -131,6 +131,8 @@ pub fn run(sc: &Scenario, sabotage: Sabotage, seed: u64, log: &TraceLog) -> Resu
         seed: r.next(),
         evict_per_mille: [0, 30, 200][r.below(3) as usize],
         max_delay: 32,
+        // The consistency lessons are about the device's promises, not slow write buffers.
+        slow_per_mille: 0,
         ..AdvConfig::default()
     };
     let adv = Adversary::new(base().image.clone(), 2, cfg);

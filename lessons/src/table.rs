@@ -186,9 +186,15 @@ pub fn all() -> Vec<Lesson> {
                    a CRC, every payload a data_crc, and a reader that sees a stale or torn one \
                    re-reads it.",
             broken: "device Sabotage::skip_crc_check: the backend accepts SEs and payloads \
-                     without checking se_crc / data_crc.",
-            verdict: "the index landed before the payload it publishes (legal: write-backs land \
-                      in any order). The device, no longer checking data_crc, wrote whatever \
+                     without checking se_crc / data_crc; and, so that there is something to \
+                     catch, host HostSabotage::skip_submr_head_fence: the host publishes \
+                     submr_head without the store fence after the payload's write-back. With \
+                     every fence in place an entry or payload always lands before its index, so \
+                     a CRC check never fails in a correct run: it is the second line of defence \
+                     against a writer's ordering bug.",
+            verdict: "without the fence the index landed before the payload it publishes \
+                      (write-backs land in any order until a fence). The device, no longer \
+                      checking data_crc, wrote whatever \
                       the data area held, old bytes, to the media and completed the WRITE ok. \
                       A later READ returns the old data, or the media differs from what the \
                       host wrote.",
@@ -207,10 +213,16 @@ pub fn all() -> Vec<Lesson> {
             seed: 0,
             kind: Kind::Adversarial {
                 scenario: Scenario::default(),
-                faults: dev(Sabotage {
-                    skip_crc_check: true,
-                    ..Sabotage::NONE
-                }),
+                faults: Faults {
+                    dev: Sabotage {
+                        skip_crc_check: true,
+                        ..Sabotage::NONE
+                    },
+                    host: HostSabotage {
+                        skip_submr_head_fence: true,
+                        ..HostSabotage::default()
+                    },
+                },
                 catch: &["wrong data", "media differs"],
             },
         },
