@@ -511,13 +511,18 @@ fn broken_recorded(
             Err(CheckError::Violation(v)) if v.rule == rule => {
                 let _ = writeln!(
                     t,
-                    "   seed {seed}: {} requests on 2 channels (QD {}), overlapping{}; every \
+                    "   seed {seed}: {} requests on 2 channels (QD {}), overlapping{}{}; every \
                      request recorded, the history checked by history::check",
                     sc.requests,
                     sc.queue_depth,
                     sc.crash_at
                         .map(|c| format!(", the backend crashes after {c} submissions"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    if sc.read_back {
+                        ", then the hot region read back"
+                    } else {
+                        ""
+                    }
                 );
                 if !o.quiet && o.context > 0 {
                     story(t, o, &log, &map, &run, &v);

@@ -2,7 +2,8 @@
 //! host/tests/histories.rs runs them: both engines on the adversarial memory, a media
 //! that loses what was not flushed (`native::CrashMedia`), an overlapping workload on
 //! two channels (reads race writes, FLUSHes mixed in, durability tokens on), maybe a
-//! backend crash and re-attach. Every request is recorded (invoked before its
+//! backend crash and re-attach, maybe a final read-back of the hot region (so that one
+//! read sees each block whole). Every request is recorded (invoked before its
 //! submission could take effect, completed after its CE was consumed) with the DURABLE
 //! flags and the watermarks the host saw; the crash records the media read back.
 
@@ -37,6 +38,10 @@ pub struct Scenario {
     pub crash_at: Option<u64>,
     /// Largest request (bytes).
     pub max_len: u32,
+    /// After the workload, read the hot region back (16 KiB reads alternating between
+    /// the channels, racing the last writes), so that what the last overlapping writes
+    /// left in each block is seen whole by one read.
+    pub read_back: bool,
 }
 
 impl Default for Scenario {
@@ -46,6 +51,7 @@ impl Default for Scenario {
             queue_depth: 16,
             crash_at: None,
             max_len: 64 << 10,
+            read_back: false,
         }
     }
 }
@@ -114,6 +120,19 @@ fn random_request(r: &mut Rng, max_len: u32, payload: &mut Vec<u8>) -> Request {
     }
 }
 
+/// The hot region read back in 16 KiB READs, alternating between the two channels.
+fn read_back() -> Vec<(usize, Request)> {
+    const CHUNK: u32 = 16 << 10;
+    let read = |offset| Request {
+        op: op::READ,
+        offset,
+        len: CHUNK,
+    };
+    (0..HOT / CHUNK as u64)
+        .map(|k| ((k % 2) as usize, read(k * CHUNK as u64)))
+        .collect()
+}
+
 fn kind(opc: u32) -> OpKind {
     match opc {
         op::WRITE => OpKind::Write,
@@ -168,8 +187,14 @@ pub fn run(sc: &Scenario, sabotage: Sabotage, seed: u64, log: &TraceLog) -> Resu
     let (mut who, mut burst, mut steps) = (0u64, 0u64, 0u64);
     let mut read_buf = vec![0u8; chan::MAX_IO as usize];
     let mut payload = Vec::new();
+    // The read-back, taken from the end: (channel, READ).
+    let mut finals = if sc.read_back {
+        read_back()
+    } else {
+        Vec::new()
+    };
     loop {
-        if submitted >= sc.requests && inflight.is_empty() {
+        if submitted >= sc.requests && finals.is_empty() && inflight.is_empty() {
             break;
         }
         steps += 1;
@@ -252,11 +277,14 @@ pub fn run(sc: &Scenario, sabotage: Sabotage, seed: u64, log: &TraceLog) -> Resu
             }
         }
         for _ in 0..r.below(4) {
-            if submitted >= sc.requests {
+            let (qi, req) = if submitted < sc.requests {
+                let qi = r.below(2) as usize;
+                (qi, random_request(&mut r, sc.max_len, &mut payload))
+            } else if let Some(&f) = finals.last() {
+                f
+            } else {
                 break;
-            }
-            let qi = r.below(2) as usize;
-            let req = random_request(&mut r, sc.max_len, &mut payload);
+            };
             let data = (req.op == op::WRITE).then_some(&payload[..]);
             match dev.queues[qi].submit(req, data.unwrap_or(&[])) {
                 Ok(t) => {
@@ -270,7 +298,11 @@ pub fn run(sc: &Scenario, sabotage: Sabotage, seed: u64, log: &TraceLog) -> Resu
                         tid(t)
                     ));
                     inflight.insert((qi, t), id);
-                    submitted += 1;
+                    if submitted < sc.requests {
+                        submitted += 1;
+                    } else {
+                        finals.pop();
+                    }
                 }
                 Err(HostError::Busy) => {}
                 Err(e) => return Err(format!("submit: {e:?}")),

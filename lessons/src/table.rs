@@ -327,5 +327,48 @@ pub fn all() -> Vec<Lesson> {
                 rule: Rule::LostDurable,
             },
         },
+        Lesson {
+            name: "torn-overlapping-write",
+            title: "two overlapping writes are mixed inside one block",
+            rule: "Per block atomicity: a write takes effect on a 4 KiB block whole. Two \
+                   overlapping writes may land in either order, but never mixed inside one \
+                   block, and a read sees each block all of one write.",
+            broken: "device Sabotage::torn_block: a WRITE that overlaps a WRITE of another \
+                     channel executed earlier in the same poll writes only the even sectors \
+                     of the overlap, leaving the other write's data in the odd ones.",
+            verdict: "the two channels wrote the same block concurrently; either order is \
+                      legal, but the device interleaved them sector by sector. A later read \
+                      of the block (one racing the writes, or the final read-back of the hot \
+                      region) returns sectors of both writes, each of which covered the whole range: no order \
+                      of the two writes explains that block. The checker names torn-block and \
+                      the two writes.",
+            look: "the two WRITEs' lines: the device reads both SEs and copies both payloads \
+                   out in one poll (one channel's, then the other's), writes both to the media \
+                   and posts both CEs ok; the READ that follows returns, within one block, \
+                   sectors of each.",
+            docs: "docs/consistency.md §1 (per block atomicity), §2, §6",
+            test: "host/tests/histories.rs checker_catches_torn_blocks",
+            source: Source {
+                name: "the Linus seed",
+                file: "write-atomicity-linus.txt",
+                quote: "at least you wouldn't get overlapping writes where the write data \
+                        would be mixed up",
+                gloss: "Kent Overstreet, quoted there, on what it would be otherwise: \
+                        \"part of write a, then write b, then the rest of write a overlaying \
+                        part of write b\"",
+            },
+            seed: 0,
+            kind: Kind::Recorded {
+                scenario: crate::recorded::Scenario {
+                    read_back: true,
+                    ..crate::recorded::Scenario::default()
+                },
+                sabotage: Sabotage {
+                    torn_block: true,
+                    ..Sabotage::NONE
+                },
+                rule: Rule::TornBlock,
+            },
+        },
     ]
 }

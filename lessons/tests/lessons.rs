@@ -112,7 +112,7 @@ fn quiet_lessons_show_no_trace() {
 }
 
 /// `--seed` moves the search: from another first seed the lessons still run as
-/// designed within the default tries (the adversarial ones are quick to re-run).
+/// designed within the default tries (the seeded ones: adversarial and recorded).
 #[test]
 fn other_seeds_teach_the_same() {
     let o = Options {
@@ -121,7 +121,7 @@ fn other_seeds_teach_the_same() {
         ..Options::default()
     };
     for l in all() {
-        if matches!(l.kind, Kind::Adversarial { .. }) {
+        if !matches!(l.kind, Kind::CorruptedCe) {
             let r = as_designed(&l, &o);
             assert!(r.seed.unwrap() >= 1000);
         }
@@ -151,12 +151,13 @@ fn a_rule_kept_is_not_a_lesson() {
     };
     not_designed(lessons::find("dropped-write-back").unwrap(), 3);
     not_designed(lessons::find("swapped-completions").unwrap(), 1);
+    not_designed(lessons::find("torn-overlapping-write").unwrap(), 1);
 }
 
 #[test]
 fn the_table_is_well_formed_and_documented() {
     let lessons = all();
-    assert!(lessons.len() >= 8, "{} lessons", lessons.len());
+    assert!(lessons.len() >= 9, "{} lessons", lessons.len());
     let doc = std::fs::read_to_string(root().join("docs/lessons.md")).unwrap();
     let mut names = std::collections::HashSet::new();
     for l in &lessons {
