@@ -13,6 +13,8 @@ const PRICE: &str = "the Gregory Price seed";
 const PRICE_FILE: &str = "cxl-coherence-gregory-price.txt";
 const DSM: &str = "the distributed-shared-memory notes seed";
 const DSM_FILE: &str = "distributed-shared-memory-notes.md";
+const SURVEY: &str = "the consistency-model survey seed";
+const SURVEY_FILE: &str = "consistency-models-wikipedia-ru.txt";
 
 fn dev(s: Sabotage) -> Faults {
     Faults {
@@ -58,6 +60,47 @@ pub fn all() -> Vec<Lesson> {
                     ..Sabotage::NONE
                 }),
                 catch: &["Stale", "no progress"],
+            },
+        },
+        Lesson {
+            name: "missing-fence",
+            title: "the device publishes compr_head without fencing its CE's write-back",
+            rule: "Writer: store, write back, fence, then publish. Write-backs are not ordered \
+                   against each other until a fence: without one, the index's line may reach \
+                   memory before the entry it publishes.",
+            broken: "device Sabotage::skip_compr_head_fence: the backend writes each CE back, \
+                     then writes the DEVICE line with the new compr_head back with no store \
+                     fence between the two write-backs.",
+            verdict: "the write-back of compr_head overtook the CE's (legal without a fence: \
+                      lines reach memory in any order). The host saw compr_head move past a \
+                      slot that still held old bytes; the CE's CRC and tid never verify within \
+                      the host's bounded re-reads, and it gives up (HostError::Stale).",
+            look: "the device's `write-back … CE ring` and the DEVICE line's write-back follow \
+                   each other with no `store fence` between them (with the rule kept there is \
+                   one); the host's re-reads of the CE slot, then `Stale`.",
+            docs: "docs/protocol.md §4 rule 2; docs/adversary.md",
+            test: "host/tests/adversary.rs catches_missing_store_fence_before_compr_head",
+            source: Source {
+                name: SURVEY,
+                file: SURVEY_FILE,
+                quote: "Порядок программы между двумя операциями записи поддерживается PSO с \
+                        помощью явной инструкции STBAR.",
+                gloss: "program order between two writes is kept (in SPARC's partial store \
+                        order) only by an explicit STBAR, the store barrier",
+            },
+            seed: 0,
+            kind: Kind::Adversarial {
+                // Write-backs that take their time, so that one can be overtaken.
+                scenario: Scenario {
+                    requests: 40,
+                    memory: |m| m.max_delay = 400,
+                    ..Scenario::default()
+                },
+                faults: dev(Sabotage {
+                    skip_compr_head_fence: true,
+                    ..Sabotage::NONE
+                }),
+                catch: &["Stale"],
             },
         },
         Lesson {
