@@ -518,7 +518,10 @@ fn catches_index_published_before_payload_write_back() {
         publish_before_payload_write_back: true,
         ..HostSabotage::default()
     });
-    let m = caught(f, &["failed with -5", "NotWrittenBack"]);
+    // The device meets the payload either before its deferred write-back was issued
+    // (`NotWrittenBack`) or while it is in flight after the index (`WrittenBackAfterIndex`):
+    // both are this rule, and only these two `Why`s contain "WrittenBack".
+    let m = caught(f, &["failed with -5", "WrittenBack"]);
     println!("submr_head published before the payload's write-back caught: {m}");
 }
 

@@ -112,6 +112,12 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
                 self.confirm_all();
                 self.state = QState::Ready;
                 self.stats.resets += 1;
+                // Learn the backend's incarnation now, while nothing is in flight: a restart
+                // before the host's first look at the durability line would otherwise go
+                // unnoticed (no incarnation to compare with), and a FLUSH waiting for the
+                // dead incarnation's watermark would wait forever. A torn or stale line
+                // leaves it unknown until the next read, as before.
+                let _ = self.poll_durable(now_ns);
                 Ok(true)
             }
             Some(_) => {
