@@ -14,9 +14,6 @@ use std::ptr::NonNull;
 
 use device::shm::raw::{self, CacheOps, RawRegion, ReadOnly, ReadWrite};
 
-/// Cache line size assumed for write-back/invalidate loops (x86).
-pub const CACHE_LINE: u64 = raw::LINE as u64;
-
 /// Which instruction writes a line back (kept in cache where possible) to memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteBack {
@@ -59,12 +56,14 @@ pub struct X86Cache {
 impl CacheOps for X86Cache {
     unsafe fn write_back(&self, addr: *const u8, len: usize) {
         for line in raw::lines(addr, len) {
-            write_back_line(self.wb, line);
+            // SAFETY: the range is mapped (this trait's contract), so is each of its lines.
+            unsafe { write_back_line(self.wb, line) };
         }
     }
     unsafe fn invalidate(&self, addr: *const u8, len: usize) {
         for line in raw::lines(addr, len) {
-            flush_line(line);
+            // SAFETY: as in `write_back`.
+            unsafe { flush_line(line) };
         }
         // Later loads must not be satisfied before the flushes.
         self.full_fence();
@@ -91,14 +90,15 @@ impl CacheOps for X86Cache {
     }
 }
 
-/// CLFLUSH the line at `line` (write back + invalidate). Only called by [`X86Cache`], whose
-/// callers guarantee the line is mapped.
+/// CLFLUSH the line at `line` (write back + invalidate).
+///
+/// # Safety
+/// `line` is inside a live mapping of this process.
 #[inline]
-fn flush_line(line: usize) {
+unsafe fn flush_line(line: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `line` is inside a live mapping (`CacheOps` contract: the region calls with its own
-    // ranges); CLFLUSH changes no memory contents and needs only read permission (so it works on
-    // the read-only mapping too). SSE2 (CLFLUSH) is part of x86_64.
+    // SAFETY: `line` is mapped (caller); CLFLUSH changes no memory contents and needs only read
+    // permission (so it works on the read-only mapping too). SSE2 (CLFLUSH) is part of x86_64.
     unsafe {
         core::arch::asm!("clflush [{0}]", in(reg) line, options(nostack, preserves_flags))
     };
@@ -107,12 +107,15 @@ fn flush_line(line: usize) {
 }
 
 /// Write back the line at `line` with the chosen instruction.
+///
+/// # Safety
+/// `line` is inside a live mapping of this process.
 #[inline]
-fn write_back_line(wb: WriteBack, line: usize) {
+unsafe fn write_back_line(wb: WriteBack, line: usize) {
     #[cfg(target_arch = "x86_64")]
     match wb {
-        // SAFETY: `line` is inside a live mapping (as in `flush_line`); CLWB changes no memory
-        // contents, and is only chosen when CPUID reports it (`detect`).
+        // SAFETY: `line` is mapped (caller); CLWB changes no memory contents, and is only chosen
+        // when CPUID reports it (`detect`).
         WriteBack::Clwb => unsafe {
             core::arch::asm!("clwb [{0}]", in(reg) line, options(nostack, preserves_flags))
         },
@@ -120,7 +123,8 @@ fn write_back_line(wb: WriteBack, line: usize) {
         WriteBack::Clflushopt => unsafe {
             core::arch::asm!("clflushopt [{0}]", in(reg) line, options(nostack, preserves_flags))
         },
-        WriteBack::Clflush => flush_line(line),
+        // SAFETY: `line` is mapped (caller).
+        WriteBack::Clflush => unsafe { flush_line(line) },
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (wb, line);
