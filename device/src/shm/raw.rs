@@ -62,8 +62,9 @@
 //! fence is only a compiler barrier. So the instructions are those of a hand-written
 //! copy loop. What is lost against `memcpy`: atomics are never merged or vectorised,
 //! so there are no 16/32-byte SIMD moves and no `rep movsb` — 8 bytes per instruction.
-//! On the 1 MiB data path (host/benches/ring.rs, "shared copy") that measured a few per
-//! cent slower than the plain copies it replaced on writes and the same on reads; the
+//! On the 1 MiB data path (host/benches/ring.rs, "shared copy") that costs 10 – 15 % of
+//! a single copy's bandwidth against the plain copies it replaced (about 17 – 19 GiB/s
+//! instead of 19 – 20 on our machine), invisible in the ring's request rates; the
 //! figures are in docs/kernel.md ("The shared-memory access layer").
 //!
 //! # Cache maintenance
