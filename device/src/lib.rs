@@ -49,7 +49,7 @@ pub mod adversary;
 #[cfg(feature = "std")]
 pub mod inspect;
 #[cfg(feature = "std")]
-#[allow(unsafe_code)] // platform layer: the SharedMem implementations over heap and mmap memory
+#[allow(unsafe_code)] // platform layer: allocating and mapping the native shared memory
 pub mod native;
 #[cfg(feature = "std")]
 pub mod rig;

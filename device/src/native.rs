@@ -1,12 +1,14 @@
-//! Native (`std`) implementations of [`SharedMem`]: coherent memory over a heap
-//! buffer or an mmap'd file, and (in [`crate::adversary`]) the adversarial
-//! non-coherent memory.
+//! Native (`std`) shared memory: coherent memory over a heap buffer or an mmap'd
+//! file, as [`RawRegion`]s with no cache maintenance ([`Coherent`]); (in
+//! [`crate::adversary`]) the adversarial non-coherent memory. This module only
+//! allocates or maps; every access is `RawRegion`'s.
 
 use crate::rng::SplitMix64;
-use crate::shm::SharedMem;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use crate::shm::raw::{Coherent, RawRegion};
+use std::alloc::Layout;
 use std::fs::OpenOptions;
 use std::path::Path;
+use std::ptr::NonNull;
 
 /// CLOCK_REALTIME in nanoseconds: the clock CBD heartbeats carry (0 before 1970).
 pub fn now_ns() -> u64 {
@@ -15,145 +17,26 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Coherent memory over a raw mapping. All other coherent impls wrap this.
-struct Raw {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: `Raw` is only a pointer to memory that is shared by design; every access
-// goes through the methods below, which use atomics for the published words and
-// plain copies for bytes that the protocol hands over with acquire/release.
-unsafe impl Send for Raw {}
-// SAFETY: see `Send`; concurrent use from several threads is the point of the type.
-unsafe impl Sync for Raw {}
-
-impl Raw {
-    #[inline]
-    fn check(&self, off: u64, len: usize, align: u64) -> usize {
-        let end = off
-            .checked_add(len as u64)
-            .expect("shared access overflows");
-        assert!(
-            end <= self.len as u64 && off.is_multiple_of(align),
-            "shared access out of bounds or misaligned"
-        );
-        off as usize
-    }
-}
-
-impl SharedMem for Raw {
-    fn size(&self) -> u64 {
-        self.len as u64
-    }
-    fn read(&self, off: u64, buf: &mut [u8]) {
-        let o = self.check(off, buf.len(), 1);
-        // SAFETY: bounds checked above; `buf` is private memory and cannot overlap the
-        // shared mapping. The peer may store concurrently; the protocol only relies on
-        // these bytes after an acquire load of the index that publishes them.
-        unsafe { core::ptr::copy_nonoverlapping(self.ptr.add(o), buf.as_mut_ptr(), buf.len()) }
-    }
-    fn write(&self, off: u64, data: &[u8]) {
-        let o = self.check(off, data.len(), 1);
-        // SAFETY: bounds checked above; `data` is private memory (no overlap).
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(o), data.len()) }
-    }
-    fn fill(&self, off: u64, len: u64, byte: u8) {
-        let o = self.check(off, len as usize, 1);
-        // SAFETY: bounds checked above.
-        unsafe { core::ptr::write_bytes(self.ptr.add(o), byte, len as usize) }
-    }
-    fn load_u32(&self, off: u64) -> u32 {
-        let o = self.check(off, 4, 4);
-        // SAFETY: in bounds and 4-aligned (the mapping base is page aligned).
-        unsafe { (*(self.ptr.add(o) as *const AtomicU32)).load(Ordering::Acquire) }
-    }
-    fn store_u32(&self, off: u64, v: u32) {
-        let o = self.check(off, 4, 4);
-        // SAFETY: in bounds and 4-aligned.
-        unsafe { (*(self.ptr.add(o) as *const AtomicU32)).store(v, Ordering::Release) }
-    }
-    fn load_u64(&self, off: u64) -> u64 {
-        let o = self.check(off, 8, 8);
-        // SAFETY: in bounds and 8-aligned.
-        unsafe { (*(self.ptr.add(o) as *const AtomicU64)).load(Ordering::Acquire) }
-    }
-    fn store_u64(&self, off: u64, v: u64) {
-        let o = self.check(off, 8, 8);
-        // SAFETY: in bounds and 8-aligned.
-        unsafe { (*(self.ptr.add(o) as *const AtomicU64)).store(v, Ordering::Release) }
-    }
-    fn write_back(&self, _off: u64, _len: u64) {}
-    fn invalidate(&self, _off: u64, _len: u64) {}
-    fn store_fence(&self) {
-        fence(Ordering::Release)
-    }
-    fn full_fence(&self) {
-        fence(Ordering::SeqCst)
-    }
-}
-
-macro_rules! forward_shared_mem {
-    ($t:ty) => {
-        impl SharedMem for $t {
-            fn size(&self) -> u64 {
-                self.raw.size()
-            }
-            fn read(&self, off: u64, buf: &mut [u8]) {
-                self.raw.read(off, buf)
-            }
-            fn write(&self, off: u64, data: &[u8]) {
-                self.raw.write(off, data)
-            }
-            fn fill(&self, off: u64, len: u64, byte: u8) {
-                self.raw.fill(off, len, byte)
-            }
-            fn load_u32(&self, off: u64) -> u32 {
-                self.raw.load_u32(off)
-            }
-            fn store_u32(&self, off: u64, v: u32) {
-                self.raw.store_u32(off, v)
-            }
-            fn load_u64(&self, off: u64) -> u64 {
-                self.raw.load_u64(off)
-            }
-            fn store_u64(&self, off: u64, v: u64) {
-                self.raw.store_u64(off, v)
-            }
-            fn write_back(&self, off: u64, len: u64) {
-                self.raw.write_back(off, len)
-            }
-            fn invalidate(&self, off: u64, len: u64) {
-                self.raw.invalidate(off, len)
-            }
-            fn store_fence(&self) {
-                self.raw.store_fence()
-            }
-            fn full_fence(&self) {
-                self.raw.full_fence()
-            }
-        }
-    };
-}
-
 /// Coherent shared memory on the heap (page-aligned, zero-initialised).
 pub struct HeapMem {
-    raw: Raw,
-    _buf: Box<[Page]>,
+    raw: RawRegion<Coherent>,
+    layout: Layout,
 }
-#[repr(C, align(4096))]
-#[derive(Clone, Copy)]
-struct Page([u8; 4096]);
 
 impl HeapMem {
     pub fn new(len: usize) -> Self {
-        let pages = len.div_ceil(4096);
-        let mut buf: Box<[Page]> = vec![Page([0; 4096]); pages].into_boxed_slice();
-        let raw = Raw {
-            ptr: buf.as_mut_ptr() as *mut u8,
-            len,
+        let layout = Layout::from_size_align(len.next_multiple_of(4096).max(4096), 4096)
+            .expect("heap region too large");
+        // SAFETY: `layout` has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(base) = NonNull::new(p) else {
+            std::alloc::handle_alloc_error(layout)
         };
-        Self { raw, _buf: buf }
+        // SAFETY: a fresh allocation of at least `len` bytes, page aligned, owned by
+        // this value and freed only in its `Drop`, after the region is gone; nothing but
+        // the region ever accesses it (no reference into it is made).
+        let raw = unsafe { RawRegion::new(base, len, Coherent) };
+        Self { raw, layout }
     }
     /// A heap region initialised from `bytes` (e.g. the golden image).
     pub fn from_bytes(bytes: &[u8]) -> Self {
@@ -163,16 +46,24 @@ impl HeapMem {
     }
     /// Snapshot of the whole region.
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut v = vec![0; self.raw.len];
+        let mut v = vec![0; self.raw.len()];
         self.raw.read(0, &mut v);
         v
     }
 }
-forward_shared_mem!(HeapMem);
+
+impl Drop for HeapMem {
+    fn drop(&mut self) {
+        // SAFETY: the allocation made in `new` with this layout; the region pointing
+        // into it is dropped with `self` and no reference to it remains (`&mut self`).
+        unsafe { std::alloc::dealloc(self.raw.base().as_ptr(), self.layout) }
+    }
+}
+crate::forward_shared_mem!(HeapMem => raw);
 
 /// Coherent shared memory over an mmap'd file (two threads or two processes).
 pub struct MmapMem {
-    raw: Raw,
+    raw: RawRegion<Coherent>,
     _map: memmap2::MmapMut,
 }
 impl MmapMem {
@@ -188,16 +79,17 @@ impl MmapMem {
             f.set_len(len)?;
         }
         // SAFETY: a shared file mapping; other mappers of the file are peers of the
-        // protocol, and all accesses go through `Raw`, which never hands out references.
+        // protocol, and this program accesses it only through the `RawRegion` below
+        // (the `MmapMut`'s slice is never used).
         let mut map = unsafe { memmap2::MmapOptions::new().len(len as usize).map_mut(&f)? };
-        let raw = Raw {
-            ptr: map.as_mut_ptr(),
-            len: len as usize,
-        };
+        let base = NonNull::new(map.as_mut_ptr()).expect("mmap gave a null pointer");
+        // SAFETY: `len` bytes mapped read-write and page aligned, unmapped only when
+        // `_map` drops, together with the region; accessed only through the region.
+        let raw = unsafe { RawRegion::new(base, len as usize, Coherent) };
         Ok(Self { raw, _map: map })
     }
 }
-forward_shared_mem!(MmapMem);
+crate::forward_shared_mem!(MmapMem => raw);
 
 /// A RAM disk that owns its bytes (tests, benchmark).
 pub struct VecMedia {

@@ -2,12 +2,20 @@
 //! sides, goes through [`SharedMem`] (the platform's primitive) wrapped by [`Shm`]
 //! (bounds checks + trace).
 //!
-//! * Kernel: implements `SharedMem` over its mapped CXL window with CLWB/CLFLUSH/
-//!   SFENCE/MFENCE.
-//! * Native: [`crate::native`] (feature `std`) has a coherent implementation over
-//!   a heap buffer or an mmap'd file and the adversarial non-coherent memory.
+//! * [`raw`]: the one implementation over real memory, [`raw::RawRegion`] — the
+//!   copies in and out and the atomic words, written once with defined behaviour
+//!   (its module docs say why), generic over the platform's cache primitives
+//!   ([`raw::CacheOps`]). The kernel (its CXL window or ivshmem BAR, CLWB/CLFLUSHOPT/
+//!   SFENCE/MFENCE through its arch layer), `cbd-host` (an `mmap`, the same
+//!   instructions from user space) and [`crate::native`] (heap or file memory,
+//!   coherent: no cache maintenance) each bring a mapping and a [`raw::CacheOps`].
+//! * The adversarial non-coherent memory ([`crate::adversary`], feature `std`)
+//!   implements `SharedMem` as a simulation, over private memory.
 
 use crate::trace::{TraceEvent, Tracer};
+
+#[allow(unsafe_code)] // the shared-memory access layer: atomic accesses of mapped memory
+pub mod raw;
 
 /// Primitive access to the shared region.
 ///

@@ -4,11 +4,16 @@
 //! the same machine.
 //!
 //! `cargo bench -p host --bench ring [-- seconds]` (default 2 s per configuration)
+//!
+//! First it measures the shared-memory copies alone (`SharedMem::write`/`read` of
+//! 1 MiB, aligned and at an odd offset, one thread), interleaved with a private
+//! `memcpy` of the same size, each figure from its fastest run (so that a loaded
+//! machine disturbs it least): the ratio to memcpy is the figure to compare.
 
 use device::backend::{Backend, BackendConfig};
 use device::layout::*;
 use device::native::{HeapMem, VecMedia, now_ns};
-use device::shm::Shm;
+use device::shm::{SharedMem, Shm};
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
 use host::engine::{Host, HostConfig, HostError, Request};
@@ -101,6 +106,35 @@ fn memcpy_bw(secs: f64) -> f64 {
     bytes / t.elapsed().as_secs_f64()
 }
 
+/// Bandwidth of `SharedMem::write` and `read` of 1 MiB at `off` (0 = aligned) and of a
+/// private memcpy of the same size, measured in alternation: (write, read, memcpy) B/s,
+/// each from the fastest of its runs (the least disturbed by a loaded machine).
+fn shared_copy_bw(off: u64, secs: f64) -> (f64, f64, f64) {
+    const N: usize = 1 << 20;
+    let mem = HeapMem::new(2 * N);
+    let src = vec![0xA5u8; N];
+    let mut dst = vec![0u8; N];
+    let mut private = vec![0u8; N];
+    let mut best = [f64::MAX; 3];
+    let t = Instant::now();
+    while t.elapsed().as_secs_f64() < secs {
+        let a = Instant::now();
+        mem.write(off, std::hint::black_box(&src));
+        let b = Instant::now();
+        mem.read(off, std::hint::black_box(&mut dst));
+        let c = Instant::now();
+        private.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&private);
+        let d = Instant::now();
+        for (m, x) in best.iter_mut().zip([b - a, c - b, d - c]) {
+            *m = m.min(x.as_secs_f64());
+        }
+    }
+    assert_eq!(dst, src);
+    let n = N as f64;
+    (n / best[0], n / best[1], n / best[2])
+}
+
 fn main() {
     // `cargo bench` appends `--bench` after the user's arguments.
     let secs: f64 = std::env::args()
@@ -109,6 +143,17 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
     let gib = |b: f64| b / (1u64 << 30) as f64;
+    for (what, off) in [("aligned", 0u64), ("offset 3", 3)] {
+        let (w, r, m) = shared_copy_bw(off, secs / 2.0);
+        println!(
+            "shared copy 1 MiB {what:<8}: write {:.2} GiB/s ({:.0}% of memcpy), read {:.2} GiB/s ({:.0}%), memcpy {:.2} GiB/s",
+            gib(w),
+            100.0 * w / m,
+            gib(r),
+            100.0 * r / m,
+            gib(m)
+        );
+    }
     let mc = memcpy_bw(secs);
     println!("memcpy (64 MiB buffers, one thread): {:.2} GiB/s", gib(mc));
     println!(

@@ -1,8 +1,12 @@
-//! The shared region: one abstraction over a CXL HDM window or an ivshmem BAR,
-//! implementing `device::shm::SharedMem` with real cache maintenance. Every byte
-//! the device shares with the host goes through here.
+//! The shared region: one abstraction over a CXL HDM window or an ivshmem BAR, mapped
+//! write-back. Every byte the device shares with the host goes through its
+//! `device::shm::raw::RawRegion` (the atomic copies and words, written once for the
+//! kernel, `cbd-host` and the native tests); this module brings the mapping and the
+//! cache primitives of the arch layer (CLWB/CLFLUSHOPT/CLFLUSH, SFENCE, MFENCE).
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, compiler_fence};
+use core::ptr::NonNull;
+
+use device::shm::raw::{CacheOps, RawRegion};
 
 use crate::arch::cache::{self, WriteBackInsn};
 use crate::memory::{MapError, MapKind, map_mmio};
@@ -16,143 +20,82 @@ pub enum Source {
     Ivshmem,
 }
 
+/// The kernel's cache primitives: `arch::cache` with the best write-back instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelCache {
+    wb: WriteBackInsn,
+}
+
+impl CacheOps for KernelCache {
+    unsafe fn write_back(&self, addr: *const u8, len: usize) {
+        // SAFETY: the range is mapped (this trait's contract; the region passes its own).
+        unsafe { cache::write_back(addr.addr() as u64, len as u64, self.wb) }
+    }
+    unsafe fn invalidate(&self, addr: *const u8, len: usize) {
+        // SAFETY: as in `write_back`; `cache::invalidate` ends with MFENCE.
+        unsafe { cache::invalidate(addr.addr() as u64, len as u64) }
+    }
+    fn store_fence(&self) {
+        cache::store_fence()
+    }
+    fn full_fence(&self) {
+        cache::full_fence()
+    }
+}
+
 /// A write-back mapped shared region.
 pub struct SharedRegion {
-    base: u64,
-    len: u64,
+    raw: RawRegion<KernelCache>,
     pub phys: u64,
     pub source: Source,
-    wb: WriteBackInsn,
 }
 
 impl SharedRegion {
     /// Map `len` bytes at physical `phys` write-back.
     pub fn map(phys: u64, len: u64, source: Source) -> Result<SharedRegion, MapError> {
         let m = map_mmio(phys, len, MapKind::WriteBack)?;
-        Ok(SharedRegion {
-            base: m.virt,
-            len,
-            phys,
-            source,
+        let cache = KernelCache {
             wb: cache::write_back_insn(),
-        })
+        };
+        let base = NonNull::new(core::ptr::with_exposed_provenance_mut::<u8>(
+            m.virt as usize,
+        ))
+        .expect("map_mmio gave address 0");
+        // SAFETY: `map_mmio` mapped `len` bytes at `m.virt` (page aligned, write-back), and
+        // the kernel never unmaps them; nothing but `RawRegion`s over them accesses them.
+        let raw = unsafe { RawRegion::new(base, len as usize, cache) };
+        Ok(SharedRegion { raw, phys, source })
     }
 
     pub fn len(&self) -> u64 {
-        self.len
+        self.raw.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.raw.is_empty()
     }
 
     /// A view of `[off, off+len)` of this region (clamped), e.g. a transport that
-    /// starts after Linux devdax metadata.
+    /// starts after Linux devdax metadata. Panics unless `off` is 8-aligned (the
+    /// protocol's words would not be).
     pub fn window(&self, off: u64, len: u64) -> SharedRegion {
-        let off = off.min(self.len);
-        let len = len.min(self.len - off);
+        let off = off.min(self.len());
+        let len = len.min(self.len() - off);
+        // SAFETY: `off <= len()`, so the address is inside the mapping or one past it.
+        let base = unsafe { self.raw.base().add(off as usize) };
+        // SAFETY: `[base, base + len)` is inside this region's mapping, which is
+        // permanent (see `map`); regions over the same memory are allowed to coexist.
+        let raw = unsafe { RawRegion::new(base, len as usize, *self.raw.cache()) };
         SharedRegion {
-            base: self.base + off,
-            len,
+            raw,
             phys: self.phys + off,
             source: self.source,
-            wb: self.wb,
         }
     }
 
     pub fn write_back_insn(&self) -> WriteBackInsn {
-        self.wb
-    }
-
-    #[track_caller]
-    fn addr(&self, off: u64, len: u64, align: u64) -> u64 {
-        match off.checked_add(len) {
-            Some(end) if end <= self.len && off.is_multiple_of(align) => self.base + off,
-            _ => panic!(
-                "shared region access {off:#x}+{len:#x} outside {:#x} bytes (align {align})",
-                self.len
-            ),
-        }
+        self.raw.cache().wb
     }
 }
 
-// The unsafe blocks below are the device side's shared-memory access layer. Each
-// first bounds-checks through `addr` (which panics, per the `SharedMem` contract,
-// on a caller bug — protocol code goes through `Shm`, which checks first), so every
-// pointer is inside the mapping created in `map`.
-impl device::shm::SharedMem for SharedRegion {
-    fn size(&self) -> u64 {
-        self.len
-    }
-
-    fn read(&self, off: u64, buf: &mut [u8]) {
-        let a = self.addr(off, buf.len() as u64, 1);
-        // SAFETY: `a..a+len` is inside the mapped region (checked above) and `buf` is
-        // private memory, so they do not overlap. The host may store to the range
-        // concurrently; the protocol tolerates torn copies (it copies first, then
-        // validates seq/CRC), and ordering comes from the fences and the acquire
-        // loads of the ring pointers, not from this copy.
-        unsafe { core::ptr::copy_nonoverlapping(a as *const u8, buf.as_mut_ptr(), buf.len()) };
-        compiler_fence(Ordering::SeqCst);
-    }
-
-    fn write(&self, off: u64, data: &[u8]) {
-        let a = self.addr(off, data.len() as u64, 1);
-        compiler_fence(Ordering::SeqCst);
-        // SAFETY: inside the mapped region (checked above); `data` is private memory.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), a as *mut u8, data.len()) };
-        compiler_fence(Ordering::SeqCst);
-    }
-
-    fn fill(&self, off: u64, len: u64, byte: u8) {
-        let a = self.addr(off, len, 1);
-        compiler_fence(Ordering::SeqCst);
-        // SAFETY: inside the mapped region (checked above).
-        unsafe { core::ptr::write_bytes(a as *mut u8, byte, len as usize) };
-        compiler_fence(Ordering::SeqCst);
-    }
-
-    fn load_u32(&self, off: u64) -> u32 {
-        let a = self.addr(off, 4, 4);
-        // SAFETY: aligned, inside the region; atomics are valid on WB memory.
-        unsafe { (*(a as *const AtomicU32)).load(Ordering::Acquire) }
-    }
-
-    fn store_u32(&self, off: u64, v: u32) {
-        let a = self.addr(off, 4, 4);
-        // SAFETY: as in `load_u32`.
-        unsafe { (*(a as *const AtomicU32)).store(v, Ordering::Release) }
-    }
-
-    fn load_u64(&self, off: u64) -> u64 {
-        let a = self.addr(off, 8, 8);
-        // SAFETY: as in `load_u32`.
-        unsafe { (*(a as *const AtomicU64)).load(Ordering::Acquire) }
-    }
-
-    fn store_u64(&self, off: u64, v: u64) {
-        let a = self.addr(off, 8, 8);
-        // SAFETY: as in `load_u32`.
-        unsafe { (*(a as *const AtomicU64)).store(v, Ordering::Release) }
-    }
-
-    fn write_back(&self, off: u64, len: u64) {
-        let a = self.addr(off, len, 1);
-        // SAFETY: the range is inside the mapping.
-        unsafe { cache::write_back(a, len, self.wb) }
-    }
-
-    fn invalidate(&self, off: u64, len: u64) {
-        let a = self.addr(off, len, 1);
-        // SAFETY: the range is inside the mapping.
-        unsafe { cache::invalidate(a, len) }
-    }
-
-    fn store_fence(&self) {
-        cache::store_fence()
-    }
-
-    fn full_fence(&self) {
-        cache::full_fence()
-    }
-}
+device::forward_shared_mem!(SharedRegion => raw);

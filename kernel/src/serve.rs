@@ -190,6 +190,12 @@ pub fn serve(region: SharedRegion) -> ExitCode {
         );
         return ExitCode::RegionTooSmall;
     }
+    if !offset.is_multiple_of(8) {
+        log::error!(
+            "serve: transport offset {offset:#x} is not 8-aligned (its words would not be)"
+        );
+        return ExitCode::Failed;
+    }
     let window = region.window(offset, region.len() - offset);
     let shm = Shm::new(&window, &TRACER);
     let now = wall_clock_ns();

@@ -212,6 +212,11 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
         }))
     }
 
+    /// Sets DONE in the SE at `pos` (and re-seals its CRC). The SE's bytes are read by copy and
+    /// its two words stored individually; every one of those accesses is atomic in the shared
+    /// region (`device::shm::raw`), so a backend scanning the entry meanwhile reads each word
+    /// either old or new (never torn, never undefined behaviour); with entry CRCs a mix of old and
+    /// new fails the check.
     fn mark_done(&mut self, pos: u32) -> Result<(), HostError> {
         let shm = self.shm;
         let g = self.g;

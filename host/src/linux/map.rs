@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::mem::MappedMem;
+use super::mem::{MappedMem, ReadOnlyMem};
 
 /// devdax mappings must be 2 MiB aligned in offset and length.
 pub const DAX_ALIGN: u64 = 2 << 20;
@@ -106,12 +106,12 @@ fn dax_size(dev: &Path) -> Result<u64, MapError> {
         .map_err(|_| MapError::NotFound(format!("{p}: not a number: {s:?}")))
 }
 
-/// Opens a devdax device, retrying `ENXIO`: a just-created `/dev/daxX.Y` refuses opens for a
-/// few hundred milliseconds.
-fn open_dax(dev: &Path) -> Result<File, MapError> {
+/// Opens a devdax device (read-write, or read-only when `!write`), retrying `ENXIO`: a
+/// just-created `/dev/daxX.Y` refuses opens for a few hundred milliseconds.
+fn open_dax(dev: &Path, write: bool) -> Result<File, MapError> {
     let mut tries = 0;
     loop {
-        match OpenOptions::new().read(true).write(true).open(dev) {
+        match OpenOptions::new().read(true).write(write).open(dev) {
             Ok(f) => return Ok(f),
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) && tries < 50 => {
                 tries += 1;
@@ -160,38 +160,72 @@ pub fn map_transport(
     offset: u64,
     size: Option<u64>,
 ) -> Result<MappedMem, MapError> {
+    let (file, len, what) = open_transport(spec, offset, size, true)?;
+    log::info!("mapping {what}: offset {offset:#x}, {len:#x} bytes");
+    MappedMem::map(file, offset, len as usize).map_err(ioe(format!("mmap of {what}")))
+}
+
+/// Maps the transport read-only (`cbd-host inspect`): the device or file is opened `O_RDONLY` and
+/// mapped `PROT_READ`, so an inspector can never store into a live ring.
+pub fn map_transport_read_only(
+    spec: &TransportSpec,
+    offset: u64,
+    size: Option<u64>,
+) -> Result<ReadOnlyMem, MapError> {
+    let (file, len, what) = open_transport(spec, offset, size, false)?;
+    log::info!("mapping {what} read-only: offset {offset:#x}, {len:#x} bytes");
+    ReadOnlyMem::map_read_only(file, offset, len as usize)
+        .map_err(ioe(format!("read-only mmap of {what}")))
+}
+
+/// Opens the transport's device or file (`write`: read-write, else read-only) and checks the
+/// window: (file, length of the window, what to call it in messages).
+fn open_transport(
+    spec: &TransportSpec,
+    offset: u64,
+    size: Option<u64>,
+    write: bool,
+) -> Result<(File, u64, String), MapError> {
+    let open = |p: &Path, what: &str| {
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(p)
+            .map_err(ioe(format!("opening {what}{}", p.display())))
+    };
     let (file, total, align, what) = match spec {
         TransportSpec::Dax(p) => {
             let total = dax_size(p)?;
-            (open_dax(p)?, total, DAX_ALIGN, format!("{}", p.display()))
+            (
+                open_dax(p, write)?,
+                total,
+                DAX_ALIGN,
+                format!("{}", p.display()),
+            )
         }
         TransportSpec::Ivshmem(addr) => {
             let dev = find_ivshmem(Path::new("/sys/bus/pci/devices"), addr.as_deref())?;
-            // Memory decoding on: without it the BAR reads as all-ones.
-            std::fs::write(dev.join("enable"), "1")
-                .map_err(ioe(format!("enabling {}", dev.display())))?;
+            // Memory decoding on: without it the BAR reads as all-ones. (A sysfs switch of the
+            // PCI function, not a store into the ring; skipped when it is on already.)
+            let enabled =
+                std::fs::read_to_string(dev.join("enable")).is_ok_and(|s| s.trim() != "0");
+            if !enabled {
+                std::fs::write(dev.join("enable"), "1")
+                    .map_err(ioe(format!("enabling {}", dev.display())))?;
+            }
             let res = dev.join("resource2");
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&res)
-                .map_err(ioe(format!("opening {}", res.display())))?;
+            let f = open(&res, "")?;
             let total = f.metadata().map_err(ioe(res.display().to_string()))?.len();
             (f, total, PAGE, format!("ivshmem BAR2 {}", res.display()))
         }
         TransportSpec::File(p) => {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(p)
-                .map_err(ioe(format!("opening transport file {}", p.display())))?;
+            let f = open(p, "transport file ")?;
             let total = f.metadata().map_err(ioe(p.display().to_string()))?.len();
             (f, total, PAGE, format!("{}", p.display()))
         }
     };
     let len = check_window(&what, total, offset, size, align)?;
-    log::info!("mapping {what}: offset {offset:#x}, {len:#x} bytes");
-    MappedMem::map(file, offset, len as usize).map_err(ioe(format!("mmap of {what}")))
+    Ok((file, len, what))
 }
 
 /// Validates `offset`/`size` against the device size and alignment; returns the length.
@@ -300,5 +334,46 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("/nonexistent/cbd"), "{e}");
+    }
+
+    #[test]
+    fn inspect_maps_read_only_and_decodes_a_live_transport() {
+        use device::shm::{SharedMem, Shm};
+        use device::trace::NoTrace;
+        let len = device::layout::TransportInfo::region_for(1).next_multiple_of(DAX_ALIGN);
+        let (f, p) = crate::linux::mem::tests::tmpfile(DAX_ALIGN + len);
+        drop(f);
+        let spec = TransportSpec::File(p.clone());
+        // A transport formatted 2 MiB into the file, as after devdax metadata.
+        let live = map_transport(&spec, DAX_ALIGN, Some(len)).unwrap();
+        let now = device::native::now_ns();
+        device::transport::Transport::format(
+            Shm::new(&live, &NoTrace),
+            device::transport::format_flags(false),
+            false,
+            now,
+        )
+        .unwrap();
+        let ro = map_transport_read_only(&spec, DAX_ALIGN, Some(len)).unwrap();
+        let r = device::inspect::inspect(Shm::new(&ro, &NoTrace), now);
+        assert_ne!(
+            r.worst(),
+            Some(device::inspect::Severity::Error),
+            "{}",
+            r.text()
+        );
+        assert!(r.text().contains("transport"), "{}", r.text());
+        // The inspector's view cannot store into the ring it shows.
+        let before = {
+            let mut b = vec![0u8; 4096];
+            live.read(0, &mut b);
+            b
+        };
+        let store = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ro.write(0, &[0; 8])));
+        assert!(store.is_err());
+        let mut after = vec![0u8; 4096];
+        live.read(0, &mut after);
+        assert_eq!(before, after);
+        std::fs::remove_file(p).unwrap();
     }
 }

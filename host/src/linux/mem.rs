@@ -1,19 +1,18 @@
 //! [`MappedMem`]: the CBD transport as seen by this process, a shared `mmap` of a devdax device,
-//! an ivshmem BAR (`resource2`) or a plain file, implementing [`device::shm::SharedMem`].
+//! an ivshmem BAR (`resource2`) or a plain file; [`ReadOnlyMem`], the same mapped `PROT_READ` for
+//! `cbd-host inspect`.
 //!
-//! This module holds the host program's `unsafe`: the mapping itself, raw copies in and out of
-//! it, atomic views of aligned words, and the x86 cache-line instructions.
+//! Every access of the mapped bytes is [`device::shm::raw::RawRegion`]'s (atomic copies and words,
+//! written once for the kernel, this program and the native tests). This module holds what is
+//! the host program's own: the `mmap`/`munmap` and the x86 cache-line instructions from user
+//! space ([`X86Cache`]).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use device::shm::SharedMem;
-
-/// Cache line size assumed for write-back/invalidate loops (x86).
-pub const CACHE_LINE: u64 = 64;
+use device::shm::raw::{self, CacheOps, RawRegion, ReadOnly, ReadWrite};
 
 /// Which instruction writes a line back (kept in cache where possible) to memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,211 +46,205 @@ impl WriteBack {
     }
 }
 
-/// A shared, read-write mapping of (part of) a file or device.
-pub struct MappedMem {
-    ptr: NonNull<u8>,
-    len: usize,
-    wb: WriteBack,
-    _file: File,
+/// The cache primitives from user space: CLWB/CLFLUSHOPT/CLFLUSH line by line, SFENCE, MFENCE
+/// (the instructions the kernel's `arch::cache` uses; all are unprivileged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct X86Cache {
+    pub wb: WriteBack,
 }
 
-// SAFETY: `MappedMem` is a pointer to memory that is shared by design (with the CBD backend and
-// between this program's queue threads). It never hands out references into the mapping; every
-// access is a bounds-checked copy or an atomic operation, so using it from several threads is
-// no different from several agents using the shared memory.
-unsafe impl Send for MappedMem {}
-// SAFETY: see `Send`.
-unsafe impl Sync for MappedMem {}
-
-impl MappedMem {
-    /// Maps `len` bytes of `file` at `offset` (`MAP_SHARED`, read-write). Alignment rules are the
-    /// file's (devdax: 2 MiB for offset and length); the caller checks them for a clear message.
-    pub fn map(file: File, offset: u64, len: usize) -> io::Result<MappedMem> {
-        if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
-        }
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
-        // SAFETY: a fresh mapping chosen by the kernel (addr NULL); it aliases nothing in this
-        // process. Its contents may change under us (the peer writes it): `MappedMem` only
-        // accesses it through raw copies and atomics, never through Rust references.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                off,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(MappedMem {
-            ptr: NonNull::new(p.cast()).expect("mmap returned NULL without MAP_FAILED"),
-            len,
-            wb: WriteBack::detect(),
-            _file: file,
-        })
-    }
-
-    /// The write-back instruction in use.
-    pub fn write_back_insn(&self) -> WriteBack {
-        self.wb
-    }
-
-    #[inline]
-    fn check(&self, off: u64, len: u64, align: u64) -> usize {
-        let end = off.checked_add(len).expect("shared access overflows");
-        assert!(
-            end <= self.len as u64 && off.is_multiple_of(align),
-            "shared access [{off:#x}, +{len:#x}) out of bounds ({:#x}) or misaligned",
-            self.len
-        );
-        off as usize
-    }
-
-    /// Address of byte `o` (already bounds checked).
-    #[inline]
-    fn at(&self, o: usize) -> *mut u8 {
-        // SAFETY: callers pass `o <= len` (checked), so the result stays inside the mapping
-        // or one past its end.
-        unsafe { self.ptr.as_ptr().add(o) }
-    }
-
-    fn lines(&self, off: u64, len: u64) -> impl Iterator<Item = *mut u8> + '_ {
-        let o = self.check(off, len, 1) as u64;
-        let start = o & !(CACHE_LINE - 1);
-        let end = o + len;
-        (start..end)
-            .step_by(CACHE_LINE as usize)
-            .map(move |l| self.at(l as usize))
-    }
-}
-
-impl Drop for MappedMem {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `map`; no references into it exist.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
-impl SharedMem for MappedMem {
-    fn size(&self) -> u64 {
-        self.len as u64
-    }
-    fn read(&self, off: u64, buf: &mut [u8]) {
-        let o = self.check(off, buf.len() as u64, 1);
-        // SAFETY: source in bounds (checked); `buf` is private memory, so no overlap. The peer
-        // may store concurrently; the protocol only uses bytes published by an acquire load.
-        unsafe { std::ptr::copy_nonoverlapping(self.at(o), buf.as_mut_ptr(), buf.len()) }
-    }
-    fn write(&self, off: u64, data: &[u8]) {
-        let o = self.check(off, data.len() as u64, 1);
-        // SAFETY: destination in bounds (checked); `data` is private memory, so no overlap.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.at(o), data.len()) }
-    }
-    fn fill(&self, off: u64, len: u64, byte: u8) {
-        let o = self.check(off, len, 1);
-        // SAFETY: in bounds (checked).
-        unsafe { std::ptr::write_bytes(self.at(o), byte, len as usize) }
-    }
-    fn load_u32(&self, off: u64) -> u32 {
-        let o = self.check(off, 4, 4);
-        // SAFETY: in bounds and 4-aligned (the mapping is page aligned); shared words are only
-        // accessed atomically.
-        unsafe { (*self.at(o).cast::<AtomicU32>()).load(Ordering::Acquire) }
-    }
-    fn store_u32(&self, off: u64, v: u32) {
-        let o = self.check(off, 4, 4);
-        // SAFETY: in bounds and 4-aligned.
-        unsafe { (*self.at(o).cast::<AtomicU32>()).store(v, Ordering::Release) }
-    }
-    fn load_u64(&self, off: u64) -> u64 {
-        let o = self.check(off, 8, 8);
-        // SAFETY: in bounds and 8-aligned.
-        unsafe { (*self.at(o).cast::<AtomicU64>()).load(Ordering::Acquire) }
-    }
-    fn store_u64(&self, off: u64, v: u64) {
-        let o = self.check(off, 8, 8);
-        // SAFETY: in bounds and 8-aligned.
-        unsafe { (*self.at(o).cast::<AtomicU64>()).store(v, Ordering::Release) }
-    }
-    fn write_back(&self, off: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        for line in self.lines(off, len) {
-            write_back_line(self.wb, line);
+impl CacheOps for X86Cache {
+    unsafe fn write_back(&self, addr: *const u8, len: usize) {
+        for line in raw::lines(addr, len) {
+            // SAFETY: the range is mapped (this trait's contract), so is each of its lines.
+            unsafe { write_back_line(self.wb, line) };
         }
     }
-    fn invalidate(&self, off: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        for line in self.lines(off, len) {
-            flush_line(line);
+    unsafe fn invalidate(&self, addr: *const u8, len: usize) {
+        for line in raw::lines(addr, len) {
+            // SAFETY: as in `write_back`.
+            unsafe { flush_line(line) };
         }
         // Later loads must not be satisfied before the flushes.
         self.full_fence();
     }
     fn store_fence(&self) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: SFENCE has no memory operands; SSE is part of x86_64.
+        // SAFETY: SFENCE has no operands and only orders this CPU's stores; SSE is part of
+        // x86_64.
         unsafe {
-            core::arch::x86_64::_mm_sfence()
+            core::arch::asm!("sfence", options(nostack, preserves_flags))
         };
         #[cfg(not(target_arch = "x86_64"))]
-        std::sync::atomic::fence(Ordering::Release);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
     }
     fn full_fence(&self) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: MFENCE has no memory operands; SSE2 is part of x86_64.
+        // SAFETY: MFENCE has no operands and only orders this CPU's accesses; SSE2 is part of
+        // x86_64.
         unsafe {
-            core::arch::x86_64::_mm_mfence()
+            core::arch::asm!("mfence", options(nostack, preserves_flags))
         };
         #[cfg(not(target_arch = "x86_64"))]
-        std::sync::atomic::fence(Ordering::SeqCst);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     }
 }
 
-/// CLFLUSH one line (write back + invalidate).
+/// CLFLUSH the line at `line` (write back + invalidate).
+///
+/// # Safety
+/// `line` is inside a live mapping of this process.
 #[inline]
-fn flush_line(p: *mut u8) {
+unsafe fn flush_line(line: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `p` points into the live mapping (from `MappedMem::lines`); CLFLUSH does not
-    // change memory contents. SSE2 (CLFLUSH) is part of x86_64.
+    // SAFETY: `line` is mapped (caller); CLFLUSH changes no memory contents and needs only read
+    // permission (so it works on the read-only mapping too). SSE2 (CLFLUSH) is part of x86_64.
     unsafe {
-        core::arch::x86_64::_mm_clflush(p)
+        core::arch::asm!("clflush [{0}]", in(reg) line, options(nostack, preserves_flags))
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    let _ = line;
 }
 
-/// Write back one line with the chosen instruction.
+/// Write back the line at `line` with the chosen instruction.
+///
+/// # Safety
+/// `line` is inside a live mapping of this process.
 #[inline]
-fn write_back_line(wb: WriteBack, p: *mut u8) {
+unsafe fn write_back_line(wb: WriteBack, line: usize) {
     #[cfg(target_arch = "x86_64")]
     match wb {
-        // SAFETY: `p` points into the live mapping; CLWB does not change memory
-        // contents, and is only chosen when CPUID reports it (`detect`).
+        // SAFETY: `line` is mapped (caller); CLWB changes no memory contents, and is only chosen
+        // when CPUID reports it (`detect`).
         WriteBack::Clwb => unsafe {
-            core::arch::asm!("clwb [{0}]", in(reg) p, options(nostack, preserves_flags))
+            core::arch::asm!("clwb [{0}]", in(reg) line, options(nostack, preserves_flags))
         },
         // SAFETY: as above, for CLFLUSHOPT (also only chosen when CPUID reports it).
         WriteBack::Clflushopt => unsafe {
-            core::arch::asm!("clflushopt [{0}]", in(reg) p, options(nostack, preserves_flags))
+            core::arch::asm!("clflushopt [{0}]", in(reg) line, options(nostack, preserves_flags))
         },
-        WriteBack::Clflush => flush_line(p),
+        // SAFETY: `line` is mapped (caller).
+        WriteBack::Clflush => unsafe { flush_line(line) },
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (wb, p);
+    let _ = (wb, line);
 }
+
+/// `mmap(NULL, len, prot, MAP_SHARED, file, offset)`.
+fn mmap(file: &File, offset: u64, len: usize, prot: libc::c_int) -> io::Result<NonNull<u8>> {
+    if len == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+    }
+    let off = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+    // SAFETY: a fresh mapping chosen by the kernel (addr NULL): it aliases nothing in this process.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            off,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(NonNull::new(p.cast()).expect("mmap returned NULL without MAP_FAILED"))
+}
+
+/// A mapping of (part of) a file or device: the region over it, the file it maps.
+pub struct Mapped<A> {
+    raw: RawRegion<X86Cache, A>,
+    _file: File,
+}
+
+/// The shared, read-write mapping the host role runs on.
+pub type MappedMem = Mapped<ReadWrite>;
+/// A `PROT_READ` mapping of a file opened read-only (`cbd-host inspect`): it has no store
+/// methods, its [`device::shm::SharedMem`] stores panic before touching memory, and a store that
+/// got through anyway would fault.
+pub type ReadOnlyMem = Mapped<ReadOnly>;
+
+impl MappedMem {
+    /// Maps `len` bytes of `file` at `offset` (`MAP_SHARED`, read-write). Alignment rules are the
+    /// file's (devdax: 2 MiB for offset and length); the caller checks them for a clear message.
+    pub fn map(file: File, offset: u64, len: usize) -> io::Result<MappedMem> {
+        let base = mmap(&file, offset, len, libc::PROT_READ | libc::PROT_WRITE)?;
+        // SAFETY: `len` bytes mapped read-write, page aligned, unmapped only in `Drop` (after the
+        // region is gone); this program accesses them only through the region. The peer and
+        // other mappings of this process are the agents the region is made for.
+        let raw = unsafe {
+            RawRegion::new(
+                base,
+                len,
+                X86Cache {
+                    wb: WriteBack::detect(),
+                },
+            )
+        };
+        Ok(Mapped { raw, _file: file })
+    }
+}
+
+impl ReadOnlyMem {
+    /// Maps `len` bytes of `file` at `offset` `PROT_READ`, `MAP_SHARED`. The file must have been
+    /// opened read-only (`O_RDONLY`, checked), so neither the mapping nor the descriptor can write.
+    pub fn map_read_only(file: File, offset: u64, len: usize) -> io::Result<ReadOnlyMem> {
+        // SAFETY: F_GETFL on a descriptor this `File` owns; no memory is passed.
+        let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        if fl < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if fl & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a read-only mapping needs a file opened read-only",
+            ));
+        }
+        let base = mmap(&file, offset, len, libc::PROT_READ)?;
+        // SAFETY: `len` bytes mapped readable, page aligned, unmapped only in `Drop`; a read-only
+        // region only loads, relaxed and at most 8 bytes at a time (allowed on read-only memory).
+        let raw = unsafe {
+            RawRegion::new_read_only(
+                base,
+                len,
+                X86Cache {
+                    wb: WriteBack::detect(),
+                },
+            )
+        };
+        Ok(Mapped { raw, _file: file })
+    }
+}
+
+impl<A> Mapped<A> {
+    /// The write-back instruction in use.
+    pub fn write_back_insn(&self) -> WriteBack {
+        self.raw.cache().wb
+    }
+    /// The region over the mapping.
+    pub fn region(&self) -> &RawRegion<X86Cache, A> {
+        &self.raw
+    }
+}
+
+impl<A> Drop for Mapped<A> {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `map`/`map_read_only`; the region over it
+        // goes with `self`, and it never handed out references into it.
+        unsafe { libc::munmap(self.raw.base().as_ptr().cast(), self.raw.len()) };
+    }
+}
+
+device::forward_shared_mem!(MappedMem => raw);
+device::forward_shared_mem!(ReadOnlyMem => raw);
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use device::shm::SharedMem;
     use std::io::{Read, Seek, SeekFrom, Write};
 
     /// A temporary file of `len` bytes, named per process and thread (tests of this
@@ -331,5 +324,59 @@ pub(crate) mod tests {
         std::fs::remove_file(p).unwrap();
         let m = MappedMem::map(f, 0, 4096).unwrap();
         m.load_u64(4);
+    }
+
+    /// The permissions column of `/proc/self/maps` for the mapping that starts at `addr`.
+    fn perms_of(addr: usize) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let line = maps
+            .lines()
+            .find(|l| usize::from_str_radix(l.split('-').next().unwrap(), 16) == Ok(addr))
+            .unwrap_or_else(|| panic!("no mapping at {addr:#x}"));
+        line.split_whitespace().nth(1).unwrap().to_string()
+    }
+
+    #[test]
+    fn read_only_mapping_is_prot_read_and_refuses_stores() {
+        let (f, p) = tmpfile(2 * 4096);
+        let live = MappedMem::map(f, 0, 2 * 4096).unwrap();
+        live.write(4096 + 5, b"live ring");
+        // A writable descriptor is refused: the inspector's file must be opened read-only.
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        let e = ReadOnlyMem::map_read_only(rw, 0, 4096).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        let ro = ReadOnlyMem::map_read_only(File::open(&p).unwrap(), 4096, 4096).unwrap();
+        // The kernel maps it readable and shared only: a store would fault.
+        assert_eq!(perms_of(ro.region().base().as_ptr().addr()), "r--s");
+        assert_eq!(perms_of(live.region().base().as_ptr().addr()), "rw-s");
+        let mut b = [0u8; 9];
+        ro.read(5, &mut b);
+        assert_eq!(&b, b"live ring");
+        // It stays a live view of the ring...
+        live.store_u32(4096 + 16, 0x1234_5678);
+        ro.invalidate(16, 4);
+        assert_eq!(ro.load_u32(16), 0x1234_5678);
+        // ...that cannot store: every SharedMem store panics before touching memory.
+        let m: &dyn SharedMem = &ro;
+        for store in [
+            &(|| m.write(5, b"X")) as &dyn Fn(),
+            &|| m.fill(5, 1, 0),
+            &|| m.store_u32(16, 0),
+            &|| m.store_u64(16, 0),
+        ] {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(store));
+            assert!(
+                r.is_err(),
+                "a store into the read-only mapping was not refused"
+            );
+        }
+        live.read(4096 + 5, &mut b);
+        assert_eq!(&b, b"live ring");
+        assert_eq!(live.load_u32(4096 + 16), 0x1234_5678);
+        std::fs::remove_file(p).unwrap();
     }
 }

@@ -174,9 +174,10 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `cbd-host inspect`: decode the transport read-only (`device::inspect`). A file is read
-/// with positioned reads; devdax and ivshmem are mapped the way the host maps them (their
-/// only access path), and the inspector only ever reads the mapping.
+/// `cbd-host inspect`: decode the transport read-only (`device::inspect`). A whole file is read
+/// with positioned reads of a read-only descriptor; devdax, ivshmem and a window of a file are
+/// opened read-only and mapped `PROT_READ` (`map::map_transport_read_only`), so the inspector
+/// can never store into a live ring: its view has no store path that reaches memory.
 fn inspect(a: &cli::InspectArgs) -> Result<(), Box<dyn std::error::Error>> {
     use device::inspect::{self, FileMem, Severity};
     use device::shm::Shm;
@@ -190,7 +191,7 @@ fn inspect(a: &cli::InspectArgs) -> Result<(), Box<dyn std::error::Error>> {
             &file
         }
         spec => {
-            mapped = map::map_transport(spec, a.offset, a.size)?;
+            mapped = map::map_transport_read_only(spec, a.offset, a.size)?;
             &mapped
         }
     };
