@@ -86,10 +86,16 @@ fn crash_run(points: u64, overlap: bool) {
     let seed = env_u64("CBDFW_CRASH_SEED", now_ns() | 1);
     eprintln!("crash: {points} crash points, CBDFW_CRASH_SEED={seed}, overlap {overlap}");
     let mut rng = Rng(seed);
-    let pid = std::process::id();
+    // One shared file and one media image per run: the crash tests of this binary run
+    // in parallel threads of one process, and QEMU locks the image for writing.
+    let run = format!(
+        "{}-{}",
+        std::process::id(),
+        if overlap { "overlap" } else { "points" }
+    );
     let s = Setup {
-        shm_path: format!("/dev/shm/cbdfw-test-crash-{pid}.raw"),
-        img: std::env::temp_dir().join(format!("cbdfw-test-crash-{pid}.img")),
+        shm_path: format!("/dev/shm/cbdfw-test-crash-{run}.raw"),
+        img: std::env::temp_dir().join(format!("cbdfw-test-crash-{run}.img")),
         kernel: boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image"),
     };
     let _ = std::fs::remove_file(&s.shm_path);
