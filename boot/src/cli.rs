@@ -152,6 +152,8 @@ pub enum Bench {
     Fio,
     /// Journal commit on the device kernel with a virtio-blk disk: FUA vs tokens
     Journal,
+    /// One fio job (--job) on the CBD disk, the device counting TSC cycles per phase
+    Profile,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -236,6 +238,9 @@ pub struct Options {
     /// bench fio: cbd-host queues (1-8, default 1)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8), help_heading = "Bench")]
     pub queues: Option<u32>,
+    /// bench profile: the fio job, RW:BS:QD (default write:1m:4)
+    #[arg(long, value_name = "RW:BS:QD", value_parser = crate::bench::profile::Job::parse, help_heading = "Bench")]
+    pub job: Option<crate::bench::profile::Job>,
     /// bench fio: where the JSON and SVG of the run go (default target/bench)
     #[arg(long = "bench-out", value_name = "DIR", help_heading = "Bench")]
     pub bench_out: Option<PathBuf>,

@@ -382,6 +382,26 @@ fn cmd_bench_fio(o: &Options) -> Result<i32, String> {
     Ok(0)
 }
 
+/// `bench profile`: one fio job, then where the device's cycles went.
+fn cmd_bench_profile(o: &Options) -> Result<i32, String> {
+    use boot::bench::profile;
+    let job = o.job.clone().unwrap_or_default();
+    let r = profile::run(&job, o.runtime().unwrap_or(5))?;
+    println!(
+        "fio {} {} QD{} on the CBD disk: {:.0} IOPS, {:.1} MiB/s, mean clat {:.1} us",
+        r.job.rw,
+        r.job.bs,
+        r.job.qd,
+        r.sample.iops,
+        r.sample.mib_s(),
+        r.sample.clat_us
+    );
+    for l in &r.lines {
+        println!("{l}");
+    }
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Bad input: the message and the usage on stderr, exit 2 (`--help`: stdout, 0).
@@ -397,6 +417,7 @@ fn main() -> ExitCode {
             if r.device_stopped { 0 } else { 1 }
         }),
         Cmd::Bench(Bench::Fio) => cmd_bench_fio(&o),
+        Cmd::Bench(Bench::Profile) => cmd_bench_profile(&o),
         Cmd::Ktest(filter) => cmd_ktest(&o, filter.as_deref()).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Test => cmd_test(&o).map(|ok| if ok { 0 } else { 1 }),
         Cmd::Inspect(a) => cmd_inspect(&a),

@@ -109,6 +109,18 @@ struct Pending {
     span: u32,
 }
 
+/// Staging room taken by [`Stager::reserve`] for one WRITE, and how to give it back.
+#[derive(Debug)]
+#[must_use = "commit or unreserve the reservation"]
+pub struct Reservation {
+    pos: u32,
+    span: u32,
+    len: u32,
+    /// `head` and `used` before the reservation.
+    head: usize,
+    used: usize,
+}
+
 /// Counters (the kernel prints them; the bench reads them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StagerStats {
@@ -198,6 +210,68 @@ impl<'a, D: Media> Stager<'a, D> {
         self.used += waste + len;
         self.head = pos + len;
         Some((pos as u32, (waste + len) as u32))
+    }
+
+    /// Room for a `len`-byte WRITE in the staging buffer, for its payload to be
+    /// copied straight in ([`Stager::slot_mut`]) and then [`Stager::commit`]ted or
+    /// [`Stager::unreserve`]d — one copy where [`Stager::write`] needs two. Makes
+    /// room the way `write` does (sync when the pending list is full, write back
+    /// under staging pressure). `None`: no room (nothing staged is left, or no
+    /// buffer): write through with `write`. Nothing else may be staged between the
+    /// reservation and its commit or release.
+    pub fn reserve(&mut self, len: usize) -> Result<Option<Reservation>, MediaError> {
+        if self.buf.is_empty() || len > self.buf.len() {
+            return Ok(None);
+        }
+        if self.q.is_full() {
+            self.stats.pressure += 1;
+            self.sync()?;
+        }
+        let mut before = (self.head, self.used);
+        let mut slot = self.alloc(len);
+        if slot.is_none() {
+            self.stats.pressure += 1;
+            self.write_back()?;
+            before = (self.head, self.used);
+            slot = self.alloc(len);
+        }
+        Ok(slot.map(|(pos, span)| Reservation {
+            pos,
+            span,
+            len: len as u32,
+            head: before.0,
+            used: before.1,
+        }))
+    }
+
+    /// The reserved bytes of the staging buffer.
+    pub fn slot_mut(&mut self, r: &Reservation) -> &mut [u8] {
+        &mut self.buf[r.pos as usize..(r.pos + r.len) as usize]
+    }
+
+    pub fn slot(&self, r: &Reservation) -> &[u8] {
+        &self.buf[r.pos as usize..(r.pos + r.len) as usize]
+    }
+
+    /// Give a reservation back (its payload never verified): nothing was staged.
+    pub fn unreserve(&mut self, r: Reservation) {
+        self.head = r.head;
+        self.used = r.used;
+    }
+
+    /// Complete a WRITE whose payload is in the reserved slot: staged, as
+    /// [`Stager::write`] stages it. Not durable yet.
+    pub fn commit(&mut self, r: Reservation, chan: u8, tid: u64, offset: u64, due_ns: u64) {
+        self.stats.staged += 1;
+        let _ = self.q.push_back(Pending {
+            chan,
+            tid,
+            offset,
+            len: r.len,
+            pos: r.pos,
+            span: r.span,
+        });
+        self.min_due = self.min_due.min(due_ns);
     }
 
     /// Complete a WRITE: stage it (or write it through). Not durable yet.
@@ -391,6 +465,59 @@ impl<'a, D: Media> Stager<'a, D> {
 mod tests {
     use super::*;
     use crate::media::SliceMedia;
+
+    /// A reservation given back leaves the stager as it was — also when it wrapped
+    /// or when making room wrote staged data back; a committed one is staged like
+    /// `write` stages (read overlay, watermark, write-back in order).
+    #[test]
+    fn reserved_slots_are_given_back_exactly_or_staged_like_writes() {
+        let mut disk = [0u8; 32768];
+        let mut sbuf = [0u8; 8192];
+        let mut s = Stager::new(SliceMedia::new(&mut disk), &mut sbuf);
+        s.write(0, 0, 0, &[1u8; 3072], 100).unwrap();
+        let at = |s: &Stager<'_, SliceMedia<'_>>| (s.head, s.used, s.pending(), s.stats.staged);
+        let before = at(&s);
+        // Fits after the first write.
+        let r = s.reserve(4096).unwrap().expect("room");
+        assert_eq!((r.pos, r.span), (3072, 4096));
+        s.unreserve(r);
+        assert_eq!(at(&s), before);
+        // Commit one at 3072..7168, then a 2 KiB reservation wraps (1 KiB of waste).
+        let r = s.reserve(4096).unwrap().unwrap();
+        s.slot_mut(&r).fill(2);
+        s.commit(r, 0, 1, 4096, 100);
+        let before = at(&s);
+        let r = s.reserve(1024).unwrap().unwrap();
+        assert_eq!((r.pos, r.span), (7168, 1024));
+        s.unreserve(r);
+        assert_eq!(at(&s), before);
+        // 4 KiB does not fit: making room writes both staged writes back, in order.
+        let r = s.reserve(4096).unwrap().unwrap();
+        assert_eq!((s.stats.pressure, s.stats.written_back), (1, 2));
+        let after_room = (s.head, s.used);
+        assert_eq!((r.pos, r.span), (0, 4096));
+        s.unreserve(r);
+        assert_eq!((s.head, s.used), (0, 0));
+        assert_eq!(after_room, (4096, 4096));
+        // A committed slot overlays reads and reaches the media at the next write-back.
+        let r = s.reserve(2048).unwrap().unwrap();
+        s.slot_mut(&r).fill(3);
+        s.commit(r, 1, 9, 1024, 50);
+        assert_eq!(s.watermark(1, 10), 9);
+        let mut b = [0u8; 4096];
+        s.read(0, &mut b).unwrap();
+        assert!(b[..1024].iter().all(|&x| x == 1) && b[1024..3072].iter().all(|&x| x == 3));
+        assert!(b[3072..].iter().all(|&x| x == 0));
+        s.sync().unwrap();
+        let (m, _) = s.into_parts();
+        assert!(m.data[1024..3072].iter().all(|&x| x == 3));
+        assert!(m.data[4096..8192].iter().all(|&x| x == 2));
+        // Too big for the buffer, or no buffer: write through.
+        let mut none: [u8; 0] = [];
+        let mut d2 = [0u8; 4096];
+        let mut t = Stager::new(SliceMedia::new(&mut d2), &mut none);
+        assert!(t.reserve(512).unwrap().is_none());
+    }
 
     #[test]
     fn staged_reads_overlay_and_write_back_keeps_order() {

@@ -7,7 +7,7 @@
 //!   [`layout`] (on-memory format, declared once by offset), [`crc`], [`meta`]
 //!   (two-copy records), [`shm`] (the shared-memory access layer),
 //!   [`transport`], [`backend`] (the device engine; the host role is the `host` crate),
-//!   [`media`], [`trace`].
+//!   [`media`], [`trace`], [`profile`] (cycles per serve-loop phase, from the trace).
 //! * [`rng`] — the one deterministic PRNG (SplitMix64) of tests and simulations.
 //! * [`exit_code`] — the exit codes of the kernel and the runner, declared once.
 //! * `std` feature: [`native`] (coherent heap/mmap memory), [`adversary`]
@@ -39,6 +39,7 @@ pub mod exit_code;
 pub mod layout;
 pub mod media;
 pub mod meta;
+pub mod profile;
 pub mod rng;
 pub mod shm;
 pub mod trace;

@@ -15,6 +15,9 @@
 //! * `channels` (default 2) — handler channels;
 //! * `noncoherent` (`on`/`off`, default off) — offer the non-coherent mode;
 //! * `trace` (`on`/`off`) — print every protocol event;
+//! * `profile` (`on`/`off`, default off) — count TSC cycles per phase of the serve
+//!   loop (`device::profile`); the console's `profile` prints the breakdown, `profile
+//!   reset` starts it again, and it is printed when the device stops;
 //! * `takeover` (`on`/off) — restarting after a crash: take over this device's own
 //!   host and backend records at once instead of waiting for the dead
 //!   incarnation's heartbeat to expire (30 s);
@@ -27,11 +30,12 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use device::backend::{Backend, BackendConfig, BackendError};
 use device::layout::{TRANSPORT_MAGIC, tflags};
 use device::media::{Media, SliceMedia};
+use device::profile::Profile;
 use device::shm::{SharedMem, Shm};
 use device::trace::{TraceEvent, Tracer};
 use device::transport::{Transport, format_flags};
 
-use crate::arch::time::wall_clock_ns;
+use crate::arch::time::{rdtsc, tsc_hz, wall_clock_ns};
 use crate::exit::ExitCode;
 use crate::fwcfg;
 use crate::region::SharedRegion;
@@ -39,6 +43,9 @@ use crate::region::SharedRegion;
 /// Counts protocol events and optionally prints each one.
 pub struct KernelTracer {
     print: AtomicBool,
+    /// Charge TSC cycles to serve-loop phases (`profile=on`).
+    profiling: AtomicBool,
+    pub profile: Profile,
     pub ses: AtomicU64,
     pub ces: AtomicU64,
     pub bytes: AtomicU64,
@@ -54,6 +61,8 @@ impl KernelTracer {
     pub const fn new() -> Self {
         KernelTracer {
             print: AtomicBool::new(false),
+            profiling: AtomicBool::new(false),
+            profile: Profile::new(),
             ses: AtomicU64::new(0),
             ces: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -68,6 +77,27 @@ impl KernelTracer {
 
     pub fn set_print(&self, on: bool) {
         self.print.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_profiling(&self, on: bool) {
+        self.profiling.store(on, Ordering::Relaxed);
+    }
+
+    /// The serve loop's own marks (see `device::profile`), when profiling.
+    fn mark(&self, f: impl FnOnce(&Profile, u64)) {
+        if self.profiling.load(Ordering::Relaxed) {
+            f(&self.profile, rdtsc());
+        }
+    }
+
+    /// The phase breakdown, one log line per phase.
+    pub fn print_profile(&self) {
+        if !self.profiling.load(Ordering::Relaxed) {
+            log::info!("profile: off (boot with profile=on)");
+            return;
+        }
+        log::info!("profile: TSC at {} Hz", tsc_hz());
+        self.profile.report(tsc_hz(), |l| log::info!("{l}"));
     }
 
     /// One summary line.
@@ -115,6 +145,7 @@ impl Tracer for KernelTracer {
             TraceEvent::Heartbeat { .. } => inc(&self.heartbeats, 1),
             _ => {}
         }
+        self.mark(|p, now| p.event(ev, now));
         if self.print.load(Ordering::Relaxed) {
             // Lines-only events are noisy; keep them at debug.
             match ev {
@@ -161,6 +192,7 @@ pub fn find_transport(region: &SharedRegion) -> Option<u64> {
 /// Serve as a CBD backend until `stop` is typed on the console.
 pub fn serve(region: SharedRegion) -> ExitCode {
     TRACER.set_print(opt_on("trace"));
+    TRACER.set_profiling(opt_on("profile"));
     let explicit = fwcfg::option("transport-offset").and_then(|s| s.parse::<u64>().ok());
     let wait = fwcfg::option("transport").as_deref() == Some("wait");
     let mut found = if explicit.is_none() {
@@ -326,7 +358,10 @@ fn run<D: Media>(
     let mut stager;
     loop {
         let now = wall_clock_ns();
-        match backend.poll(now) {
+        TRACER.mark(|p, t| p.begin_poll(t));
+        let polled = backend.poll(now);
+        TRACER.mark(|p, t| p.end_poll(t));
+        match polled {
             Ok(st) => {
                 last_err = None;
                 if st.ses == 0 && st.resets == 0 {
@@ -351,10 +386,14 @@ fn run<D: Media>(
                     TRACER.summary("stats");
                     log::info!("stats: staging: {:?}", backend.stager_stats());
                 }
+                "profile" => TRACER.print_profile(),
+                "profile reset" => TRACER.profile.reset(),
                 "trace on" => TRACER.set_print(true),
                 "trace off" => TRACER.set_print(false),
                 other => {
-                    log::warn!("console: unknown command {other:?} (stop, stats, trace on|off)")
+                    log::warn!(
+                        "console: unknown command {other:?} (stop, stats, profile [reset], trace on|off)"
+                    )
                 }
             }
         }
@@ -390,11 +429,15 @@ fn run<D: Media>(
         }
         if can_idle && empty_polls >= IDLE_AFTER {
             crate::arch::apic::idle_us(idle_us);
+            TRACER.mark(|p, t| p.end_idle(t));
         } else {
             core::hint::spin_loop();
         }
     }
     TRACER.summary("serve: stopped");
+    if opt_on("profile") {
+        TRACER.print_profile();
+    }
     log::info!("serve: staging: {:?}", stager);
     ExitCode::Success
 }

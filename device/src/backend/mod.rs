@@ -12,7 +12,7 @@
 //! (test-only rule breaking, feature `sabotage`).
 
 use crate::channel::*;
-use crate::durable::{DurableConfig, Intent, Stager, StagerStats};
+use crate::durable::{DurableConfig, Intent, Reservation, Stager, StagerStats};
 use crate::layout::*;
 use crate::media::Media;
 use crate::meta;

@@ -239,16 +239,46 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         if let Some(refused) = self.check_io(ch, se) {
             return Ok(refused);
         }
-        if !self.fetch_payload(ch, se)? {
-            return Ok(Outcome::Refused(errno::EIO));
-        }
         let (chan, tid, len) = (ch.idx as u8, se.req_tid, se.len as usize);
-        #[cfg(feature = "sabotage")]
-        if self.cfg.sabotage().torn_block {
-            return Ok(self.torn_write(ch, se, cx, ce));
-        }
-        let data = &self.scratch[..len];
-        let mut r = errno_of(self.st.write(chan, tid, se.offset, data, cx.due));
+        // One copy: the payload goes from the data area straight into staging room
+        // reserved for it, and is staged once its CRC verified (the torn-block
+        // sabotage works on scratch).
+        let staged = if self.cfg.sabotage().torn_block {
+            None
+        } else {
+            match self.st.reserve(len) {
+                Ok(res) => res,
+                Err(e) => return Ok(Outcome::Ran(errno_of(Err(e)))),
+            }
+        };
+        let mut r = match staged {
+            Some(res) => match self.fetch_payload(ch, se, Some(&res)) {
+                Ok(true) => {
+                    self.st.commit(res, chan, tid, se.offset, cx.due);
+                    0
+                }
+                Ok(false) => {
+                    self.st.unreserve(res);
+                    return Ok(Outcome::Refused(errno::EIO));
+                }
+                Err(e) => {
+                    self.st.unreserve(res);
+                    return Err(e);
+                }
+            },
+            None => {
+                // No staging room (or none at all): through scratch, written through.
+                if !self.fetch_payload(ch, se, None)? {
+                    return Ok(Outcome::Refused(errno::EIO));
+                }
+                #[cfg(feature = "sabotage")]
+                if self.cfg.sabotage().torn_block {
+                    return Ok(self.torn_write(ch, se, cx, ce));
+                }
+                let data = &self.scratch[..len];
+                errno_of(self.st.write(chan, tid, se.offset, data, cx.due))
+            }
+        };
         if r == 0 && cx.intent == Intent::Critical {
             r = errno_of(self.st.sync());
             if r == 0 {
@@ -359,7 +389,12 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
     /// Copy a WRITE payload into scratch and check its CRC (non-coherent mode:
     /// re-read within the entry's budget, spread over polls). Returns false if it
     /// never verified.
-    pub(super) fn fetch_payload(&mut self, ch: &Chan, se: &Se) -> Result<bool, BackendError> {
+    pub(super) fn fetch_payload(
+        &mut self,
+        ch: &Chan,
+        se: &Se,
+        slot: Option<&Reservation>,
+    ) -> Result<bool, BackendError> {
         let shm = self.shm();
         let g = ch.g;
         let len = se.len as usize;
@@ -370,14 +405,22 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             if ch.mode == Mode::Nc {
                 data_cache_op(shm, &g, se.data_off, se.len, false)?;
             }
-            copy_from_data(shm, &g, se.data_off, &mut self.scratch[..len])?;
+            let dst = match slot {
+                Some(r) => self.st.slot_mut(r),
+                None => &mut self.scratch[..len],
+            };
+            copy_from_data(shm, &g, se.data_off, dst)?;
             shm.tracer.event(&TraceEvent::DataCopied {
                 chan: ch.idx,
                 dir: CopyDir::FromShared,
                 data_off: se.data_off,
                 len: se.len,
             });
-            if !check || payload_crc(&self.scratch[..len]) == se.data_crc {
+            let got = match slot {
+                Some(r) => self.st.slot(r),
+                None => &self.scratch[..len],
+            };
+            if !check || payload_crc(got) == se.data_crc {
                 return Ok(true);
             }
         }
