@@ -424,6 +424,9 @@ mod tests {
         assert_eq!(a.default_intent, Intent::Ephemeral);
         assert_eq!(a.stats.as_deref(), Some("/tmp/s"));
         assert_eq!(a.history, None);
+        assert_eq!((a.recover_timeout_secs, a.replay_buffer_mib), (120, 32));
+        let a = run("--recover-timeout 300 --replay-buffer 0");
+        assert_eq!((a.recover_timeout_secs, a.replay_buffer_mib), (300, 0));
         let a = run("--history /tmp/h.txt");
         assert_eq!(
             a.history.as_deref(),
