@@ -236,8 +236,8 @@ fn ivshmem_fio_overlapping_history_checked() {
 /// The device VM dies (SIGKILL) and is restarted (`takeover=on`, same media image and
 /// shared file) twice: while fio --verify writes, and while an ext4 write+fsync loop
 /// runs. Nothing reaches the application: fio exits 0 with no verify failure, every
-/// fsync returns 0, the files read back after a remount, fsck is clean, cbd-host counted
-/// two outages and no error (`qemu/scripts/pair-recovery.sh`). Each phase has its own
+/// fsync returns 0, the files read back after a remount, fsck is clean, cbd-host saw two
+/// restarts (new incarnations) and counted no error (`qemu/scripts/pair-recovery.sh`). Each phase has its own
 /// deadline: the guest's marker within `PHASE_LIMIT`, the restarted device serving within
 /// `qemu::pair::DEVICE_RESTART_LIMIT`, the whole pair within the spec's timeout.
 #[test]
