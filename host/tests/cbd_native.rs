@@ -989,3 +989,76 @@ fn writers_on_two_queues_see_no_error_across_three_restarts() {
     let want = want.into_inner().unwrap();
     check_media(&media, &want);
 }
+
+/// A replay buffer smaller than what is written: writes wait for durability instead of
+/// going unprotected, and a restart in the middle still loses nothing (the held bytes
+/// never exceed the buffer).
+#[test]
+fn a_full_replay_buffer_makes_writes_wait_and_still_covers_a_restart() {
+    let clock = TestClock::new();
+    let mut want = vec![None; 48];
+    let media = with_killable_backend("smallbuf", &clock, |host_mem, phase| {
+        let mut opts = replay_opts("smallbuf", 2);
+        if opts.replay_bytes > 0 {
+            opts.replay_bytes = 4 * BLK;
+        }
+        let disk = CbdDisk::start(host_mem, &opts, clock.host()).unwrap();
+        let mut q = disk.queue(0).unwrap();
+        let mut max_held = 0;
+        for b in 0..48u64 {
+            let mut d = block(b, 9);
+            q.submit(&req(Op::Write, b * BLK as u64, BLK as u32, false), &mut d)
+                .unwrap();
+            want[b as usize] = Some(9);
+            max_held = max_held.max(stat(&disk.stats(), "replay_held_bytes"));
+            if b == 20 {
+                phase.kill();
+                phase.restart();
+            }
+        }
+        q.submit(&req(Op::Flush, 0, 0, false), &mut [])
+            .expect("flush across the restart");
+        assert!(max_held <= 4 * BLK as u64, "held {max_held} bytes");
+        check_blocks(&mut *q, &want);
+        disk.shutdown();
+    });
+    check_media(&media, &want);
+}
+
+/// `--plain-v3`: no incarnation, no replay buffer. What it hides: the outage — a write
+/// in flight across a restart slower than the heartbeat window is held and completes.
+/// What it cannot: the device fails CBD FLUSHes after the re-attach until the host was
+/// told, so the flush across the restart returns EIO; a later one succeeds.
+#[test]
+fn plain_v3_holds_io_through_a_restart_but_the_flush_across_it_fails() {
+    let clock = TestClock::new();
+    with_killable_backend("plainrestart", &clock, |host_mem, phase| {
+        let opts = CbdOptions {
+            plain_v3: true,
+            ..replay_opts("plainrestart", 1)
+        };
+        let disk = CbdDisk::start(host_mem, &opts, clock.host()).unwrap();
+        assert!(!disk.durable_tokens());
+        let mut q = disk.queue(0).unwrap();
+        let mut d = block(0, 1);
+        q.submit(&req(Op::Write, 0, BLK as u32, false), &mut d)
+            .unwrap();
+        phase.kill();
+        let mut d2 = block(1, 1);
+        assert!(
+            q.start(1, &req(Op::Write, BLK as u64, BLK as u32, false), &mut d2)
+                .is_none()
+        );
+        assert!(q.start(2, &req(Op::Flush, 0, 0, false), &mut []).is_none());
+        clock.jump(45_000_000_000);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        phase.restart();
+        let mut res = Vec::new();
+        q.finish(&mut |t, r, _| res.push((t, r)));
+        res.sort_by_key(|&(t, _)| t);
+        assert_eq!(res, vec![(1, Ok(())), (2, Err(Errno(libc::EIO)))]);
+        let ok = (0..4).any(|_| q.submit(&req(Op::Flush, 0, 0, false), &mut []).is_ok());
+        assert!(ok, "a flush succeeds again once the host was told");
+        disk.shutdown();
+    });
+}
