@@ -984,6 +984,7 @@ fn writers_on_two_queues_see_no_error_across_three_restarts() {
         let st = disk.stats();
         assert_eq!(stat(&st, "errors"), 0, "{st}");
         assert!(stat(&st, "replayed_writes") > 0, "{st}");
+        eprintln!("writers across three restarts: {st}");
         disk.shutdown();
     });
     let want = want.into_inner().unwrap();
