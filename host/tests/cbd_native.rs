@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use device::backend::{Backend, BackendConfig};
 use device::layout::{TransportInfo, chan};
-use device::native::VecMedia;
+use device::native::{CrashMedia, VecMedia};
 use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
@@ -637,6 +637,18 @@ fn with_killable_backend(
     clock: &TestClock,
     f: impl FnOnce(&'static MappedMem, &Phase),
 ) -> VecMedia {
+    with_killable_backend_on(tag, clock, VecMedia::new(DISK), |_| {}, f)
+}
+
+/// [`with_killable_backend`] on `media`; `power_loss` runs on it at every kill (a media
+/// with a volatile cache loses what was not flushed).
+fn with_killable_backend_on<D: device::media::Media + Send>(
+    tag: &str,
+    clock: &TestClock,
+    media: D,
+    power_loss: fn(&mut D),
+    f: impl FnOnce(&'static MappedMem, &Phase),
+) -> D {
     use device::durable::DurableConfig;
     let (backend_mem, host_mem) = formatted(tag, clock.now());
     let mut scratch = vec![0u8; chan::MAX_IO as usize];
@@ -652,8 +664,7 @@ fn with_killable_backend(
         ..BackendConfig::default()
     };
     let shm = Shm::new(&backend_mem, &NoTrace);
-    let mut backend =
-        Backend::start(shm, cfg, VecMedia::new(DISK), &mut scratch, clock.now()).expect("start");
+    let mut backend = Backend::start(shm, cfg, media, &mut scratch, clock.now()).expect("start");
     backend.set_staging(&mut staging).unwrap();
     let phase = Phase(std::sync::atomic::AtomicU8::new(RUN), AtomicU64::new(0));
     std::thread::scope(|s| {
@@ -665,6 +676,9 @@ fn with_killable_backend(
                     STOP => break,
                     KILL => {
                         parts = b.take().map(|x| x.into_parts_staged());
+                        if let Some((m, _, _)) = parts.as_mut() {
+                            power_loss(m);
+                        }
                         phase.0.store(DEAD, SeqCst);
                     }
                     DEAD => std::thread::sleep(std::time::Duration::from_millis(1)),
@@ -750,10 +764,14 @@ fn check_blocks(q: &mut dyn host::linux::disk::QueueIo, want: &[Option<u8>]) {
 }
 
 fn check_media(media: &VecMedia, want: &[Option<u8>]) {
+    check_image(&media.data, want);
+}
+
+fn check_image(data: &[u8], want: &[Option<u8>]) {
     for (b, v) in want.iter().enumerate() {
         let Some(v) = v else { continue };
         assert!(
-            media.data[b * BLK..(b + 1) * BLK] == block(b as u64, *v)[..],
+            data[b * BLK..(b + 1) * BLK] == block(b as u64, *v)[..],
             "media block {b}: not version {v} (not durable)"
         );
     }
@@ -924,11 +942,36 @@ fn a_backend_that_never_returns_fails_io_with_eio_after_the_bound() {
 /// media holds it.
 #[test]
 fn writers_on_two_queues_see_no_error_across_three_restarts() {
+    let media = writers_across_restarts("writers", VecMedia::new(DISK), |_| {});
+    let want = media.1;
+    check_media(&media.0, &want);
+}
+
+/// The same on a media with a volatile write cache that a kill empties (`CrashMedia`,
+/// unflushed blocks keep any version written since their last flush, or none): the
+/// device loses its staging *and* what it wrote back without a flush. Checked on a
+/// power-loss image taken after the last flushes.
+#[test]
+fn writers_across_restarts_that_also_lose_the_disk_cache() {
+    let (mut media, want) =
+        writers_across_restarts("writerscache", CrashMedia::new(DISK, 11), |m| {
+            m.crash();
+        });
+    check_image(&media.crash(), &want);
+}
+
+type Want = Vec<Option<u8>>;
+
+fn writers_across_restarts<D: device::media::Media + Send>(
+    tag: &str,
+    media: D,
+    power_loss: fn(&mut D),
+) -> (D, Want) {
     const BLOCKS: u64 = 64;
     let clock = TestClock::new();
     let want = Mutex::new(vec![None; BLOCKS as usize]);
-    let media = with_killable_backend("writers", &clock, |host_mem, phase| {
-        let opts = replay_opts("writers", 2);
+    let media = with_killable_backend_on(tag, &clock, media, power_loss, |host_mem, phase| {
+        let opts = replay_opts(tag, 2);
         let disk = CbdDisk::start(host_mem, &opts, clock.host()).unwrap();
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
@@ -987,8 +1030,7 @@ fn writers_on_two_queues_see_no_error_across_three_restarts() {
         eprintln!("writers across three restarts: {st}");
         disk.shutdown();
     });
-    let want = want.into_inner().unwrap();
-    check_media(&media, &want);
+    (media, want.into_inner().unwrap())
 }
 
 /// A replay buffer smaller than what is written: writes wait for durability instead of
