@@ -227,10 +227,16 @@ pub fn with_devices<R>(f: impl FnOnce(&[PciDevice]) -> R) -> R {
 
 /// Find the first function with this vendor/device id.
 pub fn find(vendor: u16, device: u16) -> Option<PciDevice> {
+    find_nth(vendor, &[device], 0)
+}
+
+/// The `n`-th function (in bus order) whose vendor is `vendor` and device id one of `devices`.
+pub fn find_nth(vendor: u16, devices: &[u16], n: usize) -> Option<PciDevice> {
     DEVICES
         .lock()
         .iter()
-        .find(|d| d.vendor == vendor && d.device == device)
+        .filter(|d| d.vendor == vendor && devices.contains(&d.device))
+        .nth(n)
         .cloned()
 }
 

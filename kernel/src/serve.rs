@@ -11,7 +11,10 @@
 //!   `wait-secs` (default 300);
 //! * `media` — `auto` (default: the virtio-blk disk if the VM has one, else RAM),
 //!   `virtio`, `ram`;
-//! * `disk-mib` (default 64) — size of the RAM disk;
+//! * `disks` — several disks, one backend each: `ram[:MIB]` / `virtio` comma-separated
+//!   (`virtio` entries take the VM's virtio-blk disks in bus order; backend paths
+//!   `/dev/cbdfw0`, `/dev/cbdfw1`, …); without it one disk as `media` says;
+//! * `disk-mib` (default 64) — size of a RAM disk;
 //! * `channels` (default 2) — handler channels;
 //! * `noncoherent` (`on`/`off`, default off) — offer the non-coherent mode;
 //! * `trace` (`on`/`off`) — print every protocol event;
@@ -29,7 +32,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use device::backend::{Backend, BackendConfig, BackendError};
 use device::layout::{TRANSPORT_MAGIC, tflags};
-use device::media::{Media, SliceMedia};
+use device::media::{Media, MediaError, SliceMedia};
 use device::profile::Profile;
 use device::shm::{SharedMem, Shm};
 use device::trace::{TraceEvent, Tracer};
@@ -257,10 +260,6 @@ pub fn serve(region: SharedRegion) -> ExitCode {
             }
         }
     }
-    let Some(scratch) = crate::memory::reserve(device::layout::chan::MAX_IO as u64) else {
-        log::error!("serve: cannot reserve the bounce buffer");
-        return ExitCode::Failed;
-    };
     let mut cfg = BackendConfig {
         n_handlers: opt_u64("channels", 2) as u32,
         noncoherent,
@@ -274,117 +273,254 @@ pub fn serve(region: SharedRegion) -> ExitCode {
         opt_u64("standard-bound-us", cfg.durable.standard_bound_ns / 1000) * 1000;
     cfg.durable.ephemeral_bound_ns =
         opt_u64("ephemeral-bound-us", cfg.durable.ephemeral_bound_ns / 1000) * 1000;
-    // Media: the virtio-blk disk when there is one (or when asked), else a RAM disk.
-    let want = fwcfg::option("media");
-    let virtio = match want.as_deref() {
-        Some("ram") => None,
-        _ => crate::virtio::find_blk(),
+    let Some(disks) = choose_disks() else {
+        return ExitCode::Failed;
     };
-    match (virtio, want.as_deref()) {
-        (Some(v), _) => {
-            let desc = "virtio-blk disk";
-            run(shm, cfg, v, scratch, desc)
-        }
-        (None, Some("virtio")) => {
-            log::error!("serve: media=virtio asked for, but there is no usable virtio-blk disk");
-            ExitCode::Failed
-        }
-        (None, _) => {
-            let disk_mib = opt_u64("disk-mib", 64);
-            let Some(disk) = crate::memory::reserve(disk_mib << 20) else {
-                log::error!(
-                    "serve: cannot reserve a {disk_mib} MiB RAM disk (give the VM more memory)"
-                );
-                return ExitCode::Failed;
-            };
-            run(shm, cfg, SliceMedia::new(disk), scratch, "RAM disk")
+    run(shm, cfg, disks)
+}
+
+/// Most disks (backends) one device exports.
+const MAX_DISKS: usize = 4;
+
+/// Backend paths, one per exported disk (the first is the single-disk default).
+const PATHS: [&str; MAX_DISKS] = ["/dev/cbdfw0", "/dev/cbdfw1", "/dev/cbdfw2", "/dev/cbdfw3"];
+
+/// One exported disk: a RAM disk or a virtio-blk disk of the VM.
+// The virtio variant holds its queue inline; the disks live in a fixed array for the
+// whole run and the kernel has no heap to box them on.
+#[allow(clippy::large_enum_variant)]
+pub enum Disk {
+    Ram(SliceMedia<'static>),
+    Virtio(crate::virtio::VirtioMedia),
+}
+
+impl Disk {
+    fn describe(&self) -> &'static str {
+        match self {
+            Disk::Ram(_) => "RAM disk",
+            Disk::Virtio(_) => "virtio-blk disk",
         }
     }
 }
 
-/// Start the backend engine on `media` and serve until stopped.
-fn run<D: Media>(
-    shm: Shm<'_, SharedRegion>,
-    cfg: BackendConfig<'_>,
-    media: D,
-    scratch: &'static mut [u8],
-    media_desc: &str,
-) -> ExitCode {
-    let size_mib = media.size() >> 20;
-    let now = wall_clock_ns();
-    let mut backend = match Backend::start(shm, cfg, media, scratch, now) {
-        Ok(b) => b,
-        Err(e) => {
-            log::error!("serve: backend-start failed: {e:?}");
-            return ExitCode::Failed;
-        }
-    };
-    // Staging: writes complete once they are in device RAM; the engine writes them
-    // back in order and flushes the media within the intent's bound.
-    let staging_mib = opt_u64("staging-mib", 8);
-    if staging_mib > 0 {
-        match crate::memory::reserve(staging_mib << 20) {
-            Some(buf) => {
-                if let Err(e) = backend.set_staging(buf) {
-                    log::error!("serve: cannot install the staging buffer: {e:?}");
-                    return ExitCode::Failed;
-                }
-            }
-            None => {
-                log::warn!("serve: no RAM for a {staging_mib} MiB staging buffer; writing through")
-            }
+impl Media for Disk {
+    fn size(&self) -> u64 {
+        match self {
+            Disk::Ram(m) => m.size(),
+            Disk::Virtio(m) => m.size(),
         }
     }
-    let chans: heapless::Vec<u32, 16> = backend.channel_segments().collect();
-    log::info!(
-        "serve: backend {} (host {}) ready: {media_desc} {size_mib} MiB, channel segments {:?}, features {:#x}; type 'stop' to stop",
-        backend.backend_id,
-        backend.host_id,
-        &chans[..],
-        backend.features()
-    );
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), MediaError> {
+        match self {
+            Disk::Ram(m) => m.read(offset, buf),
+            Disk::Virtio(m) => m.read(offset, buf),
+        }
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), MediaError> {
+        match self {
+            Disk::Ram(m) => m.write(offset, data),
+            Disk::Virtio(m) => m.write(offset, data),
+        }
+    }
+    fn flush(&mut self) -> Result<(), MediaError> {
+        match self {
+            Disk::Ram(m) => m.flush(),
+            Disk::Virtio(m) => m.flush(),
+        }
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), MediaError> {
+        match self {
+            Disk::Ram(m) => m.write_zeroes(offset, len),
+            Disk::Virtio(m) => m.write_zeroes(offset, len),
+        }
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), MediaError> {
+        match self {
+            Disk::Ram(m) => m.discard(offset, len),
+            Disk::Virtio(m) => m.discard(offset, len),
+        }
+    }
+}
+
+fn ram_disk(mib: u64) -> Option<Disk> {
+    match crate::memory::reserve(mib << 20) {
+        Some(d) => Some(Disk::Ram(SliceMedia::new(d))),
+        None => {
+            log::error!("serve: cannot reserve a {mib} MiB RAM disk (give the VM more memory)");
+            None
+        }
+    }
+}
+
+/// The disks to export. `disks=ram[:MIB],virtio,…` lists them (one backend each,
+/// `virtio` entries take the VM's virtio-blk disks in bus order); without it one disk:
+/// `media` (`auto`: the virtio-blk disk when there is one, else a RAM disk of `disk-mib`).
+fn choose_disks() -> Option<heapless::Vec<Disk, MAX_DISKS>> {
+    let mut out = heapless::Vec::new();
+    let Some(list) = fwcfg::option("disks") else {
+        let want = fwcfg::option("media");
+        let virtio = match want.as_deref() {
+            Some("ram") => None,
+            _ => crate::virtio::find_blk(),
+        };
+        let disk = match (virtio, want.as_deref()) {
+            (Some(v), _) => Disk::Virtio(v),
+            (None, Some("virtio")) => {
+                log::error!(
+                    "serve: media=virtio asked for, but there is no usable virtio-blk disk"
+                );
+                return None;
+            }
+            (None, _) => ram_disk(opt_u64("disk-mib", 64))?,
+        };
+        let _ = out.push(disk);
+        return Some(out);
+    };
+    let mut nth_virtio = 0;
+    for item in list.split(',').map(str::trim) {
+        let disk = match item.split_once(':') {
+            None if item == "virtio" => {
+                nth_virtio += 1;
+                match crate::virtio::find_blk_nth(nth_virtio - 1) {
+                    Some(v) => Disk::Virtio(v),
+                    None => {
+                        log::error!(
+                            "serve: disks={list}: there is no virtio-blk disk number {nth_virtio}"
+                        );
+                        return None;
+                    }
+                }
+            }
+            None if item == "ram" => ram_disk(opt_u64("disk-mib", 64))?,
+            Some(("ram", mib)) if let Ok(mib) = mib.parse() => ram_disk(mib)?,
+            _ => {
+                log::error!("serve: disks={list}: {item:?} is not ram, ram:MIB or virtio");
+                return None;
+            }
+        };
+        if out.push(disk).is_err() {
+            log::error!("serve: disks={list}: at most {MAX_DISKS} disks");
+            return None;
+        }
+    }
+    if out.is_empty() {
+        log::error!("serve: disks= lists no disk");
+        return None;
+    }
+    Some(out)
+}
+
+type Engine<'a> = Backend<'a, SharedRegion, Disk>;
+
+/// Start one backend engine per disk (backend paths `/dev/cbdfw0`, `/dev/cbdfw1`, …,
+/// all under the device's one host record) and serve them all until stopped.
+fn run<'a>(
+    shm: Shm<'a, SharedRegion>,
+    cfg: BackendConfig<'a>,
+    disks: heapless::Vec<Disk, MAX_DISKS>,
+) -> ExitCode {
+    let several = disks.len() > 1;
+    let mut engines: heapless::Vec<Option<Engine<'a>>, MAX_DISKS> = heapless::Vec::new();
+    let staging_mib = opt_u64("staging-mib", 8);
+    for (i, media) in disks.into_iter().enumerate() {
+        let desc = media.describe();
+        let size_mib = media.size() >> 20;
+        let Some(scratch) = crate::memory::reserve(device::layout::chan::MAX_IO as u64) else {
+            log::error!("serve: cannot reserve the bounce buffer");
+            return ExitCode::Failed;
+        };
+        let cfg = BackendConfig {
+            path: PATHS[i],
+            join_host: i > 0,
+            ..cfg
+        };
+        let mut backend = match Backend::start(shm, cfg, media, scratch, wall_clock_ns()) {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("serve: backend-start of {} failed: {e:?}", PATHS[i]);
+                return ExitCode::Failed;
+            }
+        };
+        // Staging: writes complete once they are in device RAM; the engine writes them
+        // back in order and flushes the media within the intent's bound.
+        if staging_mib > 0 {
+            match crate::memory::reserve(staging_mib << 20) {
+                Some(buf) => {
+                    if let Err(e) = backend.set_staging(buf) {
+                        log::error!("serve: cannot install the staging buffer: {e:?}");
+                        return ExitCode::Failed;
+                    }
+                }
+                None => log::warn!(
+                    "serve: no RAM for a {staging_mib} MiB staging buffer; writing through"
+                ),
+            }
+        }
+        let chans: heapless::Vec<u32, 16> = backend.channel_segments().collect();
+        log::info!(
+            "serve: backend {} (host {}) ready: {desc} {size_mib} MiB, path {}, channel segments {:?}, features {:#x}; type 'stop' to stop",
+            backend.backend_id,
+            backend.host_id,
+            PATHS[i],
+            &chans[..],
+            backend.features()
+        );
+        let _ = engines.push(Some(backend));
+    }
     let serve_ns = opt_u64("serve-secs", 0) * 1_000_000_000;
     let started = wall_clock_ns();
     let mut last_summary = started;
     let mut console = crate::serial::LineReader::default();
     let mut stopping = false;
-    let mut last_err: Option<BackendError> = None;
+    let mut last_err: [Option<BackendError>; MAX_DISKS] = [None; MAX_DISKS];
     // Idle policy: after IDLE_AFTER empty polls, halt ~IDLE_US between polls (LAPIC
     // one-shot timer) so a quiet device gives its host CPU back; any work resets it.
     const IDLE_AFTER: u32 = 256;
     let idle_us = opt_u64("idle-us", 20);
     let can_idle = idle_us > 0 && crate::arch::apic::init().is_some();
     let mut empty_polls: u32 = 0;
-    let mut stager;
+    let mut stager: [Option<(u32, device::durable::StagerStats)>; MAX_DISKS] = [None; MAX_DISKS];
     loop {
         let now = wall_clock_ns();
-        TRACER.mark(|p, t| p.begin_poll(t));
-        let polled = backend.poll(now);
-        TRACER.mark(|p, t| p.end_poll(t));
-        match polled {
-            Ok(st) => {
-                last_err = None;
-                if st.ses == 0 && st.resets == 0 {
-                    empty_polls = empty_polls.saturating_add(1);
-                } else {
-                    empty_polls = 0;
+        let mut busy = false;
+        for (i, slot) in engines.iter_mut().enumerate() {
+            let Some(backend) = slot else { continue };
+            TRACER.mark(|p, t| p.begin_poll(t));
+            let polled = backend.poll(now);
+            TRACER.mark(|p, t| p.end_poll(t));
+            match polled {
+                Ok(st) => {
+                    last_err[i] = None;
+                    busy |= st.ses != 0 || st.resets != 0;
+                }
+                // Per-channel problems (a stale entry, a bad pointer from the peer) are
+                // logged by the engine; the channel is retried on the next poll. One
+                // backend's trouble never stops the others from being polled.
+                Err(e) => {
+                    if last_err[i] != Some(e) {
+                        log::warn!("serve: poll of backend {}: {e:?}", backend.backend_id);
+                    }
+                    last_err[i] = Some(e);
                 }
             }
-            // Per-channel problems (a stale entry, a bad pointer from the peer) are
-            // logged by the engine; the channel is retried on the next poll.
-            Err(e) => {
-                if last_err != Some(e) {
-                    log::warn!("serve: poll: {e:?}");
-                }
-                last_err = Some(e);
-            }
+        }
+        if busy {
+            empty_polls = 0;
+        } else {
+            empty_polls = empty_polls.saturating_add(1);
         }
         if let Some(line) = console.poll() {
             match line.as_str() {
                 "stop" => stopping = true,
                 "stats" => {
                     TRACER.summary("stats");
-                    log::info!("stats: staging: {:?}", backend.stager_stats());
+                    for b in engines.iter().flatten() {
+                        log::info!(
+                            "stats: backend {}: staging: {:?}",
+                            b.backend_id,
+                            b.stager_stats()
+                        );
+                    }
                 }
                 "profile" => TRACER.print_profile(),
                 "profile reset" => TRACER.profile.reset(),
@@ -405,26 +541,35 @@ fn run<D: Media>(
             last_summary = now;
         }
         if stopping {
-            // Everything staged goes to the media before the backend record is cleared.
-            if let Err(e) = backend.sync() {
-                log::error!("serve: final write-back failed: {e:?}");
-            }
-            stager = backend.stager_stats();
-            match backend.stop(now) {
-                Ok(_) => break,
-                Err((b, BackendError::Busy)) => {
-                    backend = b;
-                    if now - last_summary >= 1_000_000_000 {
-                        log::warn!(
-                            "serve: a host blkdev still uses this backend; waiting for it to stop"
-                        );
-                        last_summary = now;
+            for (i, slot) in engines.iter_mut().enumerate() {
+                let Some(mut backend) = slot.take() else {
+                    continue;
+                };
+                // Everything staged goes to the media before the backend record is cleared.
+                if let Err(e) = backend.sync() {
+                    log::error!("serve: final write-back failed: {e:?}");
+                }
+                stager[i] = Some((backend.backend_id, backend.stager_stats()));
+                match backend.stop(now) {
+                    Ok(_) => {}
+                    Err((b, BackendError::Busy)) => {
+                        if now - last_summary >= 1_000_000_000 {
+                            log::warn!(
+                                "serve: a host blkdev still uses backend {}; waiting for it to stop",
+                                b.backend_id
+                            );
+                            last_summary = now;
+                        }
+                        *slot = Some(b);
+                    }
+                    Err((_, e)) => {
+                        log::error!("serve: stop failed: {e:?}");
+                        return ExitCode::Failed;
                     }
                 }
-                Err((_, e)) => {
-                    log::error!("serve: stop failed: {e:?}");
-                    return ExitCode::Failed;
-                }
+            }
+            if engines.iter().all(Option::is_none) {
+                break;
             }
         }
         if can_idle && empty_polls >= IDLE_AFTER {
@@ -438,6 +583,12 @@ fn run<D: Media>(
     if opt_on("profile") {
         TRACER.print_profile();
     }
-    log::info!("serve: staging: {:?}", stager);
+    for (id, st) in stager.iter().flatten() {
+        if several {
+            log::info!("serve: staging (backend {id}): {st:?}");
+        } else {
+            log::info!("serve: staging: {st:?}");
+        }
+    }
     ExitCode::Success
 }

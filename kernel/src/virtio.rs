@@ -92,7 +92,12 @@ pub struct VirtioMedia {
 
 /// Find the first virtio-blk PCI function (1af4:1042 modern, 1af4:1001 transitional).
 pub fn find_blk() -> Option<VirtioMedia> {
-    let d = pci::find(0x1af4, 0x1042).or_else(|| pci::find(0x1af4, 0x1001))?;
+    find_blk_nth(0)
+}
+
+/// The `n`-th virtio-blk PCI function in bus order (modern or transitional), started.
+pub fn find_blk_nth(n: usize) -> Option<VirtioMedia> {
+    let d = pci::find_nth(0x1af4, &[0x1042, 0x1001], n)?;
     d.f.enable_memory();
     let mut root = PciRoot::new(Ecam);
     let df = DeviceFunction {

@@ -9,6 +9,8 @@
 //!   packages only; its data is in `qemu/guest/`.
 //! * [`pair`] — the device VM and a Linux VM on one shared file; guest-side scripts
 //!   are in `qemu/scripts/`.
+//! * [`multihost`] — one device VM exporting several disks and several Linux VMs, each
+//!   on its own disk, on one shared file; every console piped, driven in phases.
 //!
 //! Building the device kernel and its boot image is `boot`'s job: functions here that
 //! boot the device take the image's path.
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub mod device_vm;
 pub mod guest;
+pub mod multihost;
 pub mod pair;
 pub mod status;
 pub mod topology;

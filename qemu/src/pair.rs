@@ -132,8 +132,56 @@ pub fn linux_command(
     q
 }
 
+/// The Linux guest's initrd: the base image plus a layer with cbd-host, the test script
+/// `/tests/NAME.sh` and `files`, written as `work/PREFIXinitrd.img`.
+pub(crate) fn guest_initrd(
+    img: &guest::GuestImage,
+    work: &Path,
+    prefix: &str,
+    name: &str,
+    script: &str,
+    files: &[(String, PathBuf)],
+) -> Result<PathBuf, String> {
+    let mut layer = guest::Layer::new();
+    guest::add_host_binary(&mut layer, &host_binary()?).map_err(|e| e.to_string())?;
+    layer
+        .add_test_script(name, script)
+        .map_err(|e| e.to_string())?;
+    for (guest_path, src) in files {
+        layer
+            .add_file(guest_path, src, 0o755)
+            .map_err(|e| e.to_string())?;
+    }
+    let layer_path = work.join(format!("{prefix}layer.cpio.gz"));
+    layer.write(&layer_path).map_err(|e| e.to_string())?;
+    let initrd = work.join(format!("{prefix}initrd.img"));
+    img.initrd_with(&[&layer_path], &initrd)
+        .map_err(|e| e.to_string())?;
+    Ok(initrd)
+}
+
+/// A fresh shared file at `shm` (any old one and its label area removed) with topology
+/// `name` instantiated on it; the file goes when the returned guard drops.
+pub(crate) fn fresh_shared(
+    name: &str,
+    shm: &Path,
+    size_mib: u64,
+) -> Result<(Topology, Cleanup), String> {
+    let _ = std::fs::remove_file(shm);
+    let _ = std::fs::remove_file(format!("{}.lsa", shm.display()));
+    let topo = topology::load(
+        name,
+        &SharedFile {
+            path: shm.to_path_buf(),
+            size_mib,
+        },
+    )?;
+    topo.prepare_files()?;
+    Ok((topo, Cleanup(shm.to_path_buf())))
+}
+
 /// Save a console log next to the other run products.
-fn save(dir: &Path, file: &str, text: &str) {
+pub(crate) fn save(dir: &Path, file: &str, text: &str) {
     let _ = std::fs::create_dir_all(dir);
     let _ = std::fs::write(dir.join(file), text);
 }
@@ -204,21 +252,7 @@ pub fn run_pair_watched(
 
     // Linux side: base image + a layer with cbd-host and the script.
     let img = guest::ensure_image(&guest::default_cache_dir()).map_err(|e| e.to_string())?;
-    let mut layer = guest::Layer::new();
-    guest::add_host_binary(&mut layer, &host_binary()?).map_err(|e| e.to_string())?;
-    layer
-        .add_test_script(&spec.name, &spec.script)
-        .map_err(|e| e.to_string())?;
-    for (guest_path, src) in &spec.linux_files {
-        layer
-            .add_file(guest_path, src, 0o755)
-            .map_err(|e| e.to_string())?;
-    }
-    let layer_path = work.join("layer.cpio.gz");
-    layer.write(&layer_path).map_err(|e| e.to_string())?;
-    let initrd = work.join("initrd.img");
-    img.initrd_with(&[&layer_path], &initrd)
-        .map_err(|e| e.to_string())?;
+    let initrd = guest_initrd(&img, &work, "", &spec.name, &spec.script, &spec.linux_files)?;
 
     // One shared file for both VMs, fresh for every run.
     let shm = PathBuf::from(format!(
@@ -226,17 +260,7 @@ pub fn run_pair_watched(
         spec.name,
         std::process::id()
     ));
-    let _ = std::fs::remove_file(&shm);
-    let _ = std::fs::remove_file(format!("{}.lsa", shm.display()));
-    let topo = topology::load(
-        &spec.topology,
-        &SharedFile {
-            path: shm.clone(),
-            size_mib: spec.shm_mib,
-        },
-    )?;
-    topo.prepare_files()?;
-    let cleanup = Cleanup(shm.clone());
+    let (topo, cleanup) = fresh_shared(&spec.topology, &shm, spec.shm_mib)?;
 
     let mut device = None;
     if let Some(image) = device_image {
@@ -367,7 +391,8 @@ pub fn spawn_linux(cmd: &QemuCmd, echo: Echo, input: Input) -> Result<Vm, String
     Err("the Linux guest did not boot twice in a row".into())
 }
 
-struct Cleanup(PathBuf);
+/// Removes the shared file (and its label area) when dropped.
+pub(crate) struct Cleanup(pub(crate) PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {

@@ -124,8 +124,10 @@ impl QemuCmd {
             .arg(format!("virtio-blk-pci,drive={id},disable-legacy=on"))
     }
 
-    /// A fw_cfg string option the kernel reads as `opt/cbdfw/<key>`.
+    /// A fw_cfg string option the kernel reads as `opt/cbdfw/<key>`. A comma in `value`
+    /// (e.g. `disks=ram:32,virtio`) is doubled, QEMU's escape inside an option list.
     pub fn fw_opt(&mut self, key: &str, value: &str) -> &mut Self {
+        let value = value.replace(',', ",,");
         self.arg("-fw_cfg")
             .arg(format!("name=opt/cbdfw/{key},string={value}"))
     }

@@ -16,10 +16,15 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             let h = read_host_line(self.shm(), &ch.g, true)?;
             return Ok(h.is_some_and(|h| h.features as u64 & bit != 0));
         }
+        // Only a live record counts: any host can write a blkdev record naming this
+        // backend, and a dead one left (or forged) in a lower slot must not decide the
+        // negotiation of the host that dev-started since (dev-start ignores dead
+        // records too).
         for id in 0..self.tp.info.blkdev_num {
             if let Some(b) = self.tp.blkdev(id)?
                 && b.rec.state == STATE_RUNNING
                 && b.rec.backend_id == self.backend_id
+                && is_alive(b.rec.alive_ts, self.now)
             {
                 return Ok(b.rec.features & bit != 0);
             }

@@ -56,6 +56,11 @@ pub struct BackendConfig<'a> {
     /// (same hostname and path) without waiting for the dead incarnation's heartbeat
     /// to time out. Only correct when no other live instance uses the same name.
     pub takeover: bool,
+    /// Another backend of this same device (same `hostname`, another `path`) has already
+    /// registered the host record: join that record instead of refusing it as alive.
+    /// A device exporting several disks starts one engine per disk, the first without,
+    /// the others with this flag.
+    pub join_host: bool,
     /// Deliberate protocol violations for negative tests (feature `sabotage` only;
     /// the firmware is built without it).
     #[cfg(feature = "sabotage")]
@@ -86,6 +91,7 @@ impl Default for BackendConfig<'_> {
             nc_retries: 512,
             durable: DurableConfig::default(),
             takeover: false,
+            join_host: false,
             #[cfg(feature = "sabotage")]
             sabotage: Sabotage::NONE,
         }

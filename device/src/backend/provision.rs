@@ -23,7 +23,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             return Err(BackendError::BadConfig);
         }
         let tp = Transport::open(shm, cfg.noncoherent)?;
-        let host_id = tp.register_host_as(cfg.hostname, now_ns, cfg.takeover)?;
+        let host_id = tp.register_host_as(cfg.hostname, now_ns, cfg.takeover || cfg.join_host)?;
         let path = path_field(cfg.path);
         let existing = Self::find_own_backend(&tp, host_id, &path)?;
         let features = Self::offered_features(&cfg, tp.info.flags);

@@ -1,0 +1,246 @@
+//! One device VM and several Linux VMs on one shared file (`qemu::multihost`), driven in
+//! phases with a deadline each (TCG on a shared 2-core machine: three VMs are slow, so
+//! the I/O is small and every wait is explicit).
+//!
+//! * `several_hosts_*`: the device exports a RAM disk and a virtio-blk disk as backends 0
+//!   and 1; Linux VM `a` runs verified fio rounds on backend 0 for the whole run, Linux VM
+//!   `b` attaches to backend 1, has a third host try backend 0 (refused: clear message,
+//!   non-zero exit) and runs its own verified fio, both VMs' I/O at once.
+//! * `serve_under_load_*`: one Linux VM runs verified fio rounds for
+//!   `CBDFW_SERVE_LOAD_SECS` (default 600) while the device answers `stats` on its console
+//!   (sane and growing), then both are stopped: both VMs exit cleanly, the device with
+//!   `serve: stopped … errors=0`.
+
+use std::time::{Duration, Instant};
+
+use qemu::Firmware;
+use qemu::multihost::{self, GuestSpec, Hosts, HostsOutcome, HostsSpec};
+use qemu::status::KernelStatus;
+
+/// A guest script: lib.sh's helpers, the topology, `cbd-host` arguments, then `script`
+/// with its `T=` renamed to `name`.
+fn guest(name: &str, script: &str, hostargs: &str, env: &str) -> GuestSpec {
+    let text = vmtests::script(script).replace(&format!("T={script}"), &format!("T={name}"));
+    GuestSpec {
+        name: name.into(),
+        script: format!(
+            "TOPO=ivshmem\nHOSTARGS='{hostargs}'\n{env}\n{}\n{text}",
+            vmtests::script("lib")
+        ),
+    }
+}
+
+fn kernel() -> std::path::PathBuf {
+    boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image")
+}
+
+/// Panic with every console so far (the run is killed when `hosts` drops).
+fn give_up(hosts: &Hosts, what: &str) -> ! {
+    for vm in &hosts.linux {
+        eprintln!("==== {} console ====\n{}", vm.name, vm.output());
+    }
+    eprintln!("==== device console ====\n{}", hosts.device.output());
+    panic!("{what} (logs in {})", hosts.logs.display());
+}
+
+/// The end of a run: every Linux VM powered off normally (QEMU exit 0), the device
+/// stopped with `serve: stopped … errors=0`.
+fn check_clean_end(out: &HostsOutcome) -> String {
+    let dump = || {
+        for (i, l) in out.linux.iter().enumerate() {
+            eprintln!("==== linux {i}: {:?} ====\n{}", l.status, l.output);
+        }
+        eprintln!(
+            "==== device: {:?} ====\n{}",
+            out.device.status, out.device.output
+        );
+    };
+    for (i, l) in out.linux.iter().enumerate() {
+        if l.status != KernelStatus::Unexpected(Some(0)) {
+            dump();
+            panic!("Linux VM {i} did not power off cleanly: {:?}", l.status);
+        }
+    }
+    let summary = out
+        .device
+        .output
+        .lines()
+        .find(|l| l.contains("serve: stopped:"))
+        .unwrap_or_default()
+        .to_string();
+    if out.device.status != KernelStatus::Success || !summary.contains("errors=0") {
+        dump();
+        panic!(
+            "device: {:?}, summary {summary:?} (logs in {})",
+            out.device.status,
+            out.logs.display()
+        );
+    }
+    summary
+}
+
+/// How long a guest may take from boot to `HOST-UP` (cbd-host attached, /dev/ublkb0).
+const HOST_UP_LIMIT: Duration = Duration::from_secs(180);
+
+fn several_hosts(name: &str, noncoherent: bool) {
+    let nc = if noncoherent { " --noncoherent" } else { "" };
+    let a = guest(
+        &format!("{name}-a"),
+        "fio-loop",
+        &format!("--backend-id 0 --hostname host-a{nc}"),
+        "",
+    );
+    let b = guest(
+        &format!("{name}-b"),
+        "multi-third",
+        &format!("--backend-id 1 --hostname host-b{nc}"),
+        "",
+    );
+    let (tag_a, tag_b) = (a.name.clone(), b.name.clone());
+    let mut spec = HostsSpec::new(name, "ram:32,virtio", vec![a, b]);
+    if noncoherent {
+        spec.device_opts.push(("noncoherent".into(), "on".into()));
+    }
+    let mut hosts = multihost::start(&spec, &kernel()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let dev = hosts.device.output();
+    assert!(
+        dev.contains("ready: RAM disk 32 MiB, path /dev/cbdfw0")
+            && dev.contains("ready: virtio-blk disk 32 MiB, path /dev/cbdfw1"),
+        "the device's two backends: {dev}"
+    );
+    // Phase 1: both hosts attached, host a doing I/O.
+    for i in 0..2 {
+        if !hosts.linux[i].wait_for("HOST-UP", HOST_UP_LIMIT) {
+            give_up(
+                &hosts,
+                &format!("Linux VM {i}: no HOST-UP within {HOST_UP_LIMIT:?}"),
+            );
+        }
+    }
+    if !hosts.linux[0].wait_for("ROUND 1 OK", Duration::from_secs(300)) {
+        give_up(&hosts, "host a: no verified fio round within 300 s");
+    }
+    // Phase 2: host b's third host and its own fio, while host a's rounds go on.
+    hosts.linux[1].send_line("go").unwrap();
+    let b_done = format!("RESULT {tag_b} ");
+    if !hosts.linux[1].wait_for(&b_done, Duration::from_secs(420)) {
+        give_up(&hosts, "host b: no RESULT within 420 s");
+    }
+    let a_rounds_before = hosts.linux[0].output().matches("ROUND ").count();
+    // Phase 3: stop host a after its current round; everything ends.
+    hosts.linux[0].send_line("stop").unwrap();
+    let out = hosts.finish(Duration::from_secs(300));
+    let summary = check_clean_end(&out);
+    let ra = out.result_line(0, &tag_a).unwrap_or_default();
+    let rb = out.result_line(1, &tag_b).unwrap_or_default();
+    assert!(
+        ra.contains("OK") && rb.contains("OK"),
+        "host a: {ra:?}, host b: {rb:?} (logs in {})",
+        out.logs.display()
+    );
+    assert!(
+        out.linux[1].output.contains("THIRD-HOST-REFUSED"),
+        "host b printed no refusal"
+    );
+    eprintln!("{name}: a {ra} ({a_rounds_before} rounds while b ran) | b {rb} | device {summary}");
+}
+
+#[test]
+fn several_hosts_ivshmem_each_on_its_own_disk() {
+    several_hosts("several-hosts", false);
+}
+
+#[test]
+fn several_hosts_ivshmem_noncoherent() {
+    several_hosts("several-hosts-nc", true);
+}
+
+/// One `stats` answer: requests, completions, bytes, errors.
+fn parse_stats(line: &str) -> Option<[u64; 4]> {
+    let field = |k: &str| -> Option<u64> {
+        let i = line.find(&format!(" {k}="))? + k.len() + 2;
+        line[i..].split(' ').next()?.parse().ok()
+    };
+    Some([
+        field("requests")?,
+        field("completions")?,
+        field("bytes")?,
+        field("errors")?,
+    ])
+}
+
+#[test]
+fn serve_under_load_then_stop_both() {
+    let secs: u64 = std::env::var("CBDFW_SERVE_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let name = "serve-load";
+    let g = guest(&format!("{name}-linux"), "fio-loop", "", "");
+    let tag = g.name.clone();
+    let spec = HostsSpec::new(name, "ram:64", vec![g]);
+    let mut hosts = multihost::start(&spec, &kernel()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    if !hosts.linux[0].wait_for("HOST-UP", HOST_UP_LIMIT) {
+        give_up(&hosts, &format!("no HOST-UP within {HOST_UP_LIMIT:?}"));
+    }
+    // Phase 2: serve under load for `secs`, asking the device for `stats` every 30 s.
+    let t0 = Instant::now();
+    let mut samples: Vec<[u64; 4]> = Vec::new();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(
+            Duration::from_secs(30).min(Duration::from_secs(secs).saturating_sub(t0.elapsed())),
+        );
+        let seen = hosts.device.output().matches("stats: requests=").count();
+        hosts.device.send_line("stats").unwrap();
+        // Each answer within 30 s: the device serves its console while busy.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let line = loop {
+            let out = hosts.device.output();
+            if let Some(l) = out
+                .lines()
+                .filter(|l| l.contains("stats: requests="))
+                .nth(seen)
+            {
+                break l.to_string();
+            }
+            if Instant::now() > deadline {
+                give_up(&hosts, "the device did not answer `stats` within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let s = parse_stats(&line)
+            .unwrap_or_else(|| give_up(&hosts, &format!("bad stats line {line:?}")));
+        let [req, comp, bytes, errors] = s;
+        if errors != 0 || comp > req || bytes == 0 {
+            give_up(&hosts, &format!("insane stats: {line}"));
+        }
+        if let Some(prev) = samples.last()
+            && !(req > prev[0] && comp > prev[1] && bytes > prev[2])
+        {
+            give_up(
+                &hosts,
+                &format!("stats did not grow under load: {prev:?} then {s:?}"),
+            );
+        }
+        eprintln!("{name}: {:>4} s: {line}", t0.elapsed().as_secs());
+        samples.push(s);
+    }
+    if hosts.linux[0].output().contains("RESULT ") {
+        give_up(&hosts, "the guest's fio loop ended before the stop");
+    }
+    // Phase 3: stop both. The guest finishes its round, stops cbd-host, powers off.
+    hosts.linux[0].send_line("stop").unwrap();
+    let out = hosts.finish(Duration::from_secs(300));
+    let summary = check_clean_end(&out);
+    let r = out.result_line(0, &tag).unwrap_or_default();
+    assert!(
+        r.contains("OK"),
+        "guest: {r:?} (logs in {})",
+        out.logs.display()
+    );
+    assert!(samples.len() >= 2, "only {} stats answers", samples.len());
+    eprintln!(
+        "{name}: {secs} s under load, {} stats answers, guest {r} | device {summary}",
+        samples.len()
+    );
+}
