@@ -718,9 +718,10 @@ mod maintenance {
                 c.durable
             }
             other => panic!(
-                "{what}: the host got {other:?} instead of the completion of tid {tid}; device's last stale read: {}; host's: {}",
+                "{what}: the host got {other:?} instead of the completion of tid {tid}; device's last stale read: {}; host's: {}; the memory's violations: {:?}",
                 stale(adv, 0),
-                stale(adv, 1)
+                stale(adv, 1),
+                adv.violations()
             ),
         }
     }
@@ -850,6 +851,62 @@ mod maintenance {
             "a second completion after t2's ({again:?}): the re-attached backend ran t2's SE again; device's last stale read: {}",
             stale(&adv, 0)
         );
+    }
+
+    /// Rule 2 between two publications: the device answers the RESET (its line's
+    /// `ack_epoch`) only after its durability line, fenced in between, because the host
+    /// learns the backend's incarnation when the queue becomes ready. If the answer
+    /// overtook the line, the host would learn the incarnation of whatever the line held
+    /// before — and at its next look take the new one for a restart and declare the
+    /// writes completed since lost. Without the fence the landing order is random:
+    /// several schedules, half the write-backs slow.
+    #[test]
+    fn the_host_learns_the_incarnation_with_the_reset_answer() {
+        for seed in 0..64 {
+            let slow = AdvConfig {
+                seed,
+                slow_per_mille: 500,
+                ..quiet()
+            };
+            let adv = Adversary::new(base(), 2, slow);
+            let (dmem, hmem) = (adv.agent(0), adv.agent(1));
+            let (dshm, hshm) = (Shm::new(&dmem, &NoTrace), Shm::new(&hmem, &NoTrace));
+            let mut now = T0 + 31 * SEC;
+            let mut scratch = vec![0u8; chan::MAX_IO as usize];
+            let cfg = bcfg(Sabotage::default());
+            let mut b = Backend::start(dshm, cfg, VecMedia::new(DISK), &mut scratch, now)
+                .expect("re-attach");
+            adv.drain();
+            let hc = HostConfig {
+                hostname: "hostA",
+                noncoherent: true,
+                ..HostConfig::default()
+            };
+            let host = Host::register(hshm, hc, now).expect("register");
+            adv.drain();
+            let bid = host.find_backend(now).expect("backend record");
+            let mut dev = host.dev_start(bid, 1, now).expect("dev-start");
+            // No drain from here to the answer: the lines land as they land.
+            let mut at_ready = None;
+            for _ in 0..10_000 {
+                if dev.poll_ready(now).expect("poll_ready") {
+                    at_ready = Some(stale(&adv, 1));
+                    break;
+                }
+                now += MS;
+                b.poll(now).expect("device poll");
+            }
+            let at_ready = at_ready.expect("the queue never became ready");
+            let q = &mut dev.queues[0];
+            let tid = write(q, 0, 0x41);
+            device_poll(&adv, &mut b, &mut now, MS);
+            complete(&adv, q, tid, "the write");
+            let up = q.poll_durable(now).expect("poll_durable");
+            assert_eq!(
+                up.lost, 0,
+                "seed {seed}: the host declared a write lost though the backend never restarted ({up:?}); its last stale read when the queue became ready: {at_ready}"
+            );
+        }
     }
 
     /// A cleared record is written back: the peer sees the slot free. The host's
