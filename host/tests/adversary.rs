@@ -12,7 +12,7 @@ use device::layout::*;
 use device::native::{HeapMem, VecMedia};
 use device::shm::{SharedMem, Shm};
 use device::trace::NoTrace;
-use device::transport::{Transport, format_flags};
+use device::transport::{SlotKind, Transport, format_flags};
 use host::engine::{HostConfig, HostError, HostSabotage};
 use std::sync::{Arc, OnceLock};
 
@@ -905,6 +905,74 @@ mod maintenance {
             assert_eq!(
                 up.lost, 0,
                 "seed {seed}: the host declared a write lost though the backend never restarted ({up:?}); its last stale read when the queue became ready: {at_ready}"
+            );
+        }
+    }
+
+    /// Rule 2 between clears: a stopping backend clears its segment records, then its
+    /// backend record, each clear fenced, so whoever sees the backend record cleared
+    /// sees its segments free (a backend provisioning then can have them: this region
+    /// has exactly two). Without the fence the clears land in any order: several
+    /// schedules, half the write-backs slow; agent 2 is the observer.
+    #[test]
+    fn a_stopped_backends_records_are_cleared_in_order() {
+        for seed in 0..16 {
+            let slow = AdvConfig {
+                seed,
+                slow_per_mille: 500,
+                ..quiet()
+            };
+            let adv = Adversary::new(base(), 3, slow);
+            let (dmem, cmem) = (adv.agent(0), adv.agent(2));
+            let (dshm, cshm) = (Shm::new(&dmem, &NoTrace), Shm::new(&cmem, &NoTrace));
+            let now = T0 + 31 * SEC;
+            let mut scratch = vec![0u8; chan::MAX_IO as usize];
+            let b = Backend::start(
+                dshm,
+                bcfg(Sabotage::default()),
+                VecMedia::new(DISK),
+                &mut scratch,
+                now,
+            )
+            .expect("re-attach");
+            adv.drain();
+            let tp = Transport::open(cshm, true).expect("open");
+            let used = |k: SlotKind| {
+                let n = match k {
+                    SlotKind::Host => tp.info.host_num,
+                    SlotKind::Backend => tp.info.backend_num,
+                    _ => tp.info.segment_num,
+                };
+                (0..n)
+                    .filter(|&id| {
+                        let state = match k {
+                            SlotKind::Host => tp.host(id).expect("read").map(|l| l.rec.state),
+                            SlotKind::Backend => tp.backend(id).expect("read").map(|l| l.rec.state),
+                            _ => tp.segment(id).expect("read").map(|l| l.rec.state),
+                        };
+                        state.is_some_and(|s| s != STATE_NONE)
+                    })
+                    .count()
+            };
+            assert!(
+                used(SlotKind::Host) >= 1 && used(SlotKind::Segment) == 2,
+                "seed {seed}: the provisioned backend's records"
+            );
+            if let Err((_, e)) = b.stop(now) {
+                panic!("seed {seed}: stop: {e:?}");
+            }
+            // No drain from here: the clears land as they land.
+            let cleared = (0..100_000).any(|_| used(SlotKind::Backend) == 0);
+            assert!(
+                cleared,
+                "seed {seed}: the stopped backend's record never read cleared"
+            );
+            let segments = used(SlotKind::Segment);
+            assert_eq!(
+                segments,
+                0,
+                "seed {seed}: segment records still in use after the backend record read cleared; observer's last stale read: {}",
+                stale(&adv, 2)
             );
         }
     }
