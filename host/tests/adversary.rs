@@ -12,7 +12,7 @@ use device::layout::*;
 use device::native::{HeapMem, VecMedia};
 use device::shm::{SharedMem, Shm};
 use device::trace::NoTrace;
-use device::transport::{Transport, format_flags};
+use device::transport::{SlotKind, Transport, format_flags};
 use host::engine::{HostConfig, HostError, HostSabotage};
 use std::sync::{Arc, OnceLock};
 
@@ -604,6 +604,401 @@ fn host_rejects_a_ce_whose_crc_does_not_verify() {
             let c = q.poll(&mut read_buf).unwrap().expect("the intact CE");
             assert_eq!((c.req_tid, c.result), (tid, 0), "{mode}");
         }
+    }
+}
+
+/// Focused tests for the cache-maintenance calls no random schedule needs
+/// (`.ci/cache-deletions`): each drives host and device by hand on the adversarial
+/// memory made deterministic (no early evictions, no slow write-backs, a load after
+/// an unfenced invalidate always returns the old copy) and names, when it fails, the
+/// adversary's explanation of the reader's last stale read.
+mod maintenance {
+    use super::*;
+    use device::adversary::AgentMem;
+    use host::engine::{Blkdev, Host, HostQueue, Intent, Request};
+
+    const MS: u64 = 1_000_000;
+
+    type Dev<'a> = Backend<'a, AgentMem<'a>, VecMedia>;
+    type Queue<'a> = HostQueue<'a, AgentMem<'a>>;
+
+    /// `ready!(adv, agents => b, host, dev, now)`: the adversarial memory with `agents`
+    /// caches, the provisioned backend of [`base`] re-attached by agent 0 and a host
+    /// (agent 1) with one ready queue on each channel, durable tokens on; everything
+    /// landed.
+    macro_rules! ready {
+        ($adv:ident, $agents:expr => $b:ident, $host:ident, $dev:ident, $now:ident) => {
+            let $adv = Adversary::new(base(), $agents, quiet());
+            let (dmem, hmem) = ($adv.agent(0), $adv.agent(1));
+            let mut scratch = vec![0u8; chan::MAX_IO as usize];
+            #[allow(unused_mut, unused_variables)]
+            let (mut $b, $host, mut $dev, mut $now) = ready(&$adv, &dmem, &hmem, &mut scratch);
+        };
+    }
+
+    fn quiet() -> AdvConfig {
+        AdvConfig {
+            seed: 7,
+            evict_per_mille: 0,
+            max_delay: 48,
+            slow_per_mille: 0,
+            slow_delay: 3000,
+            unfenced_load_per_mille: 1000,
+        }
+    }
+
+    fn ready<'a>(
+        adv: &Adversary,
+        dmem: &'a AgentMem<'a>,
+        hmem: &'a AgentMem<'a>,
+        scratch: &'a mut [u8],
+    ) -> (
+        Dev<'a>,
+        Host<'a, AgentMem<'a>>,
+        Blkdev<'a, AgentMem<'a>>,
+        u64,
+    ) {
+        let now = T0 + 31 * SEC;
+        let (dshm, hshm) = (Shm::new(dmem, &NoTrace), Shm::new(hmem, &NoTrace));
+        let media = VecMedia::new(DISK);
+        let mut b = Backend::start(dshm, bcfg(Sabotage::default()), media, scratch, now)
+            .expect("re-attach");
+        adv.drain();
+        let hc = HostConfig {
+            hostname: "hostA",
+            noncoherent: true,
+            nc_retries: 256,
+            durable_tokens: true,
+            ..HostConfig::default()
+        };
+        let host = Host::register(hshm, hc, now).expect("register");
+        adv.drain();
+        let bid = host.find_backend(now).expect("backend record");
+        let mut dev = host.dev_start(bid, 2, now).expect("dev-start");
+        let mut now = now;
+        for _ in 0..100 {
+            adv.drain();
+            if dev.poll_ready(now).expect("poll_ready") {
+                assert!(dev.queues[0].durable_tokens(), "durable tokens accepted");
+                adv.drain();
+                return (b, host, dev, now);
+            }
+            now += MS;
+            b.poll(now).expect("device poll");
+        }
+        panic!("the queues never became ready");
+    }
+
+    /// Everything in flight lands, `dt` passes, the device polls once.
+    fn device_poll(adv: &Adversary, b: &mut Dev<'_>, now: &mut u64, dt: u64) {
+        adv.drain();
+        *now += dt;
+        b.poll(*now).expect("device poll");
+    }
+
+    /// A STANDARD 4 KiB write of `byte`s at `offset`; returns its tid.
+    fn write(q: &mut Queue<'_>, offset: u64, byte: u8) -> u64 {
+        let req = Request {
+            op: op::WRITE,
+            offset,
+            len: 4096,
+        };
+        q.submit_intent(req, &[byte; 4096], Intent::Standard)
+            .expect("submit")
+    }
+
+    /// The host consumes the completion of `tid` (everything in flight landed first);
+    /// returns whether it came durable.
+    fn complete(adv: &Adversary, q: &mut Queue<'_>, tid: u64, what: &str) -> bool {
+        adv.drain();
+        let mut buf = vec![0u8; 4096];
+        match q.poll(&mut buf) {
+            Ok(Some(c)) => {
+                assert_eq!((c.req_tid, c.result), (tid, 0), "{what}");
+                c.durable
+            }
+            other => panic!(
+                "{what}: the host got {other:?} instead of the completion of tid {tid}; device's last stale read: {}; host's: {}; the memory's violations: {:?}",
+                stale(adv, 0),
+                stale(adv, 1),
+                adv.violations()
+            ),
+        }
+    }
+
+    fn stale(adv: &Adversary, agent: usize) -> String {
+        adv.last_stale(agent)
+            .map_or("none".into(), |s| s.to_string())
+    }
+
+    /// Rule 3 at the device's host line: a submission whose publication has landed is
+    /// served at the device's next poll — its read of the host line is ordered after
+    /// the invalidate by a full fence (without it the load may keep returning the copy
+    /// cached at the previous poll, for as long as nothing else fences).
+    #[test]
+    fn the_device_serves_a_landed_submission_at_its_next_poll() {
+        ready!(adv, 2 => b, host, dev, now);
+        for _ in 0..3 {
+            device_poll(&adv, &mut b, &mut now, MS);
+        }
+        let tid = write(&mut dev.queues[0], 0, 0x5A);
+        device_poll(&adv, &mut b, &mut now, MS);
+        complete(
+            &adv,
+            &mut dev.queues[0],
+            tid,
+            "one device poll after the host line landed",
+        );
+    }
+
+    /// Rule 3 at the host's read of the durability line: a watermark the device
+    /// published (and that landed) confirms the host's token at its next look.
+    #[test]
+    fn the_host_sees_a_landed_durable_watermark() {
+        ready!(adv, 2 => b, host, dev, now);
+        let q = &mut dev.queues[0];
+        let tid = write(q, 0, 0x11);
+        device_poll(&adv, &mut b, &mut now, MS);
+        assert!(
+            !complete(&adv, q, tid, "the write"),
+            "completed durable before any flush"
+        );
+        // Past the STANDARD bound: the device writes back, flushes, publishes the watermark.
+        device_poll(&adv, &mut b, &mut now, 20 * MS);
+        assert_eq!(b.pending_writes(), 0, "the device flushed");
+        adv.drain();
+        let up = q.poll_durable(now).expect("poll_durable");
+        assert!(
+            q.is_durable(tid),
+            "the host did not see the landed watermark ({up:?}); host's last stale read: {}",
+            stale(&adv, 1)
+        );
+    }
+
+    /// Rule 3 at the device's read of the host's durability line: a STANDARD write
+    /// starts its write-back within half the power window the host advertised
+    /// (docs/durability.md), so a window published (and landed) before the write is
+    /// the one the device honours.
+    #[test]
+    fn the_device_honours_a_landed_power_window() {
+        ready!(adv, 2 => b, host, dev, now);
+        let q = &mut dev.queues[0];
+        // A first write: the device reads (and caches) the host's line, no window yet.
+        let t1 = write(q, 0, 0x21);
+        device_poll(&adv, &mut b, &mut now, MS);
+        complete(&adv, q, t1, "the first write");
+        device_poll(&adv, &mut b, &mut now, 20 * MS);
+        assert_eq!(b.pending_writes(), 0, "the first write flushed");
+        // A 1 ms window: a STANDARD write's write-back is due 0.5 ms after it (not the
+        // 5 ms of the 10 ms standard bound).
+        q.set_power_window_us(1000).expect("power window");
+        let t2 = write(q, 4096, 0x22);
+        device_poll(&adv, &mut b, &mut now, MS);
+        complete(&adv, q, t2, "the second write");
+        device_poll(&adv, &mut b, &mut now, 2 * MS);
+        assert_eq!(
+            b.pending_writes(),
+            0,
+            "a STANDARD write not written back 2 ms after completion under a 1 ms power window; device's last stale read: {}",
+            stale(&adv, 0)
+        );
+    }
+
+    /// Rule 3 at re-attach: the backend restarts on a CPU whose cache still holds the
+    /// completion ring as an incarnation before the last one left it (clean copies
+    /// survive a restart; `crash_warm`). It must read the last published CE from
+    /// memory: that CE's SE has run and must not run again — run twice, the host gets
+    /// two CEs for one request.
+    #[test]
+    fn a_restarted_backend_reads_the_last_ce_from_memory() {
+        // Agent 0: the backend, first and third incarnation (same CPU); agent 1: the
+        // host; agent 2: the second incarnation, on another CPU.
+        ready!(adv, 3 => b, host, dev, now);
+        // First incarnation: a write completes and is consumed (CE slot 0 cached clean).
+        let t1 = write(&mut dev.queues[0], 0, 0x31);
+        device_poll(&adv, &mut b, &mut now, MS);
+        complete(&adv, &mut dev.queues[0], t1, "the first write");
+        let mut parts = Some(b.into_parts());
+        adv.crash_warm(0);
+        // Second incarnation on agent 2: a write completes, its CE (slot 1, in the
+        // line of slot 0) is published but not consumed. Third, back on agent 0.
+        let (dmem, dmem2) = (adv.agent(0), adv.agent(2));
+        let mut t2 = 0;
+        for (i, mem) in [&dmem2, &dmem].into_iter().enumerate() {
+            adv.drain();
+            now += 31 * SEC;
+            dev.heartbeat(now).expect("host heartbeat");
+            let (media, scratch) = parts.take().unwrap();
+            let shm = Shm::new(mem, &NoTrace);
+            let mut bi = Backend::start(shm, bcfg(Sabotage::default()), media, scratch, now)
+                .expect("re-attach");
+            if i == 0 {
+                t2 = write(&mut dev.queues[0], 4096, 0x32);
+                device_poll(&adv, &mut bi, &mut now, MS);
+                parts = Some(bi.into_parts());
+                adv.crash(2);
+                continue;
+            }
+            for _ in 0..4 {
+                device_poll(&adv, &mut bi, &mut now, MS);
+            }
+        }
+        complete(&adv, &mut dev.queues[0], t2, "the second write");
+        adv.drain();
+        let again = dev.queues[0].poll(&mut [0u8; 4096]);
+        assert!(
+            matches!(again, Ok(None)),
+            "a second completion after t2's ({again:?}): the re-attached backend ran t2's SE again; device's last stale read: {}",
+            stale(&adv, 0)
+        );
+    }
+
+    /// Rule 2 between two publications: the device answers the RESET (its line's
+    /// `ack_epoch`) only after its durability line, fenced in between, because the host
+    /// learns the backend's incarnation when the queue becomes ready. If the answer
+    /// overtook the line, the host would learn the incarnation of whatever the line held
+    /// before — and at its next look take the new one for a restart and declare the
+    /// writes completed since lost. Without the fence the landing order is random:
+    /// several schedules, half the write-backs slow.
+    #[test]
+    fn the_host_learns_the_incarnation_with_the_reset_answer() {
+        for seed in 0..64 {
+            let slow = AdvConfig {
+                seed,
+                slow_per_mille: 500,
+                ..quiet()
+            };
+            let adv = Adversary::new(base(), 2, slow);
+            let (dmem, hmem) = (adv.agent(0), adv.agent(1));
+            let (dshm, hshm) = (Shm::new(&dmem, &NoTrace), Shm::new(&hmem, &NoTrace));
+            let mut now = T0 + 31 * SEC;
+            let mut scratch = vec![0u8; chan::MAX_IO as usize];
+            let cfg = bcfg(Sabotage::default());
+            let mut b = Backend::start(dshm, cfg, VecMedia::new(DISK), &mut scratch, now)
+                .expect("re-attach");
+            adv.drain();
+            let hc = HostConfig {
+                hostname: "hostA",
+                noncoherent: true,
+                ..HostConfig::default()
+            };
+            let host = Host::register(hshm, hc, now).expect("register");
+            adv.drain();
+            let bid = host.find_backend(now).expect("backend record");
+            let mut dev = host.dev_start(bid, 1, now).expect("dev-start");
+            // No drain from here to the answer: the lines land as they land.
+            let mut at_ready = None;
+            for _ in 0..10_000 {
+                if dev.poll_ready(now).expect("poll_ready") {
+                    at_ready = Some(stale(&adv, 1));
+                    break;
+                }
+                now += MS;
+                b.poll(now).expect("device poll");
+            }
+            let at_ready = at_ready.expect("the queue never became ready");
+            let q = &mut dev.queues[0];
+            let tid = write(q, 0, 0x41);
+            device_poll(&adv, &mut b, &mut now, MS);
+            complete(&adv, q, tid, "the write");
+            let up = q.poll_durable(now).expect("poll_durable");
+            assert_eq!(
+                up.lost, 0,
+                "seed {seed}: the host declared a write lost though the backend never restarted ({up:?}); its last stale read when the queue became ready: {at_ready}"
+            );
+        }
+    }
+
+    /// Rule 2 between clears: a stopping backend clears its segment records, then its
+    /// backend record, each clear fenced, so whoever sees the backend record cleared
+    /// sees its segments free (a backend provisioning then can have them: this region
+    /// has exactly two). Without the fence the clears land in any order: several
+    /// schedules, half the write-backs slow; agent 2 is the observer.
+    #[test]
+    fn a_stopped_backends_records_are_cleared_in_order() {
+        for seed in 0..16 {
+            let slow = AdvConfig {
+                seed,
+                slow_per_mille: 500,
+                ..quiet()
+            };
+            let adv = Adversary::new(base(), 3, slow);
+            let (dmem, cmem) = (adv.agent(0), adv.agent(2));
+            let (dshm, cshm) = (Shm::new(&dmem, &NoTrace), Shm::new(&cmem, &NoTrace));
+            let now = T0 + 31 * SEC;
+            let mut scratch = vec![0u8; chan::MAX_IO as usize];
+            let b = Backend::start(
+                dshm,
+                bcfg(Sabotage::default()),
+                VecMedia::new(DISK),
+                &mut scratch,
+                now,
+            )
+            .expect("re-attach");
+            adv.drain();
+            let tp = Transport::open(cshm, true).expect("open");
+            let used = |k: SlotKind| {
+                let n = match k {
+                    SlotKind::Host => tp.info.host_num,
+                    SlotKind::Backend => tp.info.backend_num,
+                    _ => tp.info.segment_num,
+                };
+                (0..n)
+                    .filter(|&id| {
+                        let state = match k {
+                            SlotKind::Host => tp.host(id).expect("read").map(|l| l.rec.state),
+                            SlotKind::Backend => tp.backend(id).expect("read").map(|l| l.rec.state),
+                            _ => tp.segment(id).expect("read").map(|l| l.rec.state),
+                        };
+                        state.is_some_and(|s| s != STATE_NONE)
+                    })
+                    .count()
+            };
+            assert!(
+                used(SlotKind::Host) >= 1 && used(SlotKind::Segment) == 2,
+                "seed {seed}: the provisioned backend's records"
+            );
+            if let Err((_, e)) = b.stop(now) {
+                panic!("seed {seed}: stop: {e:?}");
+            }
+            // No drain from here: the clears land as they land.
+            let cleared = (0..100_000).any(|_| used(SlotKind::Backend) == 0);
+            assert!(
+                cleared,
+                "seed {seed}: the stopped backend's record never read cleared"
+            );
+            let segments = used(SlotKind::Segment);
+            assert_eq!(
+                segments,
+                0,
+                "seed {seed}: segment records still in use after the backend record read cleared; observer's last stale read: {}",
+                stale(&adv, 2)
+            );
+        }
+    }
+
+    /// A cleared record is written back: the peer sees the slot free. The host's
+    /// dev-stop clears its blkdev record, which the device's stop must see (else it
+    /// refuses: a running blkdev uses it); the device's stop clears its backend record,
+    /// which the host must see (else it would dev-start a stopped backend).
+    #[test]
+    fn a_cleared_record_is_seen_cleared() {
+        ready!(adv, 2 => b, host, dev, now);
+        dev.stop().expect("dev-stop");
+        adv.drain();
+        if let Err((_, e)) = b.stop(now) {
+            panic!(
+                "the device's stop after the host's dev-stop: {e:?}; device's last stale read: {}",
+                stale(&adv, 0)
+            );
+        }
+        adv.drain();
+        let found = host.find_backend(now);
+        assert!(
+            found.is_err(),
+            "the host still finds the stopped backend ({found:?}); host's last stale read: {}",
+            stale(&adv, 1)
+        );
     }
 }
 

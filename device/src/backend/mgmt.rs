@@ -74,9 +74,11 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         ] {
             shm.store_u32(g.ctrl(p), 0)?;
         }
+        // No write-back or fence: v3 mode works on coherent memory only (its pointers
+        // share a line between the two writers and its host writes nothing back), where
+        // the host sees these stores without a write-back, in order (x86 keeps stores in
+        // order), and no later load of ours depends on them being seen first.
         shm.fill(g.ce(0), g.el.compr_size() + g.el.submr_size(), 0)?;
-        shm.write_back(g.ce(0), g.el.compr_size() + g.el.submr_size())?;
-        shm.full_fence();
         self.refresh_durable(ch)?;
         Ok(())
     }
@@ -106,11 +108,9 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             ch.dur_pub = ch.dur_pub.max(self.st.watermark(ch.idx as u8, h.base_tid));
             self.publish_dur_line(ch)?;
         }
-        // The CE ring is device-owned: zero it and write it back. The SE ring is
-        // host-owned and never touched (stale SEs are rejected by tid + CRC).
-        shm.fill(g.ce(0), g.el.compr_size(), 0)?;
-        shm.write_back(g.ce(0), g.el.compr_size())?;
-        shm.store_fence();
+        // Neither ring is cleared: the host reads only CEs published after this answer
+        // (each written back before its `compr_head`), and a stale CE or SE is rejected
+        // by tid + CRC (tids never repeat across epochs).
         let line = DevLine {
             ack_epoch: h.epoch,
             compr_head: 0,

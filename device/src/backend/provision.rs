@@ -185,8 +185,9 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             // v3: zero the whole segment, then write the segment info.
             shm.fill(base, SEGMENT_SIZE, 0)?;
             if self.cfg.noncoherent {
+                // Written back before the host stores to its lines (rule 1); ordered
+                // before the segment record by the full fence of `write_segment`'s reads.
                 shm.write_back(base, SEGMENT_SIZE)?;
-                shm.store_fence();
             }
             let si = SegmentInfo {
                 seg_type: SEG_TYPE_CHANNEL,

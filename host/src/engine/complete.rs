@@ -156,8 +156,9 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
             req_tid: ce.req_tid,
             result,
         });
-        // DONE before compr_tail moves: a re-attaching backend that sees the new
-        // compr_tail also sees DONE, so nothing completes twice.
+        // DONE before compr_tail moves: a re-attaching v3 backend that sees the new
+        // compr_tail also sees DONE, so nothing completes twice (non-coherent mode:
+        // see `mark_done`).
         self.mark_done(f.pos)?;
         if let Some(x) = self.inflight.iter_mut().nth(i) {
             x.done = true;
@@ -231,10 +232,11 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
             g.el.seal_se(&mut b);
             shm.store_u32(g.se(pos), get_u32(&b, 0))?;
         }
-        if self.nc {
-            shm.write_back(g.se(pos), n as u64)?;
-            shm.store_fence();
-        }
+        // Non-coherent mode: not written back. There a re-attaching backend never needs
+        // DONE: it resumes at the published `submr_tail`, which (completions are in order,
+        // and `compr_tail` and `submr_tail` are published together in one line) is past
+        // every SE whose CE that line consumed, and it skips up to the tid of the last
+        // published CE the host has not consumed yet (`skip_upto`).
         Ok(())
     }
 }
