@@ -41,13 +41,6 @@ pub struct CbdOptions {
     pub power_window_us: u64,
     /// Intent of plain (non-FUA) writes when durability tokens are on.
     pub default_intent: crate::engine::Intent,
-    /// How long requests are held for a backend that is down (dead or restarting) before
-    /// they fail with `EIO` (`--recover-timeout`).
-    pub recover_timeout_ns: u64,
-    /// Replay buffer: bytes of written data kept until the backend confirms them durable,
-    /// to send again after a restart that lost them (`--replay-buffer`; 0 = none: the next
-    /// flush fails with `EIO` instead). Only with durability tokens.
-    pub replay_bytes: usize,
 }
 
 impl CbdOptions {
@@ -64,8 +57,6 @@ impl CbdOptions {
             plain_v3: false,
             power_window_us: 0,
             default_intent: crate::engine::Intent::Standard,
-            recover_timeout_ns: super::cbd_disk::DEFAULT_RECOVER_TIMEOUT_NS,
-            replay_bytes: super::cbd_disk::DEFAULT_REPLAY_BYTES,
         }
     }
 }
