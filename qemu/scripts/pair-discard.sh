@@ -1,10 +1,12 @@
 # (e) discard and write-zeroes from the Linux tools down to the device: blkdiscard,
-# blkdiscard -z (BLKZEROOUT), fio --rw=trim on the raw disk; fallocate -p (mounted with
+# /sbin/blkdiscard -z (BLKZEROOUT), fio --rw=trim on the raw disk; fallocate -p (mounted with
 # -o discard) and fstrim on ext4. After each, the disk is read back with O_DIRECT: the
 # discarded/zeroed ranges read zero (our device zeroes both, docs/host.md), every other byte
 # is what was written. With --plain-v3 in $HOSTARGS nothing is advertised: the limits read
 # 0, blkdiscard, fio trim and fstrim fail with EOPNOTSUPP, BLKZEROOUT falls back to the
 # kernel writing zeroes, and no discard request reaches cbd-host.
+# util-linux's tools by path: busybox's applets of the same names come first in $PATH
+# (its blkdiscard has no -z).
 T=pair-discard
 modprobe crc32c_generic 2>/dev/null; modprobe ext4 2>/dev/null
 start_host
@@ -43,12 +45,12 @@ expect_unsupported() { # NAME LOGFILE: the command failed, with EOPNOTSUPP
 
 if [ $PLAIN = 0 ]; then
     # 3 MiB: more than one request's worth (the kernel splits at discard_max_bytes).
-    blkdiscard -o $((1 << 20)) -l $((3 << 20)) $DEV 2>/tmp/e.log || { cat /tmp/e.log; fail blkdiscard; }
+    /sbin/blkdiscard -o $((1 << 20)) -l $((3 << 20)) $DEV 2>/tmp/e.log || { cat /tmp/e.log; fail blkdiscard; }
     zero_img $((1 << 20)) $((3 << 20))
     check "blkdiscard 3 MiB at 1 MiB"
     # BLKZEROOUT, 4 KiB aligned and an odd sector range.
-    blkdiscard -z -o $((5 << 20)) -l $((12 << 10)) $DEV 2>/tmp/e.log || { cat /tmp/e.log; fail "blkdiscard -z"; }
-    blkdiscard -z -o $(((7 << 20) + 1536)) -l 2560 $DEV 2>/tmp/e.log || { cat /tmp/e.log; fail "blkdiscard -z (sectors)"; }
+    /sbin/blkdiscard -z -o $((5 << 20)) -l $((12 << 10)) $DEV 2>/tmp/e.log || { cat /tmp/e.log; fail "blkdiscard -z"; }
+    /sbin/blkdiscard -z -o $(((7 << 20) + 1536)) -l 2560 $DEV 2>/tmp/e.log || { cat /tmp/e.log; fail "blkdiscard -z (sectors)"; }
     zero_img $((5 << 20)) $((12 << 10))
     zero_img $(((7 << 20) + 1536)) 2560
     check "blkdiscard -z 12 KiB at 5 MiB and 2560 B at 7 MiB + 1536"
@@ -61,7 +63,7 @@ if [ $PLAIN = 0 ]; then
     [ "$d" -gt 0 ] || fail "no discard request reached cbd-host (discards=$d)"
     echo "discard: cbd-host counted discards=$d"
 else
-    if blkdiscard -o $((1 << 20)) -l $((1 << 20)) $DEV 2>/tmp/e.log; then fail "blkdiscard succeeded on plain v3"; fi
+    if /sbin/blkdiscard -o $((1 << 20)) -l $((1 << 20)) $DEV 2>/tmp/e.log; then fail "blkdiscard succeeded on plain v3"; fi
     expect_unsupported blkdiscard /tmp/e.log
     if fio --name=trim --filename=$DEV --rw=trim --bs=64k --offset=6M --size=512k --ioengine=psync \
         --output=/tmp/fio.log >/tmp/e.log 2>&1 && grep -q "err= 0" /tmp/fio.log; then
@@ -72,7 +74,7 @@ else
     check "after the refused discards"
     # BLKZEROOUT without WRITE_ZEROES: the kernel writes zero pages itself (plain writes).
     w0=$(counter writes)
-    blkdiscard -z -o $((5 << 20)) -l $((12 << 10)) $DEV 2>/tmp/e.log || { cat /tmp/e.log; fail "blkdiscard -z (fallback)"; }
+    /sbin/blkdiscard -z -o $((5 << 20)) -l $((12 << 10)) $DEV 2>/tmp/e.log || { cat /tmp/e.log; fail "blkdiscard -z (fallback)"; }
     zero_img $((5 << 20)) $((12 << 10))
     check "blkdiscard -z 12 KiB at 5 MiB (kernel fallback: zero writes)"
     w1=$(counter writes)
@@ -106,7 +108,7 @@ sync
 (cd /mnt/cbd && md5sum keep >/tmp/sums)
 dd if=/mnt/cbd/hole of=/tmp/hole.want bs=64k count=16 2>/dev/null
 punched=$(blocks /hole 16 32)
-fallocate -p -o 65536 -l 131072 /mnt/cbd/hole || fail "fallocate -p"
+/usr/bin/fallocate -p -o 65536 -l 131072 /mnt/cbd/hole || fail "fallocate -p"
 sync
 dd if=/dev/zero of=/tmp/hole.want bs=4k seek=16 count=32 conv=notrunc 2>/dev/null
 cmp -s /tmp/hole.want /mnt/cbd/hole || fail "fallocate -p: the file does not read back as punched"
@@ -127,14 +129,14 @@ rm /mnt/cbd/victim
 sync
 if [ $PLAIN = 0 ]; then
     d0=$(counter discards)
-    fstrim -v /mnt/cbd >/tmp/e.log 2>&1 || { cat /tmp/e.log; fail fstrim; }
+    /sbin/fstrim -v /mnt/cbd >/tmp/e.log 2>&1 || { cat /tmp/e.log; fail fstrim; }
     cat /tmp/e.log
     grep -q "trimmed" /tmp/e.log || fail "fstrim trimmed nothing"
     reads_zero "fstrim (2 MiB file deleted)" $victim
     d1=$(counter discards)
     [ "$d1" -gt "$d0" ] || fail "fstrim sent no discard ($d0 -> $d1)"
 else
-    if fstrim -v /mnt/cbd >/tmp/e.log 2>&1; then cat /tmp/e.log; fail "fstrim succeeded on plain v3"; fi
+    if /sbin/fstrim -v /mnt/cbd >/tmp/e.log 2>&1; then cat /tmp/e.log; fail "fstrim succeeded on plain v3"; fi
     expect_unsupported fstrim /tmp/e.log
 fi
 (cd /mnt/cbd && md5sum -c /tmp/sums) >/tmp/check.log 2>&1 || { cat /tmp/check.log; fail "keep changed"; }
