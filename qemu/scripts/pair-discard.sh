@@ -1,5 +1,5 @@
 # (e) discard and write-zeroes from the Linux tools down to the device: blkdiscard,
-# /sbin/blkdiscard -z (BLKZEROOUT), fio --rw=trim on the raw disk; fallocate -p (mounted with
+# blkdiscard -z (BLKZEROOUT), fio --rw=trim on the raw disk; fallocate -p (mounted with
 # -o discard) and fstrim on ext4. After each, the disk is read back with O_DIRECT: the
 # discarded/zeroed ranges read zero (our device zeroes both, docs/host.md), every other byte
 # is what was written. With --plain-v3 in $HOSTARGS nothing is advertised: the limits read
