@@ -148,3 +148,59 @@ fn clean_stop_clears_own_records_and_restart_needs_no_takeover() {
         again.err()
     );
 }
+
+/// A Linux host that stopped its heartbeat (cbd-host killed, never restarted): at its
+/// first heartbeat after the 30 s timeout the device frees that host's blkdev record and
+/// the dead host record; a blkdev whose host still beats is left alone.
+#[test]
+fn a_dead_hosts_blkdev_is_freed_after_the_timeout() {
+    let mem = HeapMem::new(TransportInfo::region_for(3) as usize);
+    let shm = Shm::new(&mem, &NoTrace);
+    Transport::format(shm, tflags::MULTIHOST, false, T0).unwrap();
+    let tp = Transport::open(shm, false).unwrap();
+    let mut scratch = vec![0u8; chan::MAX_IO as usize];
+    let cfg = BackendConfig {
+        n_handlers: 1,
+        ..BackendConfig::default()
+    };
+    let mut be = Backend::start(shm, cfg, VecMedia::new(1 << 20), &mut scratch, T0).unwrap();
+    let dead = tp.register_host("killed", T0).unwrap();
+    let live = tp.register_host("beating", T0).unwrap();
+    let backend_id = be.backend_id;
+    let blkdev = |host_id, alive_ts| BlkdevInfo {
+        state: STATE_RUNNING,
+        alive_ts,
+        backend_id,
+        host_id,
+        mapped_id: 0,
+        features: 0,
+    };
+    tp.write_blkdev(0, &blkdev(dead, T0)).unwrap();
+    tp.write_blkdev(1, &blkdev(live, T0)).unwrap();
+    let state = |k: &str, id| match k {
+        "host" => tp.host(id).unwrap().map_or(0, |h| h.rec.state),
+        _ => tp.blkdev(id).unwrap().map_or(0, |d| d.rec.state),
+    };
+    // 29 s: both still alive by the 30 s rule.
+    assert_eq!(be.reap_dead_blkdevs(T0 + 29 * SEC_NS).unwrap(), 0);
+    assert_eq!(
+        (state("blkdev", 0), state("host", dead)),
+        (STATE_RUNNING, STATE_RUNNING)
+    );
+    // The live host beats at 20 s; at 31 s only the silent one is freed, by the heartbeat.
+    let mut h = tp.host(live).unwrap().unwrap().rec;
+    h.alive_ts = T0 + 20 * SEC_NS;
+    tp.write_host(live, &h).unwrap();
+    tp.write_blkdev(1, &blkdev(live, T0 + 20 * SEC_NS)).unwrap();
+    be.heartbeat(T0 + 31 * SEC_NS).unwrap();
+    assert_eq!(state("blkdev", 0), STATE_NONE, "dead host's blkdev freed");
+    assert_eq!(state("host", dead), STATE_NONE, "dead host's record freed");
+    assert_eq!(
+        state("blkdev", 1),
+        STATE_RUNNING,
+        "a beating host's blkdev stays"
+    );
+    assert_eq!(state("host", live), STATE_RUNNING);
+    // The device's own host record is never reaped.
+    assert_eq!(state("host", be.host_id), STATE_RUNNING);
+}

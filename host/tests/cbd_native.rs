@@ -575,3 +575,136 @@ fn clean_stop_lets_the_same_host_start_again_at_once() {
             .shutdown();
     });
 }
+
+/// A cbd-host killed mid-I/O, as the transport sees it: its host and blkdev records
+/// `RUNNING` with a fresh heartbeat, its channels RESET, a WRITE submitted and never
+/// waited for, and nobody left to heartbeat, complete or stop anything.
+fn leave_a_killed_host(host_mem: &'static MappedMem, name: &'static str) -> (u32, u32) {
+    use host::engine::{Host, HostConfig, Request};
+    let now = host::linux::attach::now_ns;
+    let cfg = HostConfig {
+        hostname: name,
+        ..HostConfig::default()
+    };
+    let host = Host::register(Shm::new(host_mem, &NoTrace), cfg, now()).unwrap();
+    let mut dev = host.dev_start(0, 2, now()).unwrap();
+    while !dev.poll_ready(now()).unwrap() {
+        std::thread::yield_now();
+    }
+    let w = Request {
+        op: device::layout::op::WRITE,
+        offset: 1 << 20,
+        len: 4096,
+    };
+    dev.queues[1].submit(w, &[0xee; 4096]).unwrap();
+    (host.host_id, dev.blkdev_id)
+}
+
+fn record_states(host_mem: &'static MappedMem, host_id: u32, blkdev_id: u32) -> (u8, u8) {
+    let tp = Transport::open(Shm::new(host_mem, &NoTrace), false).unwrap();
+    (
+        tp.host(host_id).unwrap().map_or(0, |h| h.rec.state),
+        tp.blkdev(blkdev_id).unwrap().map_or(0, |d| d.rec.state),
+    )
+}
+
+#[test]
+fn a_killed_host_blocks_its_successor_without_proof() {
+    let now = host::linux::attach::now_ns;
+    with_backend_mem("killed-noproof", true, |host_mem| {
+        let (hid, bid) = leave_a_killed_host(host_mem, "phoenix");
+        let e = CbdDisk::start(host_mem, &CbdOptions::new("phoenix"), Arc::new(now))
+            .err()
+            .expect("refused while the dead host's heartbeat is fresh");
+        assert!(
+            e.to_string().contains("another host with this id is alive"),
+            "{e}"
+        );
+        let running = device::layout::STATE_RUNNING;
+        assert_eq!(record_states(host_mem, hid, bid), (running, running));
+    });
+}
+
+#[test]
+fn the_same_host_reclaims_a_killed_predecessors_records_at_once() {
+    use device::layout::{STATE_NONE, STATE_RUNNING};
+    let now = host::linux::attach::now_ns;
+    with_backend_mem("killed-reclaim", true, |host_mem| {
+        let (hid, bid) = leave_a_killed_host(host_mem, "phoenix");
+        let opts = CbdOptions {
+            queues: 2,
+            reclaim: true,
+            ..CbdOptions::new("phoenix")
+        };
+        let disk = CbdDisk::start(host_mem, &opts, Arc::new(now)).expect("reclaimed at once");
+        let me = disk.registered().host_id;
+        let tp = Transport::open(Shm::new(host_mem, &NoTrace), false).unwrap();
+        let live_blkdevs: Vec<(u32, u32)> = (0..tp.info.blkdev_num)
+            .filter_map(|i| tp.blkdev(i).unwrap().map(|d| (i, d.rec)))
+            .filter(|(_, d)| d.state == STATE_RUNNING)
+            .map(|(i, d)| (i, d.host_id))
+            .collect();
+        assert_eq!(
+            live_blkdevs.len(),
+            1,
+            "only the new blkdev runs: {live_blkdevs:?}"
+        );
+        assert_eq!(live_blkdevs[0].1, me, "and it is the new program's");
+        let name = device::transport::host_name("phoenix");
+        let named: Vec<u32> = (0..tp.info.host_num)
+            .filter(|&i| {
+                tp.host(i)
+                    .unwrap()
+                    .is_some_and(|h| h.rec.state != STATE_NONE && h.rec.hostname == name)
+            })
+            .collect();
+        assert_eq!(named, vec![me], "one host record of this name");
+        if me != hid {
+            assert_eq!(record_states(host_mem, hid, bid).0, STATE_NONE);
+        }
+        // Another host name's live record (the device's own, `cbdfw`) is left alone.
+        let dev_host = tp.backend(0).unwrap().unwrap().rec.host_id;
+        assert_ne!(dev_host, me);
+        let dev_state = tp.host(dev_host).unwrap().map_or(0, |h| h.rec.state);
+        assert_eq!(
+            dev_state, STATE_RUNNING,
+            "another host's record is left alone"
+        );
+        // The channels serve the new program: the dead one's WRITE in flight went with it
+        // (under ublk its request is reissued), a new write and read work.
+        let mut q = disk.queue(1).unwrap();
+        let mut b = vec![0x5au8; 4096];
+        q.submit(&req(Op::Write, 1 << 20, 4096, false), &mut b)
+            .unwrap();
+        let mut r = vec![0u8; 4096];
+        q.submit(&req(Op::Read, 1 << 20, 4096, false), &mut r)
+            .unwrap();
+        assert_eq!(r, b);
+        disk.shutdown();
+    });
+}
+
+#[test]
+fn the_host_lock_is_exclusive_and_freed_with_its_holder() {
+    use host::linux::attach::{HostLock, Lock};
+    let dir = std::env::temp_dir().join(format!("cbd-host-lock-{}", std::process::id()));
+    let first = HostLock::acquire(&dir, "guest/1").unwrap();
+    let Lock::Held(held) = first else {
+        panic!("a fresh lock is free: {first:?}")
+    };
+    assert!(held.path.ends_with("host-guest_1.lock"), "{:?}", held.path);
+    assert!(matches!(
+        HostLock::acquire(&dir, "guest/1").unwrap(),
+        Lock::Busy(_)
+    ));
+    assert!(matches!(
+        HostLock::acquire(&dir, "other").unwrap(),
+        Lock::Held(_)
+    ));
+    drop(held);
+    assert!(matches!(
+        HostLock::acquire(&dir, "guest/1").unwrap(),
+        Lock::Held(_)
+    ));
+    std::fs::remove_dir_all(&dir).ok();
+}

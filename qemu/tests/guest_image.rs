@@ -142,6 +142,7 @@ fn image_is_cached_and_has_expected_contents() {
         "daxctl=",
         "fio=",
         "e2fsprogs=",
+        "util-linux=",
         "libc6=",
     ] {
         assert!(

@@ -118,6 +118,22 @@ fn ivshmem_tokens_fsync_without_flush_commands() {
     case("pair-tokens", "ivshmem", true, |_| {});
 }
 
+// Discard and write-zeroes from the Linux tools (blkdiscard, blkdiscard -z, fio --rw=trim,
+// fallocate -p, fstrim) reach the device, and the ranges read back zero with the rest intact.
+#[test]
+fn ivshmem_discard_and_write_zeroes_reach_the_device() {
+    case("pair-discard", "ivshmem", true, |_| {});
+}
+
+// cbd-host SIGKILLed during fio --verify and started again with --recover 0: the ublk
+// device survives (user recovery), fio finishes without an error; then a second kill, the
+// orphan removed, and a plain start of the same host name reclaims the dead program's
+// records at once instead of waiting 30 s.
+#[test]
+fn ivshmem_host_killed_mid_io_recovers_and_fio_verifies() {
+    case("pair-hostkill", "ivshmem", true, |_| {});
+}
+
 // The same workloads with every extension of ours switched off in the host (plain CBD v3:
 // FUA = WRITE + FLUSH, flush = CBD FLUSH, no tokens, no DISCARD/WRITE_ZEROES).
 fn plain_v3(name: &str) {
@@ -137,6 +153,13 @@ fn plain_v3_ivshmem_ext4_mkfs_fsck_remount() {
 #[test]
 fn plain_v3_ivshmem_fio_verify_qd16_two_channels() {
     plain_v3("pair-fio");
+}
+
+// Plain v3 advertises no discard: the limits read 0, the tools fail with EOPNOTSUPP,
+// BLKZEROOUT falls back to the kernel writing zeroes, nothing reaches cbd-host as a discard.
+#[test]
+fn plain_v3_ivshmem_discard_refused_cleanly() {
+    plain_v3("pair-discard");
 }
 
 // Non-coherent mode end to end (docs/protocol.md §4): the device offers it, cbd-host asks for

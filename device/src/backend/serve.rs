@@ -146,6 +146,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         self.rec.host_id = self.host_id;
         self.rec.alive_ts = now_ns;
         tp.write_backend(self.backend_id, &self.rec)?;
+        self.reap_dead_blkdevs(now_ns)?;
         let ev = TraceEvent::Heartbeat {
             kind: RecordKind::Backend,
             id: self.backend_id,
@@ -153,6 +154,54 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         };
         self.shm().tracer.event(&ev);
         Ok(())
+    }
+
+    /// A blkdev on this backend whose host stopped its heartbeat (30 s, `is_alive`) is
+    /// dead: its record is cleared, and so is its host's record when that is dead too and no
+    /// other blkdev names it. What its channels staged is made durable first. The next
+    /// host's dev-start RESETs the channels as always; until then they stay as they are
+    /// (their rings hold nothing the device has not served). Returns how many were freed.
+    pub fn reap_dead_blkdevs(&mut self, now_ns: u64) -> Result<u32, BackendError> {
+        let tp = self.tp.clone();
+        let mut freed = 0;
+        for id in 0..tp.info.blkdev_num {
+            let Some(d) = tp.blkdev(id)?.map(|l| l.rec) else {
+                continue;
+            };
+            if d.state == STATE_NONE
+                || d.backend_id != self.backend_id
+                || is_alive(d.alive_ts, now_ns)
+            {
+                continue;
+            }
+            if self.st.sync().is_err() {
+                log::warn!("cbd backend: flush before freeing dead blkdev {id} failed");
+            }
+            tp.clear(SlotKind::Blkdev, id)?;
+            freed += 1;
+            log::warn!(
+                "cbd backend: blkdev {id} of host {}: no heartbeat for {} s; freed",
+                d.host_id,
+                now_ns.saturating_sub(d.alive_ts) / 1_000_000_000
+            );
+            let host_dead = tp
+                .host(d.host_id)?
+                .is_some_and(|h| h.rec.state != STATE_NONE && !is_alive(h.rec.alive_ts, now_ns));
+            let mut named = false;
+            for other in 0..tp.info.blkdev_num {
+                named |= tp
+                    .blkdev(other)?
+                    .is_some_and(|o| o.rec.state != STATE_NONE && o.rec.host_id == d.host_id);
+            }
+            if host_dead && !named && d.host_id != self.host_id {
+                tp.clear(SlotKind::Host, d.host_id)?;
+                log::warn!(
+                    "cbd backend: host {} is dead too; its record freed",
+                    d.host_id
+                );
+            }
+        }
+        Ok(freed)
     }
 
     pub(super) fn poll_channel(

@@ -13,7 +13,7 @@ use device::layout::{HB_TIMEOUT_NS, STATE_NONE, STATE_RUNNING};
 use device::shm::SharedMem;
 use device::shm::Shm;
 use device::trace::NoTrace;
-use device::transport::{Transport, TransportError, format_flags, is_alive};
+use device::transport::{SlotKind, Transport, TransportError, format_flags, host_name, is_alive};
 
 use super::mem::MappedMem;
 
@@ -41,6 +41,11 @@ pub struct CbdOptions {
     pub power_window_us: u64,
     /// Intent of plain (non-FUA) writes when durability tokens are on.
     pub default_intent: crate::engine::Intent,
+    /// The caller proved that every earlier cbd-host of this host name is dead (it holds
+    /// the [`HostLock`], or took over the dead one's ublk device): records of this host
+    /// name that still look alive are that dead program's, and [`prepare`] reclaims them
+    /// ([`reclaim_own_records`]) instead of being refused for 30 s.
+    pub reclaim: bool,
 }
 
 impl CbdOptions {
@@ -57,6 +62,7 @@ impl CbdOptions {
             plain_v3: false,
             power_window_us: 0,
             default_intent: crate::engine::Intent::Standard,
+            reclaim: false,
         }
     }
 }
@@ -199,9 +205,105 @@ pub fn register_check_only(
     })
 }
 
+/// The proof, on this Linux, that no other cbd-host of a host name runs: an exclusive
+/// `flock` on `DIR/host-NAME.lock`, held for the life of the program. The kernel drops it
+/// when its holder dies, however it dies (SIGKILL included), so a program that gets it knows
+/// that records of its host name which still look alive belong to a dead predecessor.
+#[derive(Debug)]
+pub struct HostLock {
+    _file: std::fs::File,
+    pub path: std::path::PathBuf,
+}
+
+/// What [`HostLock::acquire`] found.
+#[derive(Debug)]
+pub enum Lock {
+    Held(HostLock),
+    /// Another live process holds it: a cbd-host of this host name runs here.
+    Busy(std::path::PathBuf),
+}
+
+impl HostLock {
+    /// Takes the lock of `hostname` in `dir` (created if missing) without waiting.
+    pub fn acquire(dir: &std::path::Path, hostname: &str) -> std::io::Result<Lock> {
+        std::fs::create_dir_all(dir)?;
+        let name: String = hostname
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = dir.join(format!("host-{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Lock::Held(HostLock { _file: file, path })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(Lock::Busy(path)),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// What [`reclaim_own_records`] cleared.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// The dead program's host record, if one was left.
+    pub host_id: Option<u32>,
+    /// Its blkdev records (any state but NONE), cleared before the host record.
+    pub blkdevs: Vec<u32>,
+}
+
+/// Clears what a dead cbd-host of `hostname` left in the transport: every blkdev record
+/// naming its host record, then the host record itself. Only for a caller that proved the
+/// predecessor dead ([`CbdOptions::reclaim`]); records of other host names are never
+/// touched. The backend answers the new dev-start's RESETs as usual (staged writes of
+/// the dead program's channels are made durable before the answer), so nothing of the
+/// dead program's survives but what it wrote.
+pub fn reclaim_own_records(
+    mem: &'static MappedMem,
+    noncoherent: bool,
+    hostname: &str,
+) -> Result<Reclaimed, CbdError> {
+    static TRACE: NoTrace = NoTrace;
+    let step = "reclaiming the records of a dead cbd-host of this host name";
+    let te = |err| CbdError::Transport { step, err };
+    let tp = Transport::open(Shm::new(mem, &TRACE), noncoherent).map_err(te)?;
+    let name = host_name(hostname);
+    let mut out = Reclaimed::default();
+    for hid in 0..tp.info.host_num {
+        let Some(h) = tp.host(hid).map_err(te)? else {
+            continue;
+        };
+        if h.rec.state == STATE_NONE || h.rec.hostname != name {
+            continue;
+        }
+        for bid in 0..tp.info.blkdev_num {
+            if let Some(d) = tp.blkdev(bid).map_err(te)?
+                && d.rec.state != STATE_NONE
+                && d.rec.host_id == hid
+            {
+                tp.clear(SlotKind::Blkdev, bid).map_err(te)?;
+                out.blkdevs.push(bid);
+            }
+        }
+        tp.clear(SlotKind::Host, hid).map_err(te)?;
+        out.host_id = Some(hid);
+    }
+    Ok(out)
+}
+
 /// Formats the transport if asked and none exists, then waits (up to `opts.wait_backend_ns`)
 /// for the backend to exist and be alive. Missing/stopped/dead backends after the wait and
-/// every other error are returned at once.
+/// every other error are returned at once. With [`CbdOptions::reclaim`], the records a dead
+/// cbd-host of this host name left are then cleared ([`reclaim_own_records`]).
 pub fn prepare(
     mem: &'static MappedMem,
     opts: &CbdOptions,
@@ -248,7 +350,21 @@ pub fn prepare(
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            other => return other,
+            Ok(r) => {
+                if opts.reclaim {
+                    let got = reclaim_own_records(mem, opts.noncoherent, &opts.hostname)?;
+                    if let Some(h) = got.host_id {
+                        log::info!(
+                            "reclaimed host record {h} and blkdev record(s) {:?} of a dead \
+                             cbd-host named {:?}",
+                            got.blkdevs,
+                            opts.hostname
+                        );
+                    }
+                }
+                return Ok(r);
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -8,6 +8,15 @@
 //! when the disk takes them ([`Disk::max_discard_bytes`] > 0), DISCARD and WRITE_ZEROES
 //! (`UBLK_PARAM_TYPE_DISCARD`, one segment of at most that size: `blkdiscard`, `fstrim`,
 //! `BLKZEROOUT`, `fallocate(PUNCH_HOLE)` reach the disk instead of failing with EOPNOTSUPP).
+//!
+//! User recovery: devices are created with `UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE`
+//! when the driver offers both. If this program dies (SIGKILL, a crash), ublk_drv keeps
+//! `/dev/ublkbN`, quiesces its queue and requeues every request the dead server had
+//! fetched; a new server started with [`UblkOptions::recover`] (`cbd-host --recover N`)
+//! takes the device over (`START_USER_RECOVERY`, fetch, `END_USER_RECOVERY`) and gets those
+//! requests again. Reissued writes carry the same data to the same place: harmless for a
+//! block device, whose requests in flight together never overlap by contract of the
+//! submitter.
 
 use std::sync::Arc;
 
@@ -28,6 +37,9 @@ pub struct UblkOptions {
     pub depth: u16,
     /// Largest request in bytes (per-tag buffer size).
     pub io_buf_bytes: u32,
+    /// Take over device `dev_id`, whose server died, instead of creating one (ublk user
+    /// recovery; see [`check_recoverable`]).
+    pub recover: bool,
 }
 
 impl Default for UblkOptions {
@@ -37,6 +49,7 @@ impl Default for UblkOptions {
             queues: 1,
             depth: 64,
             io_buf_bytes: 512 << 10,
+            recover: false,
         }
     }
 }
@@ -118,9 +131,106 @@ fn complete(q: &UblkQueue, qid: u16, tag: u16, buf: &[u8], res: Result<(), Errno
     }
 }
 
-/// Creates the ublk device for `disk`, serves it until the device is stopped (`stop` below, a
+/// The recovery flags a new device asks for: both, if the driver offers both (Linux ≥ 6.0).
+pub const RECOVERY_FLAGS: u64 =
+    (sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE) as u64;
+
+/// The recovery flags to create a device with, given the driver's feature bits.
+pub fn recovery_flags(driver_features: Option<u64>) -> u64 {
+    match driver_features {
+        Some(f) if f & RECOVERY_FLAGS == RECOVERY_FLAGS => RECOVERY_FLAGS,
+        _ => 0,
+    }
+}
+
+/// What a device to recover looked like before the takeover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Orphan {
+    pub dev_id: i32,
+    /// The dead server's pid.
+    pub old_pid: i32,
+    pub state: u16,
+    pub nr_queues: u16,
+    pub dev_bytes: u64,
+}
+
+/// Why a device cannot be recovered, from its `ublksrv_ctrl_dev_info`: `pid_alive` answers
+/// whether a process still runs (`kill(pid, 0)`).
+pub fn judge_orphan(
+    info: &sys::ublksrv_ctrl_dev_info,
+    dev_bytes: u64,
+    pid_alive: impl Fn(i32) -> bool,
+) -> Result<Orphan, String> {
+    let id = info.dev_id;
+    if info.flags & sys::UBLK_F_USER_RECOVERY as u64 == 0 {
+        return Err(format!(
+            "/dev/ublkb{id} was created without UBLK_F_USER_RECOVERY (flags {:#x}): it cannot be \
+             taken over; stop it with `cbd-host stop {id}`",
+            info.flags
+        ));
+    }
+    let state = info.state as u32;
+    if state == sys::UBLK_S_DEV_DEAD {
+        return Err(format!(
+            "/dev/ublkb{id} is stopped (state DEAD): nothing to recover; start without --recover"
+        ));
+    }
+    if info.ublksrv_pid > 0 && pid_alive(info.ublksrv_pid) {
+        return Err(format!(
+            "/dev/ublkb{id} is still served by pid {} (state {}): refusing to take it over",
+            info.ublksrv_pid,
+            state_name(info.state)
+        ));
+    }
+    Ok(Orphan {
+        dev_id: id as i32,
+        old_pid: info.ublksrv_pid,
+        state: info.state,
+        nr_queues: info.nr_hw_queues,
+        dev_bytes,
+    })
+}
+
+fn state_name(s: u16) -> &'static str {
+    match s as u32 {
+        sys::UBLK_S_DEV_DEAD => "DEAD",
+        sys::UBLK_S_DEV_LIVE => "LIVE",
+        sys::UBLK_S_DEV_QUIESCED => "QUIESCED",
+        _ => "other",
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // /proc/PID exists while the process (or its zombie) does.
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Checks that ublk device `dev_id` exists, was created with user recovery, and that its
+/// server is dead: the proof that this program may take it (and the dead server's CBD
+/// records) over.
+pub fn check_recoverable(dev_id: i32) -> Result<Orphan, String> {
+    if dev_id < 0 {
+        return Err("--recover needs a device number".into());
+    }
+    let c = UblkCtrl::new_simple(dev_id)
+        .map_err(|e| format!("/dev/ublkb{dev_id}: no such ublk device ({e})"))?;
+    let info = c.dev_info();
+    let mut p = sys::ublk_params {
+        len: std::mem::size_of::<sys::ublk_params>() as u32,
+        types: sys::UBLK_PARAM_TYPE_BASIC,
+        ..Default::default()
+    };
+    let bytes = match c.get_params(&mut p) {
+        Ok(_) => p.basic.dev_sectors << 9,
+        Err(_) => 0,
+    };
+    judge_orphan(&info, bytes, pid_alive)
+}
+
+/// Creates the ublk device for `disk` (or, with `opts.recover`, takes over device
+/// `opts.dev_id` whose server died), serves it until the device is stopped (`stop` below, a
 /// signal handler calling it, or `ublk del`), then deletes it. `ready` runs once the block
-/// device exists, with its id.
+/// device serves, with its id.
 pub fn serve(
     disk: Arc<dyn Disk>,
     opts: &UblkOptions,
@@ -135,16 +245,56 @@ pub fn serve(
     if opts.queues == 0 || opts.depth == 0 {
         return Err("queues and depth must be at least 1".into());
     }
+    let (ctrl_flags, dev_flags) = if opts.recover {
+        let o = check_recoverable(opts.dev_id)?;
+        if o.nr_queues != opts.queues {
+            return Err(format!(
+                "/dev/ublkb{} has {} queue(s), --queues says {}",
+                o.dev_id, o.nr_queues, opts.queues
+            ));
+        }
+        if o.dev_bytes != 0 && o.dev_bytes != size {
+            return Err(format!(
+                "/dev/ublkb{} holds {} bytes, the disk has {size}",
+                o.dev_id, o.dev_bytes
+            ));
+        }
+        log::info!(
+            "recovering /dev/ublkb{} (state {}, dead server pid {})",
+            o.dev_id,
+            state_name(o.state),
+            o.old_pid
+        );
+        // Waits (EBUSY, up to 30 s) until the driver has quiesced the device: the dead
+        // server's files are released and its fetched requests requeued.
+        UblkCtrl::new_simple(opts.dev_id)
+            .and_then(|c| c.start_user_recover())
+            .map_err(|e| format!("START_USER_RECOVERY on /dev/ublkb{}: {e}", opts.dev_id))?;
+        // The flags are the device's (read from the driver); only ours to choose at ADD.
+        (0, UblkFlags::UBLK_DEV_F_RECOVER_DEV)
+    } else {
+        let rec = recovery_flags(UblkCtrl::get_features());
+        if rec == 0 {
+            log::warn!(
+                "ublk_drv offers no user recovery: a killed cbd-host takes /dev/ublkbN with it"
+            );
+        }
+        (rec, UblkFlags::UBLK_DEV_F_ADD_DEV)
+    };
     let ctrl = UblkCtrlBuilder::default()
         .name("cbd")
         .id(opts.dev_id)
         .nr_queues(opts.queues)
         .depth(opts.depth)
         .io_buf_bytes(opts.io_buf_bytes)
-        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .ctrl_flags(ctrl_flags)
+        .dev_flags(dev_flags)
         .build()
-        .map_err(|e| {
-            format!("creating the ublk device failed: {e} (is ublk_drv loaded? /dev/ublk-control)")
+        .map_err(|e| match opts.recover {
+            true => format!("opening /dev/ublkb{} for recovery: {e}", opts.dev_id),
+            false => format!(
+                "creating the ublk device failed: {e} (is ublk_drv loaded? /dev/ublk-control)"
+            ),
         })?;
     let discard_bytes = disk.max_discard_bytes();
     let tgt_init = move |dev: &mut UblkDev| {
@@ -157,6 +307,13 @@ pub fn serve(
     let dev_fn = move |ctrl: &UblkCtrl| ready(ctrl.dev_info().dev_id as i32);
     ctrl.run_target(tgt_init, q_fn, dev_fn)
         .map_err(|e| format!("ublk device failed: {e}"))?;
+    if opts.recover {
+        // A recovering control does not delete its device when dropped (only the one that
+        // added it would): delete it here, as a clean stop of the original server would.
+        if let Err(e) = ctrl.del_dev() {
+            log::warn!("deleting /dev/ublkb{}: {e}", opts.dev_id);
+        }
+    }
     Ok(())
 }
 
@@ -179,11 +336,19 @@ pub fn set_params(p: &mut sys::ublk_params, discard_bytes: u32) {
     }
 }
 
-/// Stops ublk device `dev_id` (its queues finish, [`serve`] returns).
+/// Stops ublk device `dev_id` (its queues finish, [`serve`] returns). An orphan (created
+/// with user recovery, its server dead: nobody will delete it) is deleted as well, so its
+/// number is free again.
 pub fn stop(dev_id: i32) -> Result<(), String> {
     let c = UblkCtrl::new_simple(dev_id).map_err(|e| format!("ublk device {dev_id}: {e}"))?;
+    let orphan = judge_orphan(&c.dev_info(), 0, pid_alive).is_ok();
     c.kill_dev()
         .map_err(|e| format!("stopping ublk device {dev_id}: {e}"))?;
+    if orphan {
+        log::info!("/dev/ublkb{dev_id}: its server is dead; deleting the device");
+        c.del_dev()
+            .map_err(|e| format!("deleting orphaned ublk device {dev_id}: {e}"))?;
+    }
     Ok(())
 }
 
@@ -272,5 +437,57 @@ mod tests {
         );
         let z = decode(sys::UBLK_IO_OP_WRITE_ZEROES | sys::UBLK_IO_F_NOUNMAP, 8, 8).unwrap();
         assert_eq!((z.op, z.offset, z.len), (Op::WriteZeroes, 4096, 4096));
+    }
+    fn info(flags: u64, state: u32, pid: i32) -> sys::ublksrv_ctrl_dev_info {
+        sys::ublksrv_ctrl_dev_info {
+            dev_id: 4,
+            nr_hw_queues: 2,
+            flags,
+            state: state as u16,
+            ublksrv_pid: pid,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn recovery_is_asked_for_only_when_the_driver_has_both_flags() {
+        assert_eq!(recovery_flags(None), 0);
+        assert_eq!(recovery_flags(Some(sys::UBLK_F_USER_RECOVERY as u64)), 0);
+        assert_eq!(recovery_flags(Some(!0)), RECOVERY_FLAGS);
+        assert_eq!(
+            RECOVERY_FLAGS,
+            (sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE) as u64
+        );
+    }
+
+    #[test]
+    fn only_a_recoverable_device_with_a_dead_server_is_taken_over() {
+        let dead = |_pid: i32| false;
+        let alive = |_pid: i32| true;
+        let o = judge_orphan(
+            &info(RECOVERY_FLAGS, sys::UBLK_S_DEV_QUIESCED, 77),
+            1 << 20,
+            dead,
+        )
+        .unwrap();
+        assert_eq!(
+            o,
+            Orphan {
+                dev_id: 4,
+                old_pid: 77,
+                state: sys::UBLK_S_DEV_QUIESCED as u16,
+                nr_queues: 2,
+                dev_bytes: 1 << 20
+            }
+        );
+        // Still LIVE in the driver's eyes (the quiesce is not done yet), server gone: ours.
+        assert!(judge_orphan(&info(RECOVERY_FLAGS, sys::UBLK_S_DEV_LIVE, 77), 0, dead).is_ok());
+        let e =
+            judge_orphan(&info(RECOVERY_FLAGS, sys::UBLK_S_DEV_LIVE, 77), 0, alive).unwrap_err();
+        assert!(e.contains("still served by pid 77"), "{e}");
+        let e = judge_orphan(&info(0, sys::UBLK_S_DEV_QUIESCED, 77), 0, dead).unwrap_err();
+        assert!(e.contains("without UBLK_F_USER_RECOVERY"), "{e}");
+        let e = judge_orphan(&info(RECOVERY_FLAGS, sys::UBLK_S_DEV_DEAD, 77), 0, dead).unwrap_err();
+        assert!(e.contains("state DEAD"), "{e}");
     }
 }

@@ -69,8 +69,15 @@ pub const TOOLS: &[(&str, &[&str])] = &[
             "sbin/mkfs.ext4",
             "sbin/e2fsck",
             "sbin/fsck.ext4",
+            "sbin/debugfs",
             "etc/mke2fs.conf",
         ],
+    ),
+    // Discard and write-zeroes from user space (busybox has no `blkdiscard -z` nor
+    // `fallocate -p`): the paired test pair-discard.
+    (
+        "util-linux",
+        &["sbin/blkdiscard", "sbin/fstrim", "usr/bin/fallocate"],
     ),
 ];
 

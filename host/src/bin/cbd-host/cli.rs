@@ -9,6 +9,9 @@ use host::engine::Intent;
 use host::linux::map::TransportSpec;
 use host::linux::ublk::UblkOptions;
 
+/// Where cbd-host keeps its host lock (`host-NAME.lock`, see `attach::HostLock`).
+pub const LOCK_DIR: &str = "/run/cbd-host";
+
 /// Where a running cbd-host keeps its counters by default (`cbd-host stats N` reads it).
 pub fn default_stats_path(dev_id: i32) -> String {
     format!("/run/cbd-host/ublkb{dev_id}.stats")
@@ -163,6 +166,18 @@ struct RunArgs {
         help_heading = "ublk"
     )]
     dev_id: Option<i32>,
+    /// Take over /dev/ublkbN whose cbd-host died (ublk user recovery): the block device
+    /// stays, the requests the dead program had taken are served again. Same --queues as
+    /// the dead program.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(i32).range(0..),
+        allow_negative_numbers = true,
+        conflicts_with = "dev_id",
+        help_heading = "ublk"
+    )]
+    recover: Option<i32>,
     /// ublk queues = CBD channels.
     #[arg(long, value_name = "N", default_value_t = UblkOptions::default().queues,
           value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "ublk")]
@@ -294,6 +309,12 @@ where
             "--history records CBD requests: it needs --backend cbd",
         ));
     }
+    if r.recover.is_some() && r.backend == BackendKind::Ram {
+        return Err(Cli::command().error(
+            ErrorKind::ArgumentConflict,
+            "--recover takes over a CBD disk: it needs --backend cbd (a RAM disk died with its program)",
+        ));
+    }
     if r.plain_v3 {
         for (given, opt) in [
             (r.noncoherent, "--noncoherent"),
@@ -328,10 +349,14 @@ where
         stats: r.stats,
         history: r.history,
         ublk: UblkOptions {
-            dev_id: r.dev_id.unwrap_or(UblkOptions::default().dev_id),
+            dev_id: r
+                .recover
+                .or(r.dev_id)
+                .unwrap_or(UblkOptions::default().dev_id),
             queues: r.queues,
             depth: r.depth,
             io_buf_bytes: r.io_buf,
+            recover: r.recover.is_some(),
         },
         verbose: r.verbose,
     })))
@@ -417,6 +442,10 @@ mod tests {
         let a = run("--transport /dev/dax0.0 --format --queues 2 --depth 32 --wait-backend 120");
         assert_eq!(a.transport, TransportSpec::Dax("/dev/dax0.0".into()));
         assert_eq!((a.ublk.queues, a.ublk.depth), (2, 32));
+        let a = run("--transport ivshmem --recover 3 --queues 2");
+        assert!(a.ublk.recover);
+        assert_eq!((a.ublk.dev_id, a.ublk.queues), (3, 2));
+        assert!(!run("--dev-id 3").ublk.recover);
         // A repeated option: the last one counts.
         assert_eq!(run("--queues 2 --queues 4").ublk.queues, 4);
     }
@@ -481,6 +510,7 @@ mod tests {
             "--stats",
             "--history",
             "--dev-id",
+            "--recover",
             "--queues",
             "--depth",
             "--io-buf",
@@ -522,6 +552,9 @@ mod tests {
                 "possible values: standard, ephemeral",
             ),
             ("--power-window-us -1", "invalid digit"),
+            ("--recover -1", "--recover"),
+            ("--recover 1 --dev-id 1", "cannot be used with"),
+            ("--backend ram --recover 0", "needs --backend cbd"),
             ("--wait-backend -5", "--wait-backend"),
             (
                 "--plain-v3 --noncoherent",

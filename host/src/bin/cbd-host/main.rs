@@ -79,6 +79,9 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
+    // Held for the life of the program: the proof that no other cbd-host of our host name
+    // runs on this Linux, so records of that name which look alive are a dead one's.
+    let mut _host_lock = None;
     let disk: Arc<dyn Disk> = match args.backend {
         BackendKind::Ram => {
             log::warn!("TEST MODE: serving an in-process RAM disk, not a CBD backend");
@@ -93,8 +96,42 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 args.size,
             )?));
             log::info!("write-back instruction: {:?}", mem.write_back_insn());
+            let name = args.hostname.clone().unwrap_or_else(hostname);
+            if args.ublk.recover {
+                // Before touching the transport: the device exists and its server is dead.
+                let o = ublk::check_recoverable(args.ublk.dev_id)?;
+                log::info!(
+                    "/dev/ublkb{} is orphaned (server pid {} is gone): taking it over",
+                    o.dev_id,
+                    o.old_pid
+                );
+            }
+            let reclaim = match attach::HostLock::acquire(
+                std::path::Path::new(cli::LOCK_DIR),
+                &name,
+            ) {
+                Ok(attach::Lock::Held(l)) => {
+                    log::debug!("host lock {} held", l.path.display());
+                    _host_lock = Some(l);
+                    true
+                }
+                Ok(attach::Lock::Busy(p)) => {
+                    log::warn!(
+                        "{} is held: another cbd-host named {name:?} runs here; its records are left alone",
+                        p.display()
+                    );
+                    false
+                }
+                Err(e) => {
+                    log::warn!(
+                        "no host lock in {} ({e}): a dead predecessor's records wait for their 30 s timeout",
+                        cli::LOCK_DIR
+                    );
+                    false
+                }
+            };
             let opts = attach::CbdOptions {
-                hostname: args.hostname.clone().unwrap_or_else(hostname),
+                hostname: name,
                 backend_id: args.backend_id,
                 queues: args.ublk.queues,
                 depth: args.ublk.depth,
@@ -104,6 +141,7 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 plain_v3: args.plain_v3,
                 power_window_us: args.power_window_us,
                 default_intent: args.default_intent,
+                reclaim,
             };
             let clock = Arc::new(attach::now_ns);
             Arc::new(CbdDisk::start_recording(
