@@ -119,8 +119,12 @@ impl<'a, M: SharedMem + ?Sized> Transport<'a, M> {
                 }
             }
         }
+        // The magic goes in last: a peer that scans for it (a device waiting for a
+        // host to format) must never find it over a header or metadata still being
+        // written. Everything else is written, written back and fenced first.
         shm.fill(0, HOST_AREA_OFF, 0)?;
         info.encode(&mut hdr);
+        hdr[tinfo::MAGIC..tinfo::MAGIC + 8].fill(0);
         shm.write(0, &hdr)?;
         let meta_end = info.segment_area_off;
         shm.fill(info.host_area_off, meta_end - info.host_area_off, 0)?;
@@ -130,6 +134,9 @@ impl<'a, M: SharedMem + ?Sized> Transport<'a, M> {
             shm.fill(off, 2 * PAGE as u64, 0)?;
             shm.write_back(off, 2 * PAGE as u64)?;
         }
+        shm.store_fence();
+        shm.write(tinfo::MAGIC as u64, &TRANSPORT_MAGIC.to_le_bytes())?;
+        shm.write_back(tinfo::MAGIC as u64, 8)?;
         shm.store_fence();
         shm.tracer.event(&TraceEvent::RecordWritten {
             kind: RecordKind::Transport,

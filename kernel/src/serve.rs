@@ -203,14 +203,33 @@ pub fn serve(region: SharedRegion) -> ExitCode {
     } else {
         None
     };
-    if wait && found.is_none() && explicit.is_none() {
+    let noncoherent = opt_on("noncoherent");
+    // A host may be formatting right now: wait until a transport is there *and*
+    // validates (its magic is written last, but a header from an older, different
+    // run may still be there while the host rewrites it).
+    let validates = |off: u64| {
+        off < region.len()
+            && Transport::open(
+                Shm::new(&region.window(off, region.len() - off), &TRACER),
+                noncoherent,
+            )
+            .is_ok()
+    };
+    if wait && explicit.is_none() && !found.is_some_and(validates) {
         let limit = opt_u64("wait-secs", 300) * 1_000_000_000;
         let t0 = wall_clock_ns();
         log::info!("serve: waiting for a host to format a CBD v3 transport (scanning every 2 MiB)");
         let mut console = crate::serial::LineReader::default();
-        while found.is_none() {
+        let mut told = false;
+        while !found.is_some_and(validates) {
+            if let Some(off) = found
+                && !told
+            {
+                log::info!("serve: a transport at {off:#x} does not validate yet; waiting");
+                told = true;
+            }
             if wall_clock_ns() - t0 > limit || console.poll().as_deref() == Some("stop") {
-                log::error!("serve: no CBD v3 transport appeared in the shared region");
+                log::error!("serve: no valid CBD v3 transport appeared in the shared region");
                 return ExitCode::NoCxl;
             }
             crate::arch::time::delay_us(100_000);
@@ -234,7 +253,6 @@ pub fn serve(region: SharedRegion) -> ExitCode {
     let window = region.window(offset, region.len() - offset);
     let shm = Shm::new(&window, &TRACER);
     let now = wall_clock_ns();
-    let noncoherent = opt_on("noncoherent");
     match found.or(explicit) {
         Some(_) if let Ok(tp) = Transport::open(shm, noncoherent) => {
             log::info!("serve: CBD v3 transport found at region offset {offset:#x}");
