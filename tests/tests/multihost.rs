@@ -6,6 +6,8 @@
 //!   and 1; Linux VM `a` runs verified fio rounds on backend 0 for the whole run, Linux VM
 //!   `b` attaches to backend 1, has a third host try backend 0 (refused: clear message,
 //!   non-zero exit) and runs its own verified fio, both VMs' I/O at once.
+//! * `hostile_neighbour_*`: the channels of an idle second host are filled with garbage
+//!   from outside while the first host runs verified fio on its own disk.
 //! * `serve_under_load_*`: one Linux VM runs verified fio rounds for
 //!   `CBDFW_SERVE_LOAD_SECS` (default 600) while the device answers `stats` on its console
 //!   (sane and growing), then both are stopped: both VMs exit cleanly, the device with
@@ -255,5 +257,206 @@ fn serve_under_load_then_stop_both() {
     eprintln!(
         "{name}: {secs} s under load, {} stats answers, guest {r} | device {summary}",
         samples.len()
+    );
+}
+
+/// One channel of the hostile neighbour: where its submission ring and control struct
+/// are in the shared file.
+struct Target {
+    seg: u32,
+    ctrl: u64,
+    submr: u64,
+    submr_size: u64,
+    se_size: u64,
+}
+
+/// The channels backend `backend` lists, read from the live shared file; none of them
+/// may be listed by another backend (else the neighbour's garbage would land in a
+/// channel it does not own and the test would prove nothing).
+fn channels_of(shm: &std::path::Path, backend: u32) -> Vec<Target> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let r = device::inspect::inspect_file(shm, now).expect("read the shared file");
+    r.segments
+        .iter()
+        .filter(|s| s.listed_by.contains(&backend))
+        .map(|s| {
+            assert_eq!(
+                s.listed_by,
+                vec![backend],
+                "segment {} is listed by several backends",
+                s.id
+            );
+            let c = s
+                .channel
+                .as_ref()
+                .unwrap_or_else(|| panic!("segment {} of backend {backend}: no channel", s.id));
+            Target {
+                seg: s.id,
+                ctrl: c.geom.ctrl,
+                submr: c.geom.submr,
+                submr_size: c.geom.submr_size,
+                se_size: u64::from(c.geom.se_size),
+            }
+        })
+        .collect()
+}
+
+/// How long the neighbour writes garbage (at least one whole fio round of host a runs
+/// while it does).
+const SCRIBBLE: Duration = Duration::from_secs(45);
+
+/// Garbage into `targets` for `how_long`, the way a rogue host would write its own
+/// channels: random bytes over submission entries, and the v3 `submr_head` moved to
+/// legal and illegal positions (so the device walks garbage entries, and meets pointers
+/// it must refuse). Returns the number of stores.
+fn scribble(shm: &std::path::Path, targets: &[Target], how_long: Duration) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(shm)
+        .expect("open the shared file for writing");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id());
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let t0 = Instant::now();
+    let mut stores = 0;
+    while t0.elapsed() < how_long {
+        let t = &targets[(next() % targets.len() as u64) as usize];
+        let entries = t.submr_size / t.se_size;
+        if next() % 5 == 0 {
+            let head = if next() % 2 == 0 {
+                ((next() % entries) * t.se_size) as u32
+            } else {
+                next() as u32
+            };
+            f.write_at(
+                &head.to_le_bytes(),
+                t.ctrl + device::layout::ctrl::SUBMR_HEAD,
+            )
+            .expect("store submr_head");
+        } else {
+            let mut junk = vec![0u8; t.se_size as usize];
+            junk.iter_mut().for_each(|b| *b = next() as u8);
+            f.write_at(&junk, t.submr + (next() % entries) * t.se_size)
+                .expect("store an SE");
+        }
+        stores += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stores
+}
+
+/// Isolation on real VMs: Linux VM `a` runs verified fio rounds on backend 0 while the
+/// channels of Linux VM `b` (backend 1, attached, idle) are filled with garbage from
+/// outside. Host a's every round still verifies, the device keeps answering on its
+/// console and stops cleanly, and it did meet the garbage (errors or rejected entries
+/// counted). The native counterpart is `tests/several_hosts.rs`.
+#[test]
+fn hostile_neighbour_cannot_change_another_hosts_reads() {
+    let _one = one_at_a_time();
+    let name = "hostile-neighbour";
+    let a = guest(
+        &format!("{name}-a"),
+        "fio-loop",
+        "--backend-id 0 --hostname host-a",
+        "",
+    );
+    let b = guest(
+        &format!("{name}-b"),
+        "idle-host",
+        "--backend-id 1 --hostname host-b",
+        "",
+    );
+    let tag_a = a.name.clone();
+    let spec = HostsSpec::new(name, "ram:32,ram:32", vec![a, b]);
+    let mut hosts = multihost::start(&spec, &kernel()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for i in 0..2 {
+        if !hosts.linux[i].wait_for("HOST-UP", HOST_UP_LIMIT) {
+            give_up(
+                &hosts,
+                &format!("Linux VM {i}: no HOST-UP within {HOST_UP_LIMIT:?}"),
+            );
+        }
+    }
+    if !hosts.linux[0].wait_for("ROUND 1 OK", Duration::from_secs(300)) {
+        give_up(&hosts, "host a: no verified fio round within 300 s");
+    }
+    let targets = channels_of(&hosts.shm, 1);
+    let own = channels_of(&hosts.shm, 0);
+    if targets.is_empty() || own.is_empty() {
+        give_up(&hosts, "backends 0 and 1 do not both list channels");
+    }
+    let rounds = |h: &Hosts| {
+        h.linux[0]
+            .output()
+            .lines()
+            .filter(|l| l.contains("ROUND ") && l.trim_end().ends_with(" OK"))
+            .count()
+    };
+    let before = rounds(&hosts);
+    let stores = scribble(&hosts.shm, &targets, SCRIBBLE);
+    // Host a goes on: a round that began after the garbage stopped verifies too.
+    let until = rounds(&hosts) + 2;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while rounds(&hosts) < until {
+        if hosts.linux[0].output().contains("FAIL") || Instant::now() > deadline {
+            give_up(&hosts, "host a: its fio rounds stopped verifying");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let during = rounds(&hosts) - before;
+    let seen = hosts.device.output().matches("stats: requests=").count();
+    hosts.device.send_line("stats").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hosts.device.output().matches("stats: requests=").count() == seen {
+        if Instant::now() > deadline {
+            give_up(&hosts, "the device did not answer `stats` within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    hosts.linux[0].send_line("stop").unwrap();
+    hosts.linux[1].send_line("stop").unwrap();
+    let out = hosts.finish(Duration::from_secs(300));
+    let ra = out.result_line(0, &tag_a).unwrap_or_default();
+    let summary = out
+        .device
+        .output
+        .lines()
+        .find(|l| l.contains("serve: stopped:"))
+        .unwrap_or_default()
+        .to_string();
+    let count = |k: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        ra.contains("OK"),
+        "host a: {ra:?} (logs in {})",
+        out.logs.display()
+    );
+    assert_eq!(
+        out.device.status,
+        KernelStatus::Success,
+        "device: {summary:?} (logs in {})",
+        out.logs.display()
+    );
+    assert!(
+        count("errors=") + count("rejected=") > 0,
+        "the device never met the garbage ({stores} stores into segments {:?}): {summary}",
+        targets.iter().map(|t| t.seg).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "{name}: {stores} garbage stores into backend 1's channels {:?}; host a {ra} ({during} rounds from the garbage on) | device {summary}",
+        targets.iter().map(|t| t.seg).collect::<Vec<_>>()
     );
 }

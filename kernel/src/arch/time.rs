@@ -1,17 +1,19 @@
 //! Time: TSC calibrated against the PIT, wall clock from the CMOS RTC.
 //!
 //! CBD heartbeats are wall-clock nanoseconds since the Unix epoch, so the device
-//! reads the RTC once at boot and extends it with the calibrated TSC.
+//! keeps the RTC's seconds and fills in the fraction of a second with the TSC
+//! (device::hw::clock: a wrong TSC rate costs less than a second, never more).
 
 use core::arch::x86_64::_rdtsc;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use device::hw::clock::WallClock;
 use device::hw::rtc::{RtcReading, unix_nanos};
 use spin::Once;
 use x86_64::instructions::port::Port;
 
 struct Clock {
     tsc_hz: u64,
-    tsc_at_rtc: u64,
-    rtc_unix_ns: u64,
 }
 
 static CLOCK: Once<Clock> = Once::new();
@@ -114,18 +116,45 @@ pub fn init() {
             log::warn!("time: RTC reading {r:?} unusable ({e}); wall clock starts at 0");
             0
         });
-        Clock {
+        *WALL.lock() = Some(WallClock::new(
             tsc_hz,
             tsc_at_rtc,
-            rtc_unix_ns,
-        }
+            rtc_unix_ns / 1_000_000_000,
+        ));
+        HZ.store(tsc_hz, Ordering::Relaxed);
+        Clock { tsc_hz }
     });
 }
 
-/// Calibrated TSC frequency in Hz.
+/// The wall clock (device::hw::clock): RTC seconds, the TSC between second edges.
+static WALL: spin::Mutex<Option<WallClock>> = spin::Mutex::new(None);
+/// The TSC rate in use: the boot calibration, then the wall clock's re-measured rate.
+static HZ: AtomicU64 = AtomicU64::new(0);
+/// The last wall-clock answer, for a caller that finds the clock busy.
+static LAST_NS: AtomicU64 = AtomicU64::new(0);
+
+/// The RTC in whole Unix seconds, or `None` while an update is in progress or the
+/// reading does not convert. Cheap when the second has not changed (two port reads).
+fn rtc_seconds(last_sec_reg: &mut u8, last_unix_s: u64) -> Option<u64> {
+    if cmos_read(0x0a) & 0x80 != 0 {
+        return None;
+    }
+    let sec = cmos_read(0x00);
+    if sec == *last_sec_reg {
+        return Some(last_unix_s);
+    }
+    let unix = unix_nanos(&read_rtc()).ok()? / 1_000_000_000;
+    *last_sec_reg = sec;
+    Some(unix)
+}
+
+/// Calibrated TSC frequency in Hz (re-measured against the RTC as the device runs).
 pub fn tsc_hz() -> u64 {
     init();
-    CLOCK.get().map(|c| c.tsc_hz).unwrap_or(1)
+    match HZ.load(Ordering::Relaxed) {
+        0 => CLOCK.get().map(|c| c.tsc_hz).unwrap_or(1),
+        hz => hz,
+    }
 }
 
 /// Nanoseconds elapsed since an earlier `rdtsc()` value.
@@ -134,13 +163,45 @@ pub fn nanos_since(tsc: u64) -> u64 {
     ((rdtsc().wrapping_sub(tsc)) as u128 * 1_000_000_000 / hz as u128) as u64
 }
 
-/// Wall-clock time, nanoseconds since the Unix epoch.
+/// Wall-clock time, nanoseconds since the Unix epoch: the RTC's second, the TSC within
+/// it (device::hw::clock), never going back.
 pub fn wall_clock_ns() -> u64 {
     init();
-    match CLOCK.get() {
-        Some(c) => c.rtc_unix_ns + nanos_since(c.tsc_at_rtc),
-        None => 0,
+    // Busy only if an interrupt handler asks while the poll loop holds it.
+    let Some(mut guard) = WALL.try_lock() else {
+        return LAST_NS.load(Ordering::Relaxed);
+    };
+    let Some(w) = guard.as_mut() else {
+        return 0;
+    };
+    let tsc = rdtsc();
+    if w.wants_rtc(tsc) {
+        static SEC_REG: spin::Mutex<(u8, u64)> = spin::Mutex::new((0xff, 0));
+        let mut reg = SEC_REG.lock();
+        let (mut sec_reg, last_unix) = *reg;
+        if let Some(s) = rtc_seconds(&mut sec_reg, last_unix) {
+            *reg = (sec_reg, s);
+            w.observe(tsc, s);
+            let (old, new) = (HZ.swap(w.hz(), Ordering::Relaxed), w.hz());
+            if old.abs_diff(new) > old / 20 {
+                drop(reg);
+                drop(guard);
+                log::info!(
+                    "time: TSC rate re-measured against the RTC: {}.{:03} MHz (was {}.{:03})",
+                    new / 1_000_000,
+                    new / 1000 % 1000,
+                    old / 1_000_000,
+                    old / 1000 % 1000
+                );
+                return wall_clock_ns();
+            }
+        }
+        // Else an update is in progress (or the reading does not convert): the next
+        // call looks again.
     }
+    let v = w.now_ns(tsc);
+    LAST_NS.store(v, Ordering::Relaxed);
+    v
 }
 
 /// Busy-wait for `us` microseconds.
