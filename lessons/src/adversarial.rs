@@ -9,7 +9,7 @@
 //! lost update), media that differs from the model disk at the end, or no progress.
 
 use crate::model::{Counts, Model, name};
-use crate::setup::{Base, Sides, attach, provision};
+use crate::setup::{Base, Sides, provision};
 use crate::trace::{RegionMap, TraceLog, tid};
 use device::adversary::{AdvConfig, AdvStats, Adversary};
 use device::backend::{Backend, BackendConfig, Sabotage};
@@ -19,6 +19,7 @@ use device::rng::SplitMix64 as Rng;
 use device::shm::Shm;
 use device::transport::format_flags;
 use host::engine::{Host, HostConfig, HostError, HostSabotage};
+use host::harness::attach;
 use std::sync::OnceLock;
 
 pub const DISK: usize = 1 << 20;
