@@ -7,13 +7,15 @@
 mod common;
 use common::{Model, Rng};
 use device::adversary::{AdvConfig, Adversary, StaleWitness};
+use device::backend::BackendError;
 use device::backend::{Backend, BackendConfig, Sabotage};
 use device::layout::*;
 use device::native::{HeapMem, VecMedia};
 use device::shm::{SharedMem, Shm};
 use device::trace::NoTrace;
 use device::transport::{SlotKind, Transport, format_flags};
-use host::engine::{HostConfig, HostError, HostSabotage};
+use host::engine::{Completion, HostConfig, HostError, HostSabotage, Request};
+use host::harness::adversarial::{self, Device, Shape};
 use std::sync::{Arc, OnceLock};
 
 const DISK: usize = 1 << 20;
@@ -83,6 +85,62 @@ fn why(w: &StaleWitness<'_>) -> String {
     }
 }
 
+/// The schedules' failures explained by the adversary (each engine's give-ups, and
+/// both agents' last stale reads when the schedule stalls).
+struct Explain<'a> {
+    adv: &'a Adversary,
+    dwit: &'a StaleWitness<'a>,
+    hwit: &'a StaleWitness<'a>,
+}
+
+impl adversarial::Hooks for Explain<'_> {
+    fn device_error(&self, e: &BackendError) -> String {
+        format!("device: {e:?}: {}", why(self.dwit))
+    }
+    fn host_poll_error(&self, q: usize, e: &HostError) -> String {
+        format!("host poll q{q}: {e:?}: {}", why(self.hwit))
+    }
+    // A payload the device gave up on completes with -EIO.
+    fn completion_error(&self, e: String) -> String {
+        format!("{e}: device: {}", why(self.dwit))
+    }
+    fn stall(&self, s: &adversarial::State) -> String {
+        format!(
+            "stall: submitted {}/{}, in flight {}, ready {}, resetting {}; device's last stale read: {:?}; host's: {:?}",
+            s.submitted,
+            s.requests,
+            s.in_flight,
+            s.ready,
+            s.resetting,
+            self.adv.last_stale(0).map(|s| s.to_string()),
+            self.adv.last_stale(1).map(|s| s.to_string()),
+        )
+    }
+}
+
+impl adversarial::Model for Model {
+    fn random_request(&self, r: &mut Rng, max_len: u32, payload: &mut Vec<u8>) -> Request {
+        Model::random_request(self, r, max_len, payload)
+    }
+    fn submitted(&mut self, q: usize, tid: u64, req: Request, payload: &[u8]) {
+        Model::submitted(self, q, tid, req, payload)
+    }
+    fn completed(
+        &mut self,
+        q: usize,
+        c: &Completion,
+        read_buf: &[u8],
+    ) -> Result<(), (String, Vec<(u32, u64)>)> {
+        Model::completed(self, q, c, read_buf).map_err(|e| (e, Vec::new()))
+    }
+    fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+    fn crashed(&mut self) {
+        self.flush_eio_ok = true;
+    }
+}
+
 /// One random schedule; returns every violation found (empty = correct).
 fn schedule(seed: u64, f: Faults) -> Vec<String> {
     let mut r = Rng(seed.wrapping_mul(0x2545F4914F6CDD1D) ^ 0xA5A5);
@@ -110,7 +168,7 @@ fn schedule(seed: u64, f: Faults) -> Vec<String> {
     let (dwit, hwit) = (StaleWitness::new(&adv, 0), StaleWitness::new(&adv, 1));
     let (dshm, hshm) = (Shm::new(&dmem, &dwit), Shm::new(&hmem, &hwit));
     let mut v: Vec<String> = Vec::new();
-    let mut now = T0 + 31 * SEC;
+    let now = T0 + 31 * SEC;
     let mut scratch_buf = vec![0u8; chan::MAX_IO as usize];
     let mut bc = bcfg(f.dev);
     bc.sabotage.shared_ctrl_line = f.dev.shared_ctrl_line || f.host.shared_ctrl_line;
@@ -192,117 +250,40 @@ fn schedule(seed: u64, f: Faults) -> Vec<String> {
     } else {
         None
     };
-    let warm_crash = r.chance(500);
+    let shape = Shape {
+        requests: total,
+        max_len: 64 << 10,
+        long_bursts: 150,
+        max_steps: 200_000,
+        reset_at,
+        crash_at,
+        warm_crash: r.chance(500),
+    };
     let mut model = Model::new(DISK);
-    let mut payload = Vec::new();
-    let mut read_buf = vec![0u8; chan::MAX_IO as usize];
-    let (mut submitted, mut ready, mut resetting, mut crashed) = (0u64, false, false, false);
-    let (mut who, mut burst, mut steps) = (0u64, 0u64, 0u64);
-    while v.is_empty() {
-        if submitted == total && model.inflight.is_empty() && !resetting {
-            break;
-        }
-        steps += 1;
-        if steps > 200_000 {
-            v.push(format!(
-                "stall: submitted {submitted}/{total}, in flight {}, ready {ready}, resetting {resetting}; device's last stale read: {:?}; host's: {:?}",
-                model.inflight.len(),
-                adv.last_stale(0).map(|s| s.to_string()),
-                adv.last_stale(1).map(|s| s.to_string()),
-            ));
-            break;
-        }
-        if burst == 0 {
-            who = r.below(2);
-            burst = 1 + if r.chance(150) {
-                r.below(300)
-            } else {
-                r.below(6)
-            };
-        }
-        burst -= 1;
-        now += 10_000_000;
-        if who == 0 {
-            if let Some(b) = backend.as_mut()
-                && let Err(e) = b.poll(now)
-            {
-                v.push(format!("device: {e:?}: {}", why(&dwit)));
-            }
-            continue;
-        }
-        // ---- host step
-        if let Err(e) = dev.heartbeat(now) {
-            v.push(format!("host heartbeat: {e:?}"));
-        }
-        if !ready {
-            match dev.poll_ready(now) {
-                Ok(x) => ready = x,
-                Err(e) => v.push(format!("host reset: {e:?}")),
-            }
-            continue;
-        }
-        if resetting {
-            match dev.queues[1].poll_reset(now) {
-                Ok(done) => resetting = !done,
-                Err(e) => v.push(format!("host reset q1: {e:?}")),
-            }
-        } else if reset_at == Some(submitted) && dev.queues[1].in_flight() == 0 {
-            dev.queues[1].start_reset(now).unwrap();
-            resetting = true;
-        }
-        // (Not while a RESET is pending: the host gives a RESET 30 s, a re-attach
-        // needs the backend dead for 30 s, so the RESET would rightly time out.)
-        if crash_at == Some(submitted) && !crashed && !resetting {
-            // Backend dies: its dirty lines (never written back) are lost — and, if it
-            // restarts on the same CPU, its clean copies stay cached, stale by the time
-            // it re-attaches; after the 30 s liveness timeout everything in flight has
-            // landed; re-attach.
-            crashed = true;
-            model.flush_eio_ok = true;
-            let (media, scratch) = backend.take().unwrap().into_parts();
-            if warm_crash {
-                adv.crash_warm(0);
-            } else {
-                adv.crash(0);
-            }
-            adv.drain();
-            now += 31 * SEC;
-            match Backend::start(dshm, bc, media, scratch, now) {
-                Ok(b) => backend = Some(b),
-                Err(e) => {
-                    v.push(format!("re-attach: {e:?}"));
-                    break;
-                }
-            }
-        }
-        if submitted < total && r.chance(600) {
-            let q = r.below(2) as usize;
-            if !(q == 1 && (resetting || reset_at == Some(submitted))) {
-                let req = model.random_request(&mut r, 64 << 10, &mut payload);
-                match dev.queues[q].submit(req, &payload) {
-                    Ok(tid) => {
-                        model.submitted(q, tid, req, &payload);
-                        submitted += 1;
-                    }
-                    Err(HostError::Busy) => {}
-                    Err(e) => v.push(format!("submit: {e:?}")),
-                }
-            }
-        }
-        for (qi, q) in dev.queues.iter_mut().enumerate() {
-            match q.poll(&mut read_buf) {
-                Ok(Some(c)) => {
-                    if let Err(e) = model.completed(qi, &c, &read_buf) {
-                        // A payload the device gave up on completes with -EIO.
-                        v.push(format!("{e}: device: {}", why(&dwit)));
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => v.push(format!("host poll q{qi}: {e:?}: {}", why(&hwit))),
-            }
-        }
-    }
-    let Some(backend) = backend else { return v };
+    let mut device = Device {
+        adv: &adv,
+        dshm,
+        cfg: bc,
+        backend,
+    };
+    let hooks = Explain {
+        adv: &adv,
+        dwit: &dwit,
+        hwit: &hwit,
+    };
+    let out = adversarial::run(
+        &mut r,
+        &shape,
+        &mut device,
+        &mut dev,
+        &mut model,
+        &hooks,
+        now,
+    );
+    v.extend(out.failures);
+    let Some(backend) = device.backend else {
+        return v;
+    };
     let media = backend.into_media();
     if v.is_empty() && media.data != model.disk {
         let at = media

@@ -3,6 +3,8 @@
 //! a lesson runs exactly the schedule its test runs (cargo feature `harness`; the
 //! `cbd-host` binary never enables it).
 //!
+//! * [`adversarial`]: the loop of an adversarial schedule (random requests over a model
+//!   disk, RESET and crash mid-stream) on the adversarial memory.
 //! * [`recorded`]: one seeded schedule of host and backend steps whose requests are
 //!   recorded as a history for `history::check`.
 
@@ -10,6 +12,7 @@ use crate::engine::{Blkdev, Host};
 use device::backend::Backend;
 use device::shm::SharedMem;
 
+pub mod adversarial;
 pub mod recorded;
 
 /// The schedules' clock at the transport's format (CLOCK_REALTIME ns); they start
