@@ -664,6 +664,10 @@ pub struct AgentMem<'a> {
 }
 
 impl AgentMem<'_> {
+    /// This agent's last stale read, explained ([`Adversary::last_stale`]).
+    pub fn last_stale(&self) -> Option<StaleRead> {
+        self.adv.last_stale(self.id)
+    }
     fn check(&self, off: u64, len: u64) {
         assert!(
             off.checked_add(len).is_some_and(|e| e <= self.adv.len),

@@ -132,8 +132,14 @@ pub fn read_seqs<M: SharedMem + ?Sized>(
 }
 
 /// Write `rec` into the older/invalid copy with seq = latest valid seq + 1.
-/// The body goes first and the CRC word last; `write_back`: write the copy back
-/// and fence (non-coherent mode, and always harmless). Returns (copy, seq).
+/// The body goes first and the CRC word last; `write_back` (non-coherent mode, and
+/// always harmless): the seqs are read from memory (invalidated, full fence: the
+/// writer's cache may hold copies an earlier incarnation of it left there, and the
+/// fence also orders everything the writer wrote back before this record), and the
+/// copy is written back. No fence after it: whatever the writer publishes next that
+/// must follow the record fences first itself (the next record's reads, the reads
+/// before a RESET's host line), and a fence makes nothing land sooner. Returns
+/// (copy, seq).
 pub fn write_record<R: Record, M: SharedMem + ?Sized>(
     shm: Shm<'_, M>,
     base: u64,
@@ -155,7 +161,6 @@ pub fn write_record<R: Record, M: SharedMem + ?Sized>(
     shm.write(off, &buf[..4])?;
     if write_back {
         shm.write_back(off, R::COPY_SIZE as u64)?;
-        shm.store_fence();
     }
     shm.tracer.event(&TraceEvent::RecordWritten {
         kind,

@@ -121,7 +121,10 @@ impl<'a, M: SharedMem + ?Sized> Transport<'a, M> {
         }
         // The magic goes in last: a peer that scans for it (a device waiting for a
         // host to format) must never find it over a header or metadata still being
-        // written. Everything else is written, written back and fenced first.
+        // written. Everything else is written, written back and fenced first. No
+        // fence after the magic: what the formatter writes next (records) is ordered
+        // by the full fence of its own reads, and a peer reads nothing before the
+        // magic anyway.
         shm.fill(0, HOST_AREA_OFF, 0)?;
         info.encode(&mut hdr);
         hdr[tinfo::MAGIC..tinfo::MAGIC + 8].fill(0);
@@ -137,7 +140,6 @@ impl<'a, M: SharedMem + ?Sized> Transport<'a, M> {
         shm.store_fence();
         shm.write(tinfo::MAGIC as u64, &TRANSPORT_MAGIC.to_le_bytes())?;
         shm.write_back(tinfo::MAGIC as u64, 8)?;
-        shm.store_fence();
         shm.tracer.event(&TraceEvent::RecordWritten {
             kind: RecordKind::Transport,
             id: 0,

@@ -149,21 +149,29 @@ fn clean_stop_clears_own_records_and_restart_needs_no_takeover() {
     );
 }
 
+/// `three_slots_one_backend!(tp, be)`: a transport with three slots of each kind and a
+/// one-channel backend started at `T0` on it.
+macro_rules! three_slots_one_backend {
+    ($tp:ident, $be:ident) => {
+        let mem = HeapMem::new(TransportInfo::region_for(3) as usize);
+        let shm = Shm::new(&mem, &NoTrace);
+        Transport::format(shm, tflags::MULTIHOST, false, T0).unwrap();
+        let $tp = Transport::open(shm, false).unwrap();
+        let mut scratch = vec![0u8; chan::MAX_IO as usize];
+        let cfg = BackendConfig {
+            n_handlers: 1,
+            ..BackendConfig::default()
+        };
+        let mut $be = Backend::start(shm, cfg, VecMedia::new(1 << 20), &mut scratch, T0).unwrap();
+    };
+}
+
 /// A Linux host that stopped its heartbeat (cbd-host killed, never restarted): at its
 /// first heartbeat after the 30 s timeout the device frees that host's blkdev record and
 /// the dead host record; a blkdev whose host still beats is left alone.
 #[test]
 fn a_dead_hosts_blkdev_is_freed_after_the_timeout() {
-    let mem = HeapMem::new(TransportInfo::region_for(3) as usize);
-    let shm = Shm::new(&mem, &NoTrace);
-    Transport::format(shm, tflags::MULTIHOST, false, T0).unwrap();
-    let tp = Transport::open(shm, false).unwrap();
-    let mut scratch = vec![0u8; chan::MAX_IO as usize];
-    let cfg = BackendConfig {
-        n_handlers: 1,
-        ..BackendConfig::default()
-    };
-    let mut be = Backend::start(shm, cfg, VecMedia::new(1 << 20), &mut scratch, T0).unwrap();
+    three_slots_one_backend!(tp, be);
     let dead = tp.register_host("killed", T0).unwrap();
     let live = tp.register_host("beating", T0).unwrap();
     let backend_id = be.backend_id;
@@ -203,4 +211,36 @@ fn a_dead_hosts_blkdev_is_freed_after_the_timeout() {
     assert_eq!(state("host", live), STATE_RUNNING);
     // The device's own host record is never reaped.
     assert_eq!(state("host", be.host_id), STATE_RUNNING);
+}
+
+/// A dead host's record is freed only when no blkdev names it any more: its blkdev on
+/// this backend is freed, but one on another backend (which that backend reaps, not
+/// this one) still names the host, so the host record stays.
+#[test]
+fn a_dead_host_still_named_by_another_backends_blkdev_keeps_its_record() {
+    three_slots_one_backend!(tp, be);
+    let dead = tp.register_host("killed", T0).unwrap();
+    let blkdev = |backend_id| BlkdevInfo {
+        state: STATE_RUNNING,
+        alive_ts: T0,
+        backend_id,
+        host_id: dead,
+        mapped_id: 0,
+        features: 0,
+    };
+    tp.write_blkdev(0, &blkdev(be.backend_id)).unwrap();
+    tp.write_blkdev(2, &blkdev(be.backend_id + 1)).unwrap();
+    assert_eq!(be.reap_dead_blkdevs(T0 + 31 * SEC_NS).unwrap(), 1);
+    let blkdev_state = |id| tp.blkdev(id).unwrap().map_or(STATE_NONE, |d| d.rec.state);
+    assert_eq!(blkdev_state(0), STATE_NONE, "our dead blkdev freed");
+    assert_eq!(
+        blkdev_state(2),
+        STATE_RUNNING,
+        "another backend's blkdev is not ours to free"
+    );
+    assert_eq!(
+        tp.host(dead).unwrap().map(|h| h.rec.state),
+        Some(STATE_RUNNING),
+        "the host record was freed while a blkdev still names it"
+    );
 }

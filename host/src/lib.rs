@@ -6,10 +6,14 @@
 //!
 //! * [`engine`]: the host (blkdev) role of the protocol, what the Linux CBD driver does; native,
 //!   so tests and benches drive it against the `device` crate's backend engine.
+//! * `harness` (cargo feature `harness`): schedules of both engines shared by the tests and
+//!   the lessons.
 //! * [`journal`]: the journal-commit workload (both roles: benches and the device VM bench).
 //! * [`linux`]: the pieces of the Linux program (mapping, CBD path, ublk device).
 //! * The `cbd-host` binary (src/bin/cbd-host, cargo feature `ublk`): command line and main loop.
 
 pub mod engine;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod journal;
 pub mod linux;

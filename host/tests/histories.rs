@@ -18,18 +18,19 @@ use device::backend::{Backend, BackendConfig, Sabotage};
 use device::durable::DurableConfig;
 use device::layout::*;
 use device::native::{CrashMedia, HeapMem};
-use device::shm::{SharedMem, Shm};
+use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
-use history::{CheckError, Header, OpId, OpKind, Outcome, Recorder, Rule};
-use host::engine::{Blkdev, Host, HostConfig, HostError, Request};
+use history::{CheckError, Header, OpId, Recorder, Rule};
+use host::engine::{Host, HostConfig, HostError, Request};
+use host::harness::recorded::{self, Quiet, Sides, Workload, kind};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 const DISK: usize = 2 << 20;
 /// Most requests land here, so they overlap.
 const HOT: u64 = 64 << 10;
-const T0: u64 = 1_700_000_000_000_000_000;
+use host::harness::T0;
 const SEC: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
 const FLAGS: u16 = format_flags(true);
@@ -115,65 +116,10 @@ fn random_request(r: &mut Rng, payload: &mut Vec<u8>) -> Request {
     }
 }
 
-fn kind(opc: u32) -> OpKind {
-    match opc {
-        op::WRITE => OpKind::Write,
-        op::READ => OpKind::Read,
-        _ => OpKind::Flush,
-    }
-}
-
-/// Run one schedule and return its recorded history (or a harness failure).
-fn schedule(run: Run) -> Result<history::History, String> {
-    let mut r = Rng(run.seed.wrapping_mul(0x2545F4914F6CDD1D) ^ 0x415);
-    let nc = run.nc;
-    let mem = Memory::new(nc, base(nc), &mut r);
-    let views = mem.views();
-    let (dshm, hshm) = (
-        Shm::new(views.device(), &NoTrace),
-        Shm::new(views.host(), &NoTrace),
-    );
-    let mut now = T0 + 31 * SEC;
-    let mut scratch = vec![0u8; chan::MAX_IO as usize];
-    let media = CrashMedia::new(DISK, r.next());
-    let cfg = bcfg(nc, run.sabotage);
-    let mut backend = Some(
-        Backend::start(dshm, cfg, media, &mut scratch, now).map_err(|e| format!("start: {e:?}"))?,
-    );
-    let hc = HostConfig {
-        hostname: "hostA",
-        noncoherent: nc,
-        queue_depth: run.queue_depth,
-        nc_retries: 256,
-        durable_tokens: true,
-        ..HostConfig::default()
-    };
-    let host = Host::register(hshm, hc, now).map_err(|e| format!("register: {e:?}"))?;
-    let mut bid = None;
-    for _ in 0..1000 {
-        if let Ok(id) = host.find_backend(now) {
-            bid = Some(id);
-            break;
-        }
-        backend
-            .as_mut()
-            .unwrap()
-            .poll(now)
-            .map_err(|e| format!("device poll: {e:?}"))?;
-    }
-    let mut dev: Blkdev<'_, dyn SharedMem> = host
-        .dev_start(bid.ok_or("no backend record")?, 2, now)
-        .map_err(|e| format!("dev-start: {e:?}"))?;
-
-    let rec = Recorder::new(Header::default());
-    let mut inflight: HashMap<(usize, u64), OpId> = HashMap::new();
-    let mut watermark = [0u64; 2];
-    let (mut submitted, mut ready, mut crashed) = (0u64, false, false);
-    let (mut who, mut burst, mut steps) = (0u64, 0u64, 0u64);
-    let mut read_buf = vec![0u8; chan::MAX_IO as usize];
-    let mut payload = Vec::new();
+/// The hot region read back in 16 KiB READs, alternating between the two channels.
+fn read_back() -> Vec<(usize, Request)> {
     let chunk = 16 << 10;
-    let mut finals: Vec<(usize, Request)> = (0..HOT / chunk)
+    (0..HOT / chunk)
         .map(|k| {
             let req = Request {
                 op: op::READ,
@@ -182,118 +128,46 @@ fn schedule(run: Run) -> Result<history::History, String> {
             };
             ((k % 2) as usize, req)
         })
-        .collect();
-    loop {
-        if submitted >= run.total && finals.is_empty() && inflight.is_empty() {
-            break;
-        }
-        steps += 1;
-        if steps > 2_000_000 {
-            return Err(format!("no progress: {submitted}/{}", run.total));
-        }
-        if burst == 0 {
-            who = r.below(2);
-            let max = if r.chance(100) { 100 } else { 6 };
-            burst = 1 + r.below(max);
-        }
-        burst -= 1;
-        now += MS;
-        if who == 0 {
-            backend
-                .as_mut()
-                .unwrap()
-                .poll(now)
-                .map_err(|e| format!("device: {e:?}"))?;
-            continue;
-        }
-        // ---- host step
-        let _ = dev.heartbeat(now);
-        if !ready {
-            ready = dev
-                .poll_ready(now)
-                .map_err(|e| format!("host reset: {e:?}"))?;
-            continue;
-        }
-        if !crashed && run.crash_at.is_some_and(|c| c <= submitted) {
-            crashed = true;
-            // The backend dies (staging, and the adversary's device cache, lost), the
-            // media keeps one possible crash image; record it, then re-attach.
-            let (mut m, sc, _) = backend.take().unwrap().into_parts_staged();
-            let img = m.crash();
-            rec.crash();
-            rec.media(0, &img);
-            mem.crash_device();
-            now += 31 * SEC;
-            backend = Some(
-                Backend::start(dshm, cfg, m, sc, now).map_err(|e| format!("re-attach: {e:?}"))?,
-            );
-        }
-        // Completions, then what the host learnt about durability.
-        #[allow(clippy::needless_range_loop)]
-        for qi in 0..2 {
-            loop {
-                let c = match dev.queues[qi].poll_at(&mut read_buf, now) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
-                    Err(e) => return Err(format!("q{qi} poll: {e:?}")),
-                };
-                let Some(id) = inflight.remove(&(qi, c.req_tid)) else {
-                    return Err(format!("q{qi}: unknown completion {}", c.req_tid));
-                };
-                let outcome = if c.result == 0 {
-                    Outcome::Ok
-                } else {
-                    Outcome::Err(-c.result)
-                };
-                let data = (c.req.op == op::READ).then(|| &read_buf[..c.req.len as usize]);
-                rec.complete(id, outcome, data, c.durable);
-            }
-            let q = &mut dev.queues[qi];
-            let up = q
-                .poll_durable(now)
-                .map_err(|e| format!("q{qi} poll_durable: {e:?}"))?;
-            // Only the first incarnation's watermarks: after a re-attach the tid space
-            // of the lost writes is vouched for by nobody.
-            if !crashed && up.lost == 0 && up.watermark > watermark[qi] {
-                watermark[qi] = up.watermark;
-                rec.watermark(qi as u16, up.watermark);
-            }
-        }
-        // Submit a few.
-        for _ in 0..r.below(4) {
-            // After the workload, the hot region is read back (racing its last writes).
-            let (qi, req) = if submitted < run.total {
-                (r.below(2) as usize, random_request(&mut r, &mut payload))
-            } else if let Some(&(qi, req)) = finals.last() {
-                (qi, req)
-            } else {
-                break;
-            };
-            let data = (req.op == op::WRITE).then_some(&payload[..]);
-            match dev.queues[qi].submit(req, data.unwrap_or(&[])) {
-                // The device does not run between the submission and this record
-                // (one thread), so the invocation is still before any effect.
-                Ok(tid) => {
-                    let id = rec.invoke(qi as u16, tid, kind(req.op), req.offset, req.len, data);
-                    inflight.insert((qi, tid), id);
-                    if submitted < run.total {
-                        submitted += 1;
-                    } else {
-                        finals.pop();
-                    }
-                }
-                Err(HostError::Busy) => {}
-                Err(e) => return Err(format!("submit: {e:?}")),
-            }
-        }
-    }
+        .collect()
+}
+
+/// Run one schedule and return its recorded history (or a harness failure).
+fn schedule(run: Run) -> Result<history::History, String> {
+    let mut r = Rng(run.seed.wrapping_mul(0x2545F4914F6CDD1D) ^ 0x415);
+    let nc = run.nc;
+    let mem = Memory::new(nc, base(nc), &mut r);
+    let views = mem.views();
+    let crash = || mem.crash_device();
+    let sides = Sides {
+        dshm: Shm::new(views.device(), &NoTrace),
+        hshm: Shm::new(views.host(), &NoTrace),
+        crash_device: &crash,
+    };
+    let media = CrashMedia::new(DISK, r.next());
+    let hc = HostConfig {
+        hostname: "hostA",
+        noncoherent: nc,
+        queue_depth: run.queue_depth,
+        nc_retries: 256,
+        durable_tokens: true,
+        ..HostConfig::default()
+    };
+    let w = Workload {
+        requests: run.total,
+        max_steps: 2_000_000,
+        crash_at: run.crash_at,
+        finals: read_back(),
+        request: &random_request,
+    };
+    let cfg = bcfg(nc, run.sabotage);
+    let rec = recorded::run(&mut r, &sides, cfg, hc, media, w, &Quiet)?;
     if let Some(v) = mem
         .adversary()
         .and_then(|a| a.violations().first().cloned())
     {
         return Err(format!("adversary: {v}"));
     }
-    Ok(rec.into_history())
+    Ok(rec.history)
 }
 
 /// Run and check; Err = the checker's rejection (harness failures panic).
@@ -528,13 +402,7 @@ fn two_threads_overlapping_history_passes() {
             for (qi, q) in dev.queues.iter_mut().enumerate() {
                 while let Some(c) = q.poll_at(&mut read_buf, now).unwrap() {
                     let id = inflight.remove(&(qi, c.req_tid)).expect("known completion");
-                    let outcome = if c.result == 0 {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Err(-c.result)
-                    };
-                    let data = (c.req.op == op::READ).then(|| &read_buf[..c.req.len as usize]);
-                    rec.complete(id, outcome, data, c.durable);
+                    recorded::complete(&rec, id, &c, &read_buf);
                     idle = 0;
                 }
                 let up = q.poll_durable(now).unwrap();

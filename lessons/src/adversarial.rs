@@ -1,5 +1,6 @@
 //! A short seeded scenario of both engines on the adversarial non-coherent memory
-//! (`device::adversary`), as host/tests/adversary.rs runs them: the provisioned
+//! (`device::adversary`), in the loop host/tests/adversary.rs runs them in
+//! (`host::harness::adversarial`): the provisioned
 //! 2-channel backend re-attaches, the host registers and dev-starts both queues in
 //! non-coherent mode, then a handful of READ/WRITE/FLUSH requests run with host and
 //! device steps interleaved in seeded bursts. Every protocol step is traced.
@@ -9,7 +10,7 @@
 //! lost update), media that differs from the model disk at the end, or no progress.
 
 use crate::model::{Counts, Model, name};
-use crate::setup::{Base, Sides, attach, provision};
+use crate::setup::{Base, Sides, provision};
 use crate::trace::{RegionMap, TraceLog, tid};
 use device::adversary::{AdvConfig, AdvStats, Adversary};
 use device::backend::{Backend, BackendConfig, Sabotage};
@@ -18,7 +19,9 @@ use device::native::VecMedia;
 use device::rng::SplitMix64 as Rng;
 use device::shm::Shm;
 use device::transport::format_flags;
-use host::engine::{Host, HostConfig, HostError, HostSabotage};
+use host::engine::{Host, HostConfig, HostSabotage, Request};
+use host::harness::adversarial::{self, Device, Hooks as _, Shape};
+use host::harness::attach;
 use std::sync::OnceLock;
 
 pub const DISK: usize = 1 << 20;
@@ -123,6 +126,35 @@ fn name_lines(msg: &str, map: &RegionMap) -> String {
     out
 }
 
+/// The loop's words in the lesson's trace, and the memory's own violations as failures.
+struct Narrate<'a> {
+    adv: &'a Adversary,
+    log: &'a TraceLog,
+}
+
+impl adversarial::Hooks for Narrate<'_> {
+    fn after_step(&self) -> Option<String> {
+        let v = self.adv.violations();
+        v.first()
+            .map(|v| format!("memory: {}", name_lines(v, &base().map)))
+    }
+    fn failed(&self, what: &str) {
+        self.log.failure(what);
+    }
+    fn ready(&self) {
+        self.log.note("both queues are ready");
+    }
+    fn submitted(&self, q: usize, req: &Request, t: u64) {
+        self.log.note(format!(
+            "host submitted {} {:#x} +{} on q{q} as tid {}",
+            name(req.op),
+            req.offset,
+            req.len,
+            tid(t)
+        ));
+    }
+}
+
 /// One seeded run with `faults` on; every step traced into `log`.
 pub fn run(sc: &Scenario, faults: Faults, seed: u64, log: &TraceLog) -> Run {
     let mut r = Rng(seed.wrapping_mul(0x2545F4914F6CDD1D) ^ 0x1E55);
@@ -156,7 +188,7 @@ pub fn run(sc: &Scenario, faults: Faults, seed: u64, log: &TraceLog) -> Run {
             out.failure = Some(what);
         }
     };
-    let mut now = T0 + 31 * SEC;
+    let now = T0 + 31 * SEC;
     let mut scratch = vec![0u8; chan::MAX_IO as usize];
     let mut bc = bcfg(faults.dev);
     let shared = faults.dev.shared_ctrl_line || faults.host.shared_ctrl_line;
@@ -199,100 +231,37 @@ pub fn run(sc: &Scenario, faults: Faults, seed: u64, log: &TraceLog) -> Run {
     };
 
     let mut model = Model::new(DISK);
-    let mut payload = Vec::new();
-    let mut read_buf = vec![0u8; chan::MAX_IO as usize];
-    let mut ready = false;
-    let (mut who, mut burst) = (0u64, 0u64);
-    let check_memory = |out: &mut Run| {
-        if let Some(v) = adv.violations().first() {
-            fail(out, format!("memory: {}", name_lines(v, &base().map)));
-        }
+    let shape = Shape {
+        requests: sc.requests,
+        max_len: sc.max_len,
+        long_bursts: sc.long_bursts,
+        max_steps: 60_000,
+        reset_at: None,
+        crash_at: None,
+        warm_crash: false,
     };
-    while out.failure.is_none() {
-        if out.submitted == sc.requests && model.inflight.is_empty() {
-            break;
-        }
-        out.steps += 1;
-        if out.steps > 60_000 {
-            let what = format!(
-                "no progress: submitted {}/{}, {} in flight",
-                out.submitted,
-                sc.requests,
-                model.inflight.len()
-            );
-            fail(&mut out, what);
-            break;
-        }
-        if burst == 0 {
-            who = r.below(2);
-            burst = 1 + if r.chance(sc.long_bursts) {
-                r.below(300)
-            } else {
-                r.below(6)
-            };
-        }
-        burst -= 1;
-        now += 10_000_000;
-        if who == 0 {
-            if let Err(e) = backend.poll(now) {
-                fail(&mut out, format!("device: {e:?}"));
-            }
-            check_memory(&mut out);
-            continue;
-        }
-        // ---- host step
-        if let Err(e) = dev.heartbeat(now) {
-            fail(&mut out, format!("host heartbeat: {e:?}"));
-        }
-        if !ready {
-            match dev.poll_ready(now) {
-                Ok(x) => {
-                    ready = x;
-                    if x {
-                        log.note("both queues are ready");
-                    }
-                }
-                Err(e) => fail(&mut out, format!("host reset: {e:?}")),
-            }
-            check_memory(&mut out);
-            continue;
-        }
-        if out.submitted < sc.requests && r.chance(600) {
-            let q = r.below(2) as usize;
-            let req = model.random_request(&mut r, sc.max_len, &mut payload);
-            match dev.queues[q].submit(req, &payload) {
-                Ok(t) => {
-                    log.note(format!(
-                        "host submitted {} {:#x} +{} on q{q} as tid {}",
-                        name(req.op),
-                        req.offset,
-                        req.len,
-                        tid(t)
-                    ));
-                    model.submitted(q, t, req, &payload);
-                    out.submitted += 1;
-                }
-                Err(HostError::Busy) => {}
-                Err(e) => fail(&mut out, format!("submit: {e:?}")),
-            }
-        }
-        for (qi, q) in dev.queues.iter_mut().enumerate() {
-            match q.poll(&mut read_buf) {
-                Ok(Some(c)) => {
-                    if let Err((e, writer)) = model.completed(qi, &c, &read_buf) {
-                        if out.failure.is_none() {
-                            out.requests.push((qi as u32, c.req_tid));
-                            out.requests.extend(writer);
-                        }
-                        fail(&mut out, e);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => fail(&mut out, format!("host poll q{qi}: {e:?}")),
-            }
-        }
-        check_memory(&mut out);
-    }
+    let mut device = Device {
+        adv: &adv,
+        dshm,
+        cfg: bc,
+        backend: Some(backend),
+    };
+    let hooks = Narrate { adv: &adv, log };
+    let o = adversarial::run(
+        &mut r,
+        &shape,
+        &mut device,
+        &mut dev,
+        &mut model,
+        &hooks,
+        now,
+    );
+    out.submitted = o.submitted;
+    out.steps = o.steps;
+    out.requests = o.requests;
+    // Logged by `Narrate::failed` where it happened.
+    out.failure = o.failures.into_iter().next();
+    let backend = device.backend.expect("no crash in a lesson");
     out.counts = model.counts;
     if out.failure.is_none() {
         let media = backend.into_media();
@@ -304,7 +273,9 @@ pub fn run(sc: &Scenario, faults: Faults, seed: u64, log: &TraceLog) -> Run {
             );
         }
     }
-    check_memory(&mut out);
+    if let Some(v) = hooks.after_step() {
+        fail(&mut out, v);
+    }
     out.stats = adv.stats();
     out
 }

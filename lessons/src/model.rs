@@ -4,6 +4,7 @@
 use device::layout::op;
 use device::rng::SplitMix64 as Rng;
 use host::engine::{Completion, Request};
+use host::harness::adversarial;
 use std::collections::HashMap;
 
 /// Random request sizes 512 B ..= `max` (sector multiples), mostly small.
@@ -47,10 +48,12 @@ impl Model {
             .values()
             .any(|(q, _)| q.len > 0 && off < q.offset + q.len as u64 && q.offset < off + len as u64)
     }
+}
 
+impl adversarial::Model for Model {
     /// A random WRITE, READ or FLUSH that overlaps nothing in flight; READs favour
     /// what was written (so a wrong payload shows).
-    pub fn random_request(&self, r: &mut Rng, max_len: u32, payload: &mut Vec<u8>) -> Request {
+    fn random_request(&self, r: &mut Rng, max_len: u32, payload: &mut Vec<u8>) -> Request {
         let k = r.below(100);
         let flush = Request {
             op: op::FLUSH,
@@ -82,7 +85,7 @@ impl Model {
     }
 
     /// The model applies writes at submission.
-    pub fn submitted(&mut self, q: usize, tid: u64, req: Request, payload: &[u8]) {
+    fn submitted(&mut self, q: usize, tid: u64, req: Request, payload: &[u8]) {
         let mut data = Vec::new();
         if req.op == op::WRITE {
             self.disk[req.offset as usize..][..req.len as usize].copy_from_slice(payload);
@@ -98,15 +101,18 @@ impl Model {
 
     /// Check a completion: known, successful, READ data exact. A wrong READ also names
     /// the WRITE whose data it should have returned.
-    pub fn completed(
+    fn completed(
         &mut self,
         q: usize,
         c: &Completion,
         read_buf: &[u8],
-    ) -> Result<(), (String, Option<(u32, u64)>)> {
+    ) -> Result<(), (String, Vec<(u32, u64)>)> {
         let tid = crate::trace::tid(c.req_tid);
         let Some((req, expect)) = self.inflight.remove(&(q, c.req_tid)) else {
-            return Err((format!("q{q}: completion for unknown tid {tid}"), None));
+            return Err((
+                format!("q{q}: completion for unknown tid {tid}"),
+                Vec::new(),
+            ));
         };
         if c.result != 0 {
             return Err((
@@ -117,7 +123,7 @@ impl Model {
                     req.len,
                     c.result
                 ),
-                None,
+                Vec::new(),
             ));
         }
         match req.op {
@@ -141,10 +147,13 @@ impl Model {
                     "q{q}: tid {tid} READ {:#x} +{} returned wrong data at +{first}{by}",
                     req.offset, req.len
                 ),
-                writer,
+                writer.into_iter().collect(),
             ));
         }
         Ok(())
+    }
+    fn in_flight(&self) -> usize {
+        self.inflight.len()
     }
 }
 

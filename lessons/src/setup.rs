@@ -1,5 +1,5 @@
 //! What both adversarial harnesses start from: a provisioned transport image, the
-//! names of its channels, and the host's attach to the re-attached backend.
+//! names of its channels, and the two sides' traced views of the memory.
 
 use crate::adversarial::{FLAGS, T0};
 use crate::trace::{Fenced, RegionMap, Tap, TraceLog, Who};
@@ -8,10 +8,9 @@ use device::backend::{Backend, BackendConfig};
 use device::layout::*;
 use device::media::Media;
 use device::native::HeapMem;
-use device::shm::{SharedMem, Shm};
+use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::Transport;
-use host::engine::{Blkdev, Host};
 use std::sync::Arc;
 
 /// A formatted transport with a provisioned 2-channel backend (built coherently, then
@@ -42,24 +41,6 @@ pub(crate) fn provision<D: Media>(cfg: BackendConfig<'static>, media: D) -> Base
         image: Arc::new(mem.to_vec()),
         map,
     }
-}
-
-/// The host finds the backend (its record lands some time after it was written back:
-/// the device polls meanwhile) and dev-starts two queues.
-pub(crate) fn attach<'a, M: SharedMem + ?Sized, D: Media>(
-    host: &Host<'a, M>,
-    backend: &mut Backend<'_, M, D>,
-    now: u64,
-) -> Result<Blkdev<'a, M>, String> {
-    for _ in 0..1000 {
-        if let Ok(id) = host.find_backend(now) {
-            return host
-                .dev_start(id, 2, now)
-                .map_err(|e| format!("dev-start: {e:?}"));
-        }
-        backend.poll(now).map_err(|e| format!("device: {e:?}"))?;
-    }
-    Err("the backend record never became visible".into())
 }
 
 /// The two engines' views of the adversarial memory (agent 0 the device, agent 1 the

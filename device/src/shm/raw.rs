@@ -181,16 +181,9 @@ impl<C: CacheOps> RawRegion<C, ReadWrite> {
     ///   into them, no plain load or store. Other agents (threads through their own
     ///   `RawRegion`, other processes, VMs, devices) may access them at any time.
     pub unsafe fn new(base: NonNull<u8>, len: usize, cache: C) -> Self {
-        assert!(
-            base.addr().get().is_multiple_of(8),
-            "shared region base {base:p} is not 8-aligned"
-        );
-        Self {
-            base,
-            len,
-            cache,
-            _access: PhantomData,
-        }
+        // SAFETY: our caller keeps the contract above, which is `with_access`'s for
+        // `ReadWrite`.
+        unsafe { Self::with_access(base, len, cache) }
     }
 }
 
@@ -204,6 +197,22 @@ impl<C: CacheOps> RawRegion<C, ReadOnly> {
     /// # Safety
     /// As [`RawRegion::new`], except that the range need only be mapped readable.
     pub unsafe fn new_read_only(base: NonNull<u8>, len: usize, cache: C) -> Self {
+        // SAFETY: our caller keeps the contract above, which is `with_access`'s for
+        // `ReadOnly`.
+        unsafe { Self::with_access(base, len, cache) }
+    }
+}
+
+impl<C: CacheOps, A> RawRegion<C, A> {
+    /// The one constructor behind [`RawRegion::new`] and [`RawRegion::new_read_only`].
+    ///
+    /// Panics if `base` is not 8-aligned.
+    ///
+    /// # Safety
+    /// The contract of the public constructor for the access `A`: that of
+    /// [`RawRegion::new`] for [`ReadWrite`] (the range mapped readable and writable),
+    /// that of [`RawRegion::new_read_only`] for [`ReadOnly`] (mapped readable).
+    unsafe fn with_access(base: NonNull<u8>, len: usize, cache: C) -> Self {
         assert!(
             base.addr().get().is_multiple_of(8),
             "shared region base {base:p} is not 8-aligned"
@@ -215,9 +224,7 @@ impl<C: CacheOps> RawRegion<C, ReadOnly> {
             _access: PhantomData,
         }
     }
-}
 
-impl<C: CacheOps, A> RawRegion<C, A> {
     /// Region size in bytes.
     #[inline]
     pub fn len(&self) -> usize {
