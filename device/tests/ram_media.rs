@@ -129,43 +129,30 @@ fn exercise(
     (feats, b.stager_stats())
 }
 
+/// Also with a staging buffer given to RAM media anyway: it is not used for writes.
 #[test]
 fn writes_to_volatile_ram_media_go_in_place_not_staged() {
     let want = expected();
-    let (feats, st) = exercise(VecMedia::volatile(DISK), None, |media| {
-        assert!(
-            media == want,
-            "the payloads are not on the RAM media at completion"
+    for staging in [false, true] {
+        let mut buf = vec![0u8; 1 << 20];
+        let buf = staging.then_some(&mut buf[..]);
+        let (feats, st) = exercise(VecMedia::volatile(DISK), buf, |media| {
+            assert!(
+                media == want,
+                "staging {staging}: the payloads are not on the RAM media at completion"
+            );
+        });
+        assert_eq!(
+            (st.in_place, st.staged, st.write_through),
+            (3, 0, 0),
+            "staging {staging}: RAM media writes must go in place: {st:?}"
         );
-    });
-    assert_eq!(
-        (st.in_place, st.staged, st.write_through),
-        (3, 0, 0),
-        "RAM media writes must go in place: {st:?}"
-    );
-    assert_ne!(
-        feats & features::VOLATILE_MEDIA,
-        0,
-        "VOLATILE_MEDIA not advertised"
-    );
-}
-
-/// A staging buffer given to RAM media anyway is not used for writes.
-#[test]
-fn volatile_ram_media_ignores_a_staging_buffer_for_writes() {
-    let mut buf = vec![0u8; 1 << 20];
-    let want = expected();
-    let (_, st) = exercise(VecMedia::volatile(DISK), Some(&mut buf), |media| {
-        assert!(
-            media == want,
-            "the payloads are not on the RAM media at completion"
+        assert_ne!(
+            feats & features::VOLATILE_MEDIA,
+            0,
+            "VOLATILE_MEDIA not advertised"
         );
-    });
-    assert_eq!(
-        (st.in_place, st.staged, st.write_through),
-        (3, 0, 0),
-        "{st:?}"
-    );
+    }
 }
 
 #[test]
