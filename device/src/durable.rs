@@ -126,6 +126,9 @@ pub struct Reservation {
 pub struct StagerStats {
     pub staged: u64,
     pub write_through: u64,
+    /// Writes copied straight into volatile RAM media ([`Stager::in_place_mut`]):
+    /// neither staged nor written through, nothing left to write back or flush.
+    pub in_place: u64,
     /// Writes written back, and the media writes that took (runs are coalesced).
     pub written_back: u64,
     pub write_back_ios: u64,
@@ -242,6 +245,40 @@ impl<'a, D: Media> Stager<'a, D> {
             head: before.0,
             used: before.1,
         }))
+    }
+
+    /// Is the media volatile RAM, written in place ([`Media::volatile_bytes`])? Then
+    /// everything still staged is written back first (nothing is staged in front of
+    /// RAM media unless a buffer was given anyway), so that a write in place cannot be
+    /// overtaken by an older staged one. False: stage (or write through) as usual.
+    pub fn prepare_in_place(&mut self) -> Result<bool, MediaError> {
+        if self.media.volatile_bytes().is_none() {
+            return Ok(false);
+        }
+        if self.written < self.q.len() {
+            self.write_back()?;
+        }
+        Ok(true)
+    }
+
+    /// The media's own bytes `offset..offset + len` when it is volatile RAM and
+    /// nothing staged overlays them (after [`Stager::prepare_in_place`]: a WRITE's
+    /// payload is copied straight in, then [`Stager::wrote_in_place`]), or `None`.
+    pub fn in_place_mut(&mut self, offset: u64, len: usize) -> Option<&mut [u8]> {
+        if self.written < self.q.len() {
+            return None;
+        }
+        let start = usize::try_from(offset).ok()?;
+        self.media
+            .volatile_bytes()?
+            .get_mut(start..start.checked_add(len)?)
+    }
+
+    /// A WRITE went straight into volatile RAM media: on the media at once. It is
+    /// not queued: there is nothing to write back, and flushing RAM changes nothing,
+    /// so it counts as durable right away (as durable as the media: `VOLATILE_MEDIA`).
+    pub fn wrote_in_place(&mut self) {
+        self.stats.in_place += 1;
     }
 
     /// The reserved bytes of the staging buffer.

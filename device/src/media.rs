@@ -33,6 +33,17 @@ pub trait Media {
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), MediaError> {
         self.write_zeroes(offset, len)
     }
+    /// The whole content, if the media is **volatile RAM** the device holds in its
+    /// own address space (the kernel's RAM disk): it is gone when the device loses
+    /// power, so nothing in front of it can be made more durable than it is. The
+    /// engine then copies a WRITE's payload straight from the data area into these
+    /// bytes and a READ's straight out of them (no staging, no scratch), and
+    /// advertises `features::VOLATILE_MEDIA` (`docs/durability.md`, "Volatile
+    /// media"). `None` (the default): media behind a driver, or memory that stands
+    /// for non-volatile media (tests), which keeps the staging path.
+    fn volatile_bytes(&mut self) -> Option<&mut [u8]> {
+        None
+    }
 }
 
 impl<T: Media + ?Sized> Media for &mut T {
@@ -54,17 +65,35 @@ impl<T: Media + ?Sized> Media for &mut T {
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), MediaError> {
         (**self).discard(offset, len)
     }
+    fn volatile_bytes(&mut self) -> Option<&mut [u8]> {
+        (**self).volatile_bytes()
+    }
 }
 
-/// A RAM disk over a caller-provided buffer (no allocation).
+/// A RAM disk over a caller-provided buffer (no allocation). By default it stands
+/// for non-volatile media (tests stage in front of it); [`SliceMedia::volatile`] is
+/// what it really is, the device's own RAM ([`Media::volatile_bytes`]).
 pub struct SliceMedia<'a> {
     pub data: &'a mut [u8],
     pub flushes: u64,
+    /// Report itself as volatile RAM ([`Media::volatile_bytes`]).
+    pub volatile: bool,
 }
 
 impl<'a> SliceMedia<'a> {
     pub fn new(data: &'a mut [u8]) -> Self {
-        Self { data, flushes: 0 }
+        Self {
+            data,
+            flushes: 0,
+            volatile: false,
+        }
+    }
+    /// The device's own RAM as its media: volatile, written in place.
+    pub fn volatile(data: &'a mut [u8]) -> Self {
+        Self {
+            volatile: true,
+            ..Self::new(data)
+        }
     }
     fn range(&self, offset: u64, len: usize) -> Result<core::ops::Range<usize>, MediaError> {
         let end = offset
@@ -99,5 +128,8 @@ impl Media for SliceMedia<'_> {
         let r = self.range(offset, len as usize)?;
         self.data[r].fill(0);
         Ok(())
+    }
+    fn volatile_bytes(&mut self) -> Option<&mut [u8]> {
+        self.volatile.then_some(&mut *self.data)
     }
 }

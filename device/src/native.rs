@@ -91,16 +91,27 @@ impl MmapMem {
 }
 crate::forward_shared_mem!(MmapMem => raw);
 
-/// A RAM disk that owns its bytes (tests, benchmark).
+/// A RAM disk that owns its bytes (tests, benchmark). Like `SliceMedia`: stands for
+/// non-volatile media unless made with [`VecMedia::volatile`].
 pub struct VecMedia {
     pub data: Vec<u8>,
     pub flushes: u64,
+    /// Report itself as volatile RAM (`Media::volatile_bytes`).
+    pub volatile: bool,
 }
 impl VecMedia {
     pub fn new(len: usize) -> Self {
         Self {
             data: vec![0; len],
             flushes: 0,
+            volatile: false,
+        }
+    }
+    /// Volatile RAM media, as the kernel's RAM disk: written in place, not staged.
+    pub fn volatile(len: usize) -> Self {
+        Self {
+            volatile: true,
+            ..Self::new(len)
         }
     }
 }
@@ -120,6 +131,9 @@ impl crate::media::Media for VecMedia {
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), crate::media::MediaError> {
         crate::media::SliceMedia::new(&mut self.data).write_zeroes(offset, len)
+    }
+    fn volatile_bytes(&mut self) -> Option<&mut [u8]> {
+        self.volatile.then_some(&mut self.data[..])
     }
 }
 

@@ -115,7 +115,18 @@ impl Rig {
         scratch: &'a mut [u8],
         now_ns: u64,
     ) -> Result<Backend<'a, HeapMem, VecMedia>, BackendError> {
-        let b = Backend::start(self.shm(), cfg, VecMedia::new(disk_bytes), scratch, now_ns)?;
+        self.start_backend_on(cfg, VecMedia::new(disk_bytes), scratch, now_ns)
+    }
+
+    /// [`Rig::start_backend`] on the given media (e.g. [`VecMedia::volatile`]).
+    pub fn start_backend_on<'a>(
+        &'a self,
+        cfg: BackendConfig<'a>,
+        media: VecMedia,
+        scratch: &'a mut [u8],
+        now_ns: u64,
+    ) -> Result<Backend<'a, HeapMem, VecMedia>, BackendError> {
+        let b = Backend::start(self.shm(), cfg, media, scratch, now_ns)?;
         let first = b.channel_segments().next();
         let seg0 = Transport::open(self.shm(), false)?.channel_base(first.unwrap_or(0))?;
         assert_eq!(

@@ -4,7 +4,11 @@
 //!
 //! `cargo bench -p host --bench ring [-- seconds]` (default 2 s per configuration);
 //! `RING_BENCH_ONLY=coherent:128` (or `non-coherent:4`) runs one configuration alone,
-//! e.g. under `perf record`.
+//! e.g. under `perf record`; `RING_BENCH_MEDIA=ram|staged|through` picks the media
+//! (default `ram`: volatile RAM, written in place; `staged`: 8 MiB staging in front of
+//! media that stands for non-volatile storage; `through`: that media without staging).
+//! The run ends with the three WRITE paths side by side, coherent, at 4 KiB, 128 KiB
+//! and 1 MiB (each figure the best of three alternating runs).
 //!
 //! First it measures the shared-memory copies alone (`SharedMem::write`/`read` of
 //! 1 MiB, aligned and at an odd offset, one thread), interleaved with a private
@@ -31,8 +35,31 @@ use std::time::{Duration, Instant};
 
 const DISK: usize = 256 << 20;
 
+/// The backend's media and how WRITEs reach it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum MediaKind {
+    /// Volatile RAM (the kernel's RAM disk): payloads copied in place, no staging.
+    Ram,
+    /// Media that stands for non-volatile storage with 8 MiB of staging in front (the
+    /// kernel's virtio-blk path): data area -> staging, later -> media.
+    Staged,
+    /// The same media without staging: data area -> scratch -> media.
+    Through,
+}
+
+impl MediaKind {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ram" => Self::Ram,
+            "staged" => Self::Staged,
+            "through" => Self::Through,
+            _ => return None,
+        })
+    }
+}
+
 /// Requests per second and payload bytes per second for one configuration.
-fn ring(noncoherent: bool, size: u32, secs: f64) -> (f64, f64) {
+fn ring(noncoherent: bool, size: u32, secs: f64, media: MediaKind) -> (f64, f64) {
     let flags = format_flags(noncoherent);
     let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
     Transport::format(Shm::new(&mem, &NoTrace), flags, false, now_ns()).unwrap();
@@ -41,18 +68,22 @@ fn ring(noncoherent: bool, size: u32, secs: f64) -> (f64, f64) {
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut scratch = vec![0u8; chan::MAX_IO as usize];
+            let mut staging = vec![0u8; 8 << 20];
             let cfg = BackendConfig {
                 noncoherent,
                 ..BackendConfig::default()
             };
-            let mut b = Backend::start(
-                Shm::new(&mem, &NoTrace),
-                cfg,
-                VecMedia::new(DISK),
-                &mut scratch,
-                now_ns(),
-            )
-            .unwrap();
+            let mut disk = match media {
+                MediaKind::Ram => VecMedia::volatile(DISK),
+                MediaKind::Staged | MediaKind::Through => VecMedia::new(DISK),
+            };
+            // Touched before the clock starts: no first-write page faults in the figures.
+            disk.data.fill(0x3C);
+            let shm = Shm::new(&mem, &NoTrace);
+            let mut b = Backend::start(shm, cfg, disk, &mut scratch, now_ns()).unwrap();
+            if media == MediaKind::Staged {
+                b.set_staging(&mut staging).unwrap();
+            }
             started.store(true, SeqCst);
             while !stop.load(Relaxed) {
                 b.poll(now_ns()).unwrap();
@@ -200,6 +231,13 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
     let gib = |b: f64| b / (1u64 << 30) as f64;
+    let media = match std::env::var("RING_BENCH_MEDIA") {
+        Err(_) => MediaKind::Ram,
+        Ok(m) => MediaKind::parse(&m).unwrap_or_else(|| {
+            eprintln!("RING_BENCH_MEDIA={m}: expected ram, staged or through");
+            std::process::exit(2);
+        }),
+    };
     if let Ok(only) = std::env::var("RING_BENCH_ONLY") {
         let parsed = only.split_once(':').and_then(|(m, k)| {
             let nc = match m {
@@ -213,8 +251,8 @@ fn main() {
             eprintln!("RING_BENCH_ONLY={only}: expected coherent:KIB or non-coherent:KIB");
             std::process::exit(2);
         };
-        let (r, bw) = ring(nc, size, secs);
-        println!("{only}: {r:.0} req/s, {:.2} GiB/s", gib(bw));
+        let (r, bw) = ring(nc, size, secs, media);
+        println!("{only} ({media:?}): {r:.0} req/s, {:.2} GiB/s", gib(bw));
         return;
     }
     for (what, off) in [("aligned", 0u64), ("offset 3", 3)] {
@@ -239,7 +277,7 @@ fn main() {
     for nc in [false, true] {
         for size in [4096u32, 128 << 10] {
             let bound = copy_bound(size, secs);
-            let (r, bw) = ring(nc, size, secs);
+            let (r, bw) = ring(nc, size, secs, media);
             let mode = if nc { "non-coherent" } else { "coherent(v3)" };
             println!(
                 "{:<14} {:>7}K {:>12.0} {:>10.2} {:>14.0} {:>8.1}%",
@@ -270,4 +308,36 @@ fn main() {
     println!(
         "(non-coherent adds entry+payload CRCs and line write-back/invalidate calls; on this coherent heap the line calls are no-ops)"
     );
+    write_paths(secs);
+}
+
+/// The WRITE paths side by side (coherent, same run, alternating so that a change in
+/// the machine's load hits all three): RAM media in place, staged, written through;
+/// each figure the best of three rounds.
+fn write_paths(secs: f64) {
+    println!("WRITE paths (coherent, 50 % reads, media {DISK} B):");
+    println!(
+        "{:>8} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "size", "ram req/s", "staged", "through", "ram/staged", "ram/thru"
+    );
+    for size in [4096u32, 128 << 10, 1 << 20] {
+        let mut best = [0f64; 3];
+        for _ in 0..3 {
+            for (k, m) in [MediaKind::Ram, MediaKind::Staged, MediaKind::Through]
+                .into_iter()
+                .enumerate()
+            {
+                best[k] = best[k].max(ring(false, size, secs / 2.0, m).0);
+            }
+        }
+        println!(
+            "{:>7}K {:>12.0} {:>12.0} {:>12.0} {:>9.2}x {:>9.2}x",
+            size / 1024,
+            best[0],
+            best[1],
+            best[2],
+            best[0] / best[1],
+            best[0] / best[2]
+        );
+    }
 }

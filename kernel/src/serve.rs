@@ -358,11 +358,17 @@ impl Media for Disk {
             Disk::Virtio(m) => m.discard(offset, len),
         }
     }
+    fn volatile_bytes(&mut self) -> Option<&mut [u8]> {
+        match self {
+            Disk::Ram(m) => m.volatile_bytes(),
+            Disk::Virtio(_) => None,
+        }
+    }
 }
 
 fn ram_disk(mib: u64) -> Option<Disk> {
     match crate::memory::reserve(mib << 20) {
-        Some(d) => Some(Disk::Ram(SliceMedia::new(d))),
+        Some(d) => Some(Disk::Ram(SliceMedia::volatile(d))),
         None => {
             log::error!("serve: cannot reserve a {mib} MiB RAM disk (give the VM more memory)");
             None
@@ -442,6 +448,7 @@ fn run<'a>(
     let staging_mib = opt_u64("staging-mib", 8);
     for (i, media) in disks.into_iter().enumerate() {
         let desc = media.describe();
+        let ram = matches!(media, Disk::Ram(_));
         let size_mib = media.size() >> 20;
         let Some(scratch) = crate::memory::reserve(device::layout::chan::MAX_IO as u64) else {
             log::error!("serve: cannot reserve the bounce buffer");
@@ -460,8 +467,9 @@ fn run<'a>(
             }
         };
         // Staging: writes complete once they are in device RAM; the engine writes them
-        // back in order and flushes the media within the intent's bound.
-        if staging_mib > 0 {
+        // back in order and flushes the media within the intent's bound. A RAM disk
+        // is device RAM itself: written in place, nothing to stage.
+        if staging_mib > 0 && !ram {
             match crate::memory::reserve(staging_mib << 20) {
                 Some(buf) => {
                     if let Err(e) = backend.set_staging(buf) {

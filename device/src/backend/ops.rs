@@ -12,6 +12,17 @@ enum Outcome {
     Refused(i32),
 }
 
+/// Where a WRITE's payload is copied to from the data area.
+#[derive(Clone, Copy)]
+pub(super) enum Dst<'r> {
+    /// The backend's scratch buffer (write-through, torn-block sabotage).
+    Scratch,
+    /// Staging room reserved for it.
+    Slot(&'r Reservation),
+    /// Its range of volatile RAM media, in place.
+    Media,
+}
+
 /// What every op handler needs besides the SE, derived once per SE.
 struct OpCtx {
     /// Intent bits count only when durability tokens were negotiated.
@@ -227,8 +238,8 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         Outcome::Ran(r)
     }
 
-    /// WRITE: copy and verify the payload, stage it (or write it through);
-    /// CRITICAL completes only once flushed.
+    /// WRITE: copy and verify the payload, stage it (or write it through; volatile
+    /// RAM media: write it in place); CRITICAL completes only once flushed.
     fn op_write(
         &mut self,
         ch: &Chan,
@@ -240,10 +251,26 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             return Ok(refused);
         }
         let (chan, tid, len) = (ch.idx as u8, se.req_tid, se.len as usize);
-        // One copy: the payload goes from the data area straight into staging room
-        // reserved for it, and is staged once its CRC verified (the torn-block
-        // sabotage works on scratch).
-        let staged = if self.cfg.sabotage().torn_block {
+        let torn = self.cfg.sabotage().torn_block;
+        // Volatile RAM media: one copy, from the data area straight into the media,
+        // checked there. Nothing to stage or flush: on the media is as durable as RAM
+        // media gets (`features::VOLATILE_MEDIA` says so), at completion.
+        let in_place = match self.st.prepare_in_place() {
+            Ok(v) => v && !torn,
+            Err(e) => return Ok(Outcome::Ran(errno_of(Err(e)))),
+        };
+        if in_place {
+            if !self.fetch_payload(ch, se, Dst::Media)? {
+                return Ok(Outcome::Refused(errno::EIO));
+            }
+            self.st.wrote_in_place();
+            ce.flags |= cx.durable_flag;
+            return Ok(Outcome::Ran(0));
+        }
+        // Otherwise one copy too: the payload goes from the data area straight into
+        // staging room reserved for it, and is staged once its CRC verified (the
+        // torn-block sabotage works on scratch).
+        let staged = if torn {
             None
         } else {
             match self.st.reserve(len) {
@@ -252,7 +279,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             }
         };
         let mut r = match staged {
-            Some(res) => match self.fetch_payload(ch, se, Some(&res)) {
+            Some(res) => match self.fetch_payload(ch, se, Dst::Slot(&res)) {
                 Ok(true) => {
                     self.st.commit(res, chan, tid, se.offset, cx.due);
                     0
@@ -268,11 +295,11 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             },
             None => {
                 // No staging room (or none at all): through scratch, written through.
-                if !self.fetch_payload(ch, se, None)? {
+                if !self.fetch_payload(ch, se, Dst::Scratch)? {
                     return Ok(Outcome::Refused(errno::EIO));
                 }
                 #[cfg(feature = "sabotage")]
-                if self.cfg.sabotage().torn_block {
+                if torn {
                     return Ok(self.torn_write(ch, se, cx, ce));
                 }
                 let data = &self.scratch[..len];
@@ -334,11 +361,22 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         let shm = self.shm();
         let g = ch.g;
         let len = se.len as usize;
-        let r = errno_of(self.st.read(se.offset, &mut self.scratch[..len]));
+        // Volatile RAM media with nothing staged over the range: straight out of the
+        // media (one copy); else media and stager into scratch.
+        let in_place = self.st.in_place_mut(se.offset, len).is_some();
+        let r = if in_place {
+            0
+        } else {
+            errno_of(self.st.read(se.offset, &mut self.scratch[..len]))
+        };
         if r == 0 {
-            copy_to_data(shm, &g, se.data_off, &self.scratch[..len])?;
+            let data: &[u8] = match self.st.in_place_mut(se.offset, len) {
+                Some(bytes) if in_place => bytes,
+                _ => &self.scratch[..len],
+            };
+            copy_to_data(shm, &g, se.data_off, data)?;
             if g.el.data_crc {
-                ce.data_crc = payload_crc(&self.scratch[..len]);
+                ce.data_crc = payload_crc(data);
             }
             if ch.mode == Mode::Nc && !self.defer_read_write_back(se) {
                 data_cache_op(shm, &g, se.data_off, se.len, true)?;
@@ -386,14 +424,15 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         });
     }
 
-    /// Copy a WRITE payload into scratch and check its CRC (non-coherent mode:
+    /// Copy a WRITE payload to `dst` and check its CRC there (non-coherent mode:
     /// re-read within the entry's budget, spread over polls). Returns false if it
-    /// never verified.
+    /// never verified (in place, the media range then holds what was read: a failed
+    /// WRITE leaves its range undefined, as on any block device).
     pub(super) fn fetch_payload(
         &mut self,
         ch: &Chan,
         se: &Se,
-        slot: Option<&Reservation>,
+        dst: Dst<'_>,
     ) -> Result<bool, BackendError> {
         let shm = self.shm();
         let g = ch.g;
@@ -405,20 +444,28 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
             if ch.mode == Mode::Nc {
                 data_cache_op(shm, &g, se.data_off, se.len, false)?;
             }
-            let dst = match slot {
-                Some(r) => self.st.slot_mut(r),
-                None => &mut self.scratch[..len],
+            let to = match dst {
+                Dst::Slot(r) => self.st.slot_mut(r),
+                Dst::Scratch => &mut self.scratch[..len],
+                Dst::Media => self
+                    .st
+                    .in_place_mut(se.offset, len)
+                    .ok_or(BackendError::Media)?,
             };
-            copy_from_data(shm, &g, se.data_off, dst)?;
+            copy_from_data(shm, &g, se.data_off, to)?;
             shm.tracer.event(&TraceEvent::DataCopied {
                 chan: ch.idx,
                 dir: CopyDir::FromShared,
                 data_off: se.data_off,
                 len: se.len,
             });
-            let got = match slot {
-                Some(r) => self.st.slot(r),
-                None => &self.scratch[..len],
+            let got = match dst {
+                Dst::Slot(r) => self.st.slot(r),
+                Dst::Scratch => &self.scratch[..len],
+                Dst::Media => self
+                    .st
+                    .in_place_mut(se.offset, len)
+                    .ok_or(BackendError::Media)?,
             };
             if !check || payload_crc(got) == se.data_crc {
                 return Ok(true);

@@ -12,7 +12,7 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
     pub fn start(
         shm: Shm<'a, M>,
         cfg: BackendConfig<'a>,
-        media: D,
+        mut media: D,
         scratch: &'a mut [u8],
         now_ns: u64,
     ) -> Result<Self, BackendError> {
@@ -26,7 +26,8 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         let host_id = tp.register_host_as(cfg.hostname, now_ns, cfg.takeover || cfg.join_host)?;
         let path = path_field(cfg.path);
         let existing = Self::find_own_backend(&tp, host_id, &path)?;
-        let features = Self::offered_features(&cfg, tp.info.flags);
+        let volatile = media.volatile_bytes().is_some();
+        let features = Self::offered_features(&cfg, tp.info.flags, volatile);
         let dev_sectors = media.size() / SECTOR;
         let mut me = Self {
             tp,
@@ -62,8 +63,9 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         Ok(me)
     }
 
-    /// The feature bits this backend advertises on a transport with `flags`.
-    fn offered_features(cfg: &BackendConfig<'_>, flags: u16) -> u64 {
+    /// The feature bits this backend advertises on a transport with `flags`, over
+    /// media that is `volatile` RAM or not.
+    fn offered_features(cfg: &BackendConfig<'_>, flags: u16, volatile: bool) -> u64 {
         // Non-coherent mode relies on entry and payload CRCs: only offer it with both.
         let crcs = tflags::CHANNEL_CRC | tflags::CHANNEL_DATA_CRC;
         let mut f = 0;
@@ -75,6 +77,9 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         }
         if cfg.durable.offer {
             f |= features::DURABLE_TOKENS;
+        }
+        if volatile {
+            f |= features::VOLATILE_MEDIA;
         }
         f
     }

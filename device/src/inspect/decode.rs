@@ -52,12 +52,17 @@ pub(super) fn feature_names(f: u64) -> Vec<&'static str> {
         (features::NONCOHERENT, "noncoherent"),
         (features::DURABLE_TOKENS, "durable_tokens"),
         (features::DISCARD_WZ, "discard_wz"),
+        (features::VOLATILE_MEDIA, "volatile_media"),
     ] {
         if f & bit != 0 {
             v.push(name);
         }
     }
-    if f & !(features::NONCOHERENT | features::DURABLE_TOKENS | features::DISCARD_WZ) != 0 {
+    let known = features::NONCOHERENT
+        | features::DURABLE_TOKENS
+        | features::DISCARD_WZ
+        | features::VOLATILE_MEDIA;
+    if f & !known != 0 {
         v.push("unknown");
     }
     v

@@ -47,6 +47,10 @@ pub mod features {
     pub const DURABLE_TOKENS: u64 = 1 << 1;
     /// DISCARD (op 3) and WRITE_ZEROES (op 4) accepted by the backend.
     pub const DISCARD_WZ: u64 = 1 << 2;
+    /// Informational, never accepted: the backend's media is volatile RAM, so
+    /// whatever it confirms durable (FLUSH, DURABLE CE, watermark) is on that media
+    /// and is lost with the device's power (`docs/durability.md`, "Volatile media").
+    pub const VOLATILE_MEDIA: u64 = 1 << 3;
 }
 
 /// A record kept in the two-copy/seq/CRC scheme.
