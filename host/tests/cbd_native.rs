@@ -1106,6 +1106,142 @@ fn plain_v3_holds_io_through_a_restart_but_the_flush_across_it_fails() {
     });
 }
 
+/// What the paired VM run does after fio: a restart replayed lost writes, then `mkfs.ext4`
+/// discards the whole disk, writes its metadata (some blocks over replayed ones, some with
+/// WRITE_ZEROES) and flushes; `mount` reads it back. Every read, on either queue, must
+/// return what was written after the replay (the new data, zeroes where discarded): while
+/// the pieces are still held, after a second restart that replays them (a DISCARD that left
+/// older pieces under it would replay the old data here), after the flush, and on the media.
+#[test]
+fn discard_and_writes_after_a_replay_read_back_new_data_not_replayed_data() {
+    let clock = TestClock::new();
+    const N: u64 = 24;
+    let mut want = vec![None; N as usize];
+    let media = with_killable_backend("afterreplay", &clock, |host_mem, phase| {
+        let opts = replay_opts("afterreplay", 2);
+        let disk = CbdDisk::start(host_mem, &opts, clock.host()).unwrap();
+        let mut q0 = disk.queue(0).unwrap();
+        let mut q1 = disk.queue(1).unwrap();
+        // Completed but only staged on both channels, and more in flight at the kill.
+        for b in 0..N / 2 {
+            let q = if b.is_multiple_of(2) {
+                &mut q0
+            } else {
+                &mut q1
+            };
+            let mut d = block(b, 1);
+            q.submit(&req(Op::Write, b * BLK as u64, BLK as u32, false), &mut d)
+                .unwrap();
+        }
+        let mut bufs: Vec<Vec<u8>> = (N / 2..N).map(|b| block(b, 1)).collect();
+        for (i, d) in bufs.iter_mut().enumerate() {
+            let b = N / 2 + i as u64;
+            let q = if b.is_multiple_of(2) {
+                &mut q0
+            } else {
+                &mut q1
+            };
+            let r = req(Op::Write, b * BLK as u64, BLK as u32, false);
+            assert!(q.start(i as u16, &r, d).is_none());
+        }
+        phase.kill();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        phase.restart();
+        let mut res = Vec::new();
+        q0.finish(&mut |t, r, _| res.push((t, r)));
+        q1.finish(&mut |t, r, _| res.push((t, r)));
+        assert!(res.iter().all(|(_, r)| r.is_ok()), "{res:?}");
+        // "mkfs": discard everything (one request per 1 MiB as the block layer splits it,
+        // alternating queues), then new data on some blocks, zeroes on others.
+        let total = N * BLK as u64;
+        let mut off = 0;
+        let mut i = 0u32;
+        while off < total {
+            let len = (total - off).min(1 << 20) as u32;
+            let q = if i.is_multiple_of(2) {
+                &mut q1
+            } else {
+                &mut q0
+            };
+            q.submit(&req(Op::Discard, off, len, false), &mut [])
+                .expect("discard after the replay");
+            off += len as u64;
+            i += 1;
+        }
+        for b in 0..N {
+            want[b as usize] = Some(None);
+        }
+        for b in (0..N).step_by(3) {
+            let q = if b.is_multiple_of(2) {
+                &mut q1
+            } else {
+                &mut q0
+            };
+            let mut d = block(b, 3);
+            q.submit(&req(Op::Write, b * BLK as u64, BLK as u32, false), &mut d)
+                .unwrap();
+            want[b as usize] = Some(Some(3));
+        }
+        for b in (1..N).step_by(3) {
+            let q = if b.is_multiple_of(2) {
+                &mut q0
+            } else {
+                &mut q1
+            };
+            q.submit(
+                &req(Op::WriteZeroes, b * BLK as u64, BLK as u32, false),
+                &mut [],
+            )
+            .unwrap();
+        }
+        let check = |q: &mut dyn host::linux::disk::QueueIo, when: &str| {
+            for (b, v) in want.iter().enumerate() {
+                let mut back = vec![0xffu8; BLK];
+                q.submit(
+                    &req(Op::Read, (b * BLK) as u64, BLK as u32, false),
+                    &mut back,
+                )
+                .unwrap_or_else(|e| panic!("read of block {b}: {e}"));
+                let exp = match v.unwrap() {
+                    Some(v) => block(b as u64, v),
+                    None => vec![0; BLK],
+                };
+                assert!(
+                    back == exp,
+                    "{when}: block {b} reads stale data (want {v:?})"
+                );
+            }
+        };
+        check(&mut *q0, "before the flush, queue 0");
+        check(&mut *q1, "before the flush, queue 1");
+        // A second restart before anything is durable: what the buffer replays now must be
+        // the new filesystem, not the first run's data under it.
+        phase.kill();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        phase.restart();
+        check(&mut *q1, "after the second restart, queue 1");
+        check(&mut *q0, "after the second restart, queue 0");
+        q0.submit(&req(Op::Flush, 0, 0, false), &mut [])
+            .expect("flush");
+        check(&mut *q0, "after the flush, queue 0");
+        check(&mut *q1, "after the flush, queue 1");
+        let st = disk.stats();
+        assert!(stat(&st, "replayed_writes") > 0, "{st}");
+        assert_eq!(stat(&st, "errors"), 0, "{st}");
+        disk.shutdown();
+    });
+    for (b, v) in want.iter().enumerate() {
+        let exp = match v.unwrap() {
+            Some(v) => block(b as u64, v),
+            None => vec![0; BLK],
+        };
+        assert!(
+            media.data[b * BLK..(b + 1) * BLK] == exp[..],
+            "media block {b}: stale (want {v:?})"
+        );
+    }
+}
+
 /// A cbd-host killed mid-I/O, as the transport sees it: its host and blkdev records
 /// `RUNNING` with a fresh heartbeat, its channels RESET, a WRITE submitted and never
 /// waited for, and nobody left to heartbeat, complete or stop anything.

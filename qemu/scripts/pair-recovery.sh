@@ -21,7 +21,15 @@ o=$(restarts)
 echo "after fio: restarts=$o outages=$(stat_of outages) errors=$(stat_of errors) replayed_writes=$(stat_of replayed_writes)"
 [ "$o" -ge 1 ] || fail "fio ended before the device restart was seen"
 mkfs.ext4 -q -F $DEV || fail "mkfs.ext4"
-mkdir -p /mnt/r && mount $DEV /mnt/r || fail "mount"
+# What a failed mount needs to be understood: the kernel's reason, the superblock as the
+# device returns it (direct I/O, past the page cache: the ext4 magic 53 ef at byte 56),
+# cbd-host's counters.
+mount_diag() {
+    dmesg | tail -n 15
+    echo "superblock (direct):"; dd if=$DEV bs=1024 skip=1 count=1 iflag=direct 2>/dev/null | od -A d -t x1 | head -n 6
+    echo "stats: $(cbd-host stats 0)"
+}
+mkdir -p /mnt/r && mount -t ext4 $DEV /mnt/r || { mount_diag; fail "mount"; }
 echo "PHASE fsync-running"
 i=0
 while :; do
@@ -36,7 +44,7 @@ while :; do
 done
 echo "fsync loop: $i write+fsync, all 0"
 umount /mnt/r || fail "umount"
-mount $DEV /mnt/r || fail "remount"
+mount -t ext4 $DEV /mnt/r || fail "remount"
 md5sum -c --quiet /tmp/sums || fail "files differ after remount"
 umount /mnt/r
 fsck.ext4 -fn $DEV >/tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck"; }
