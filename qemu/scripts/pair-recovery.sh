@@ -45,7 +45,7 @@ done
 echo "fsync loop: $i write+fsync, all 0"
 umount /mnt/r || fail "umount"
 mount -t ext4 $DEV /mnt/r || fail "remount"
-md5sum -c --quiet /tmp/sums || fail "files differ after remount"
+md5sum -c -s /tmp/sums || fail "files differ after remount"
 umount /mnt/r
 fsck.ext4 -fn $DEV >/tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck"; }
 e=$(stat_of errors)
