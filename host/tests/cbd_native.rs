@@ -2,12 +2,12 @@
 //! thread over one mapping of a shared file; `CbdDisk` (our `MappedMem` on a second mapping of
 //! the same file) serves requests as the ublk queues would. Time is a test-controlled clock.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 
 use device::backend::{Backend, BackendConfig};
 use device::layout::{TransportInfo, chan};
-use device::native::VecMedia;
+use device::native::{CrashMedia, VecMedia};
 use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::{Transport, format_flags};
@@ -169,11 +169,12 @@ fn cbd_disk_against_the_backend_engine() {
             assert_eq!(*g, vec![t as u8 ^ 0xa5; chunk], "tag {t}");
         }
 
-        // The backend dies (stops polling, record left behind); 60 s pass. A request must fail
-        // with EIO rather than wait forever.
+        // The backend dies (stops polling, record left behind) and does not return within the
+        // recovery bound (default 120 s; 200 s pass). A request must fail with EIO rather than
+        // wait forever.
         stop.store(true, SeqCst);
         let media = poller.join().unwrap();
-        clock.fetch_add(60_000_000_000, SeqCst);
+        clock.fetch_add(200_000_000_000, SeqCst);
         assert_eq!(
             q1.submit(&req(Op::Read, 0, 4096, false), &mut back),
             Err(Errno(libc::EIO))
@@ -448,12 +449,14 @@ fn no_discard_when_the_backend_does_not_offer_it() {
     });
 }
 
-/// Token mode: two ublk flushes in flight when the backend restarts with a completed write
-/// still staged (lost). Both fail, not only the first to notice: the second arrived before
-/// the loss was reported and would otherwise vouch for the lost write. A flush that arrives
-/// afterwards succeeds again.
+/// Token mode **without a replay buffer** (`--replay-buffer 0`): two ublk flushes in flight
+/// when the backend restarts with a completed write still staged (lost). Both fail, not only
+/// the first to notice: the second arrived before the loss was reported and would otherwise
+/// vouch for the lost write. A flush that arrives afterwards succeeds again. (With the
+/// buffer the write is replayed and both succeed:
+/// `a_backend_restart_is_invisible_writes_flushes_and_reads_all_succeed`.)
 #[test]
-fn token_flushes_in_flight_across_a_backend_restart_all_fail() {
+fn token_flushes_in_flight_across_a_backend_restart_all_fail_without_replay() {
     use device::durable::DurableConfig;
     use std::sync::atomic::AtomicU8;
     let now = host::linux::attach::now_ns;
@@ -505,7 +508,10 @@ fn token_flushes_in_flight_across_a_backend_restart_all_fail() {
             }
         }
         let _stop = StopOnDrop(&phase);
-        let opts = CbdOptions::new("tokcrash");
+        let opts = CbdOptions {
+            replay_bytes: 0,
+            ..CbdOptions::new("tokcrash")
+        };
         let disk = CbdDisk::start(host_mem, &opts, Arc::new(now)).unwrap();
         assert!(disk.durable_tokens());
         let mut q = disk.queue(0).unwrap();
@@ -574,6 +580,666 @@ fn clean_stop_lets_the_same_host_start_again_at_once() {
             .expect("start after a failed start")
             .shutdown();
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// Backend restarts hidden from the block layer: the host holds what is in flight, replays
+// what the dead incarnation lost, and a flush across the restart succeeds once that is
+// durable again. `CBDFW_TEST_NO_REPLAY=1` runs the same tests without the replay buffer
+// (`--replay-buffer 0`): they must then fail (the flush across the restart gets EIO).
+
+/// Backend thread phases.
+const RUN: u8 = 0;
+const KILL: u8 = 1;
+const DEAD: u8 = 2;
+const RESTART: u8 = 3;
+const STOP: u8 = 4;
+
+/// A clock both roles read: real time plus a jump the test controls (to pass the v3
+/// heartbeat window or the recovery bound without waiting for it).
+#[derive(Clone)]
+struct TestClock(Arc<AtomicU64>);
+impl TestClock {
+    fn new() -> Self {
+        TestClock(Arc::new(AtomicU64::new(0)))
+    }
+    fn now(&self) -> u64 {
+        host::linux::attach::now_ns() + self.0.load(SeqCst)
+    }
+    fn jump(&self, ns: u64) {
+        self.0.fetch_add(ns, SeqCst);
+    }
+    fn host(&self) -> host::linux::cbd_disk::Clock {
+        let c = self.clone();
+        Arc::new(move || c.now())
+    }
+}
+
+fn replay_opts(tag: &str, queues: u16) -> CbdOptions {
+    let mut o = CbdOptions {
+        queues,
+        depth: 32,
+        ..CbdOptions::new(tag)
+    };
+    if std::env::var_os("CBDFW_TEST_NO_REPLAY").is_some_and(|v| v == "1") {
+        o.replay_bytes = 0;
+    }
+    o
+}
+
+/// A backend with 2 channels and a staging buffer whose STANDARD writes stay staged (not
+/// durable) for up to a second, `takeover` on: "kill" drops it with its staging (what a
+/// SIGKILL of the device VM loses), "restart" starts it again on the same media and
+/// channels (re-attach, new incarnation). `f` gets the host mapping and the phase switch;
+/// returns the media at the end.
+fn with_killable_backend(
+    tag: &str,
+    clock: &TestClock,
+    f: impl FnOnce(&'static MappedMem, &Phase),
+) -> VecMedia {
+    with_killable_backend_on(tag, clock, VecMedia::new(DISK), |_| {}, f)
+}
+
+/// [`with_killable_backend`] on `media`; `power_loss` runs on it at every kill (a media
+/// with a volatile cache loses what was not flushed).
+fn with_killable_backend_on<D: device::media::Media + Send>(
+    tag: &str,
+    clock: &TestClock,
+    media: D,
+    power_loss: fn(&mut D),
+    f: impl FnOnce(&'static MappedMem, &Phase),
+) -> D {
+    use device::durable::DurableConfig;
+    let (backend_mem, host_mem) = formatted(tag, clock.now());
+    let mut scratch = vec![0u8; chan::MAX_IO as usize];
+    let mut staging = vec![0u8; 8 << 20];
+    let cfg = BackendConfig {
+        n_handlers: 2,
+        durable: DurableConfig {
+            offer: true,
+            standard_bound_ns: 1_000_000_000,
+            ephemeral_bound_ns: 1_000_000_000,
+        },
+        takeover: true,
+        ..BackendConfig::default()
+    };
+    let shm = Shm::new(&backend_mem, &NoTrace);
+    let mut backend = Backend::start(shm, cfg, media, &mut scratch, clock.now()).expect("start");
+    backend.set_staging(&mut staging).unwrap();
+    let phase = Phase(std::sync::atomic::AtomicU8::new(RUN), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        let poller = s.spawn(|| {
+            let mut b = Some(backend);
+            let mut parts = None;
+            loop {
+                match phase.0.load(SeqCst) {
+                    STOP => break,
+                    KILL => {
+                        parts = b.take().map(|x| x.into_parts_staged());
+                        if let Some((m, _, _)) = parts.as_mut() {
+                            power_loss(m);
+                        }
+                        phase.0.store(DEAD, SeqCst);
+                    }
+                    DEAD => std::thread::sleep(std::time::Duration::from_millis(1)),
+                    RESTART => {
+                        let (m, sc, stg) = parts.take().expect("killed before");
+                        let mut nb =
+                            Backend::start(shm, cfg, m, sc, clock.now()).expect("re-attach");
+                        nb.set_staging(stg).unwrap();
+                        b = Some(nb);
+                        phase.1.fetch_add(1, SeqCst);
+                        phase.0.store(RUN, SeqCst);
+                    }
+                    _ => {
+                        b.as_mut().unwrap().poll(clock.now()).expect("backend poll");
+                        std::thread::yield_now();
+                    }
+                }
+            }
+            match b {
+                Some(b) => b.into_media(),
+                None => parts.unwrap().0,
+            }
+        });
+        struct StopOnDrop<'a>(&'a Phase);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.0.store(STOP, SeqCst);
+            }
+        }
+        {
+            let _stop = StopOnDrop(&phase);
+            f(host_mem, &phase);
+        }
+        poller.join().unwrap()
+    })
+}
+
+/// The backend thread's phase and how many restarts it did.
+struct Phase(std::sync::atomic::AtomicU8, AtomicU64);
+impl Phase {
+    fn kill(&self) {
+        self.0.store(KILL, SeqCst);
+        let t = std::time::Instant::now();
+        while self.0.load(SeqCst) != DEAD {
+            assert!(
+                t.elapsed().as_secs() < 30,
+                "the backend thread did not stop"
+            );
+            std::thread::yield_now();
+        }
+    }
+    fn restart(&self) {
+        let n = self.1.load(SeqCst);
+        self.0.store(RESTART, SeqCst);
+        let t = std::time::Instant::now();
+        while self.1.load(SeqCst) == n {
+            assert!(t.elapsed().as_secs() < 30, "no re-attach");
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// 8 KiB blocks: block `b`, version `v` (recognisable, different per block and version).
+const BLK: usize = 8192;
+fn block(b: u64, v: u8) -> Vec<u8> {
+    (0..BLK)
+        .map(|i| (b as u8).wrapping_mul(31) ^ v.wrapping_mul(7) ^ (i as u8))
+        .collect()
+}
+
+/// Reads blocks `0..n` through `q` and checks each against `want[b]`.
+fn check_blocks(q: &mut dyn host::linux::disk::QueueIo, want: &[Option<u8>]) {
+    for (b, v) in want.iter().enumerate() {
+        let Some(v) = v else { continue };
+        let mut back = vec![0u8; BLK];
+        q.submit(
+            &req(Op::Read, (b * BLK) as u64, BLK as u32, false),
+            &mut back,
+        )
+        .unwrap_or_else(|e| panic!("read of block {b}: {e}"));
+        assert!(back == block(b as u64, *v), "block {b}: not version {v}");
+    }
+}
+
+fn check_media(media: &VecMedia, want: &[Option<u8>]) {
+    check_image(&media.data, want);
+}
+
+fn check_image(data: &[u8], want: &[Option<u8>]) {
+    for (b, v) in want.iter().enumerate() {
+        let Some(v) = v else { continue };
+        assert!(
+            data[b * BLK..(b + 1) * BLK] == block(b as u64, *v)[..],
+            "media block {b}: not version {v} (not durable)"
+        );
+    }
+}
+
+/// The backend dies with (a) writes completed but only staged (unconfirmed), (b) writes
+/// in flight on both channels, one overwriting a completed one, a FUA write, and (c) two
+/// flushes in flight; it restarts (takeover, new incarnation). Nothing fails: every
+/// request completes 0, both flushes included; reads see every write; and after one more
+/// flush the media holds them all (replayed, durable — not only served from the buffer).
+#[test]
+fn a_backend_restart_is_invisible_writes_flushes_and_reads_all_succeed() {
+    let clock = TestClock::new();
+    let mut want = vec![None; 24];
+    let media = with_killable_backend("invisible", &clock, |host_mem, phase| {
+        let opts = replay_opts("invisible", 2);
+        let disk = CbdDisk::start(host_mem, &opts, clock.host()).unwrap();
+        assert!(disk.durable_tokens());
+        let mut q0 = disk.queue(0).unwrap();
+        let mut q1 = disk.queue(1).unwrap();
+        // (a) completed, staged.
+        for b in 0..8u64 {
+            let q = if b % 2 == 0 { &mut q0 } else { &mut q1 };
+            let mut d = block(b, 1);
+            q.submit(&req(Op::Write, b * BLK as u64, BLK as u32, false), &mut d)
+                .unwrap();
+            want[b as usize] = Some(1);
+        }
+        let st = disk.stats();
+        assert!(stat(&st, "tokens_outstanding") > 0, "writes staged: {st}");
+        // (b) + (c) in flight.
+        let mut bufs: Vec<Vec<u8>> = Vec::new();
+        for b in 8..16u64 {
+            bufs.push(block(b, 1));
+            want[b as usize] = Some(1);
+        }
+        for (i, d) in bufs.iter_mut().enumerate() {
+            let b = 8 + i as u64;
+            let r = req(Op::Write, b * BLK as u64, BLK as u32, i == 7);
+            assert!(q0.start(i as u16, &r, d).is_none());
+        }
+        let flush = req(Op::Flush, 0, 0, false);
+        assert!(q1.start(100, &flush, &mut []).is_none());
+        let mut over = block(2, 2);
+        want[2] = Some(2);
+        assert!(
+            q1.start(
+                101,
+                &req(Op::Write, 2 * BLK as u64, BLK as u32, false),
+                &mut over
+            )
+            .is_none()
+        );
+        assert!(q1.start(102, &flush, &mut []).is_none());
+        phase.kill();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        phase.restart();
+        let mut res = Vec::new();
+        q0.finish(&mut |t, r, _| res.push((t, r)));
+        q1.finish(&mut |t, r, _| res.push((t, r)));
+        res.sort_by_key(|&(t, _)| t);
+        let tags: Vec<u16> = (0..8).chain([100, 101, 102]).collect();
+        assert_eq!(res.iter().map(|&(t, _)| t).collect::<Vec<_>>(), tags);
+        for (t, r) in &res {
+            assert_eq!(*r, Ok(()), "request {t} failed across the restart");
+        }
+        check_blocks(&mut *q0, &want);
+        check_blocks(&mut *q1, &want);
+        q0.submit(&flush, &mut [])
+            .expect("a flush after the restart");
+        let st = disk.stats();
+        assert!(stat(&st, "replayed_writes") > 0, "{st}");
+        assert_eq!(stat(&st, "errors"), 0, "{st}");
+        assert_eq!(stat(&st, "tokens_outstanding"), 0, "{st}");
+        disk.shutdown();
+    });
+    check_media(&media, &want);
+}
+
+/// Restarts that take longer than the v3 heartbeat window (30 s; the clock jumps 45 s
+/// while the backend is dead, so its records look dead): the requests are held, not
+/// failed, and complete after the backend's return, the flush included.
+#[test]
+fn a_restart_slower_than_the_heartbeat_window_is_held_not_failed() {
+    let clock = TestClock::new();
+    let mut want = vec![None; 8];
+    let media = with_killable_backend("slow", &clock, |host_mem, phase| {
+        let opts = replay_opts("slow", 2);
+        let disk = CbdDisk::start(host_mem, &opts, clock.host()).unwrap();
+        let mut q = disk.queue(1).unwrap();
+        for b in 0..4u64 {
+            let mut d = block(b, 3);
+            q.submit(&req(Op::Write, b * BLK as u64, BLK as u32, false), &mut d)
+                .unwrap();
+            want[b as usize] = Some(3);
+        }
+        phase.kill();
+        let mut d = block(5, 4);
+        want[5] = Some(4);
+        assert!(
+            q.start(
+                1,
+                &req(Op::Write, 5 * BLK as u64, BLK as u32, false),
+                &mut d
+            )
+            .is_none()
+        );
+        assert!(q.start(2, &req(Op::Flush, 0, 0, false), &mut []).is_none());
+        clock.jump(45_000_000_000);
+        // Let the host see the backend as dead (its heartbeat thread looks every 200 ms).
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        phase.restart();
+        let mut res = Vec::new();
+        q.finish(&mut |t, r, _| res.push((t, r)));
+        res.sort_by_key(|&(t, _)| t);
+        assert_eq!(res, vec![(1, Ok(())), (2, Ok(()))]);
+        check_blocks(&mut *q, &want);
+        let st = disk.stats();
+        assert_eq!(stat(&st, "outages"), 1, "the outage was seen: {st}");
+        assert_eq!(stat(&st, "errors"), 0, "{st}");
+        disk.shutdown();
+    });
+    check_media(&media, &want);
+}
+
+/// The bound: a backend that never returns. Requests are held until `--recover-timeout`
+/// (default 120 s; the clock jumps past it), then fail with EIO; a new request fails too.
+#[test]
+fn a_backend_that_never_returns_fails_io_with_eio_after_the_bound() {
+    let clock = TestClock::new();
+    with_killable_backend("never", &clock, |host_mem, phase| {
+        let opts = replay_opts("never", 1);
+        assert_eq!(
+            opts.recover_timeout_ns,
+            host::linux::cbd_disk::DEFAULT_RECOVER_TIMEOUT_NS
+        );
+        let disk = CbdDisk::start(host_mem, &opts, clock.host()).unwrap();
+        let mut q = disk.queue(0).unwrap();
+        let mut d = block(0, 1);
+        q.submit(&req(Op::Write, 0, BLK as u32, false), &mut d)
+            .unwrap();
+        phase.kill();
+        assert!(
+            q.start(1, &req(Op::Write, BLK as u64, BLK as u32, false), &mut d)
+                .is_none()
+        );
+        assert!(q.start(2, &req(Op::Flush, 0, 0, false), &mut []).is_none());
+        clock.jump(opts.recover_timeout_ns + 11_000_000_000);
+        let mut res = Vec::new();
+        q.finish(&mut |t, r, _| res.push((t, r)));
+        res.sort_by_key(|&(t, _)| t);
+        assert_eq!(
+            res,
+            vec![(1, Err(Errno(libc::EIO))), (2, Err(Errno(libc::EIO)))]
+        );
+        let mut back = vec![0u8; BLK];
+        assert_eq!(
+            q.submit(&req(Op::Read, 0, BLK as u32, false), &mut back),
+            Err(Errno(libc::EIO))
+        );
+        disk.shutdown();
+    });
+}
+
+/// Two queue threads write versioned blocks (every 8th write followed by a flush) while
+/// the backend is killed and restarted three times. No request fails; at the end every
+/// block reads back as the last version whose write completed, and after a flush the
+/// media holds it.
+#[test]
+fn writers_on_two_queues_see_no_error_across_three_restarts() {
+    let media = writers_across_restarts("writers", VecMedia::new(DISK), |_| {});
+    let want = media.1;
+    check_media(&media.0, &want);
+}
+
+/// The same on a media with a volatile write cache that a kill empties (`CrashMedia`,
+/// unflushed blocks keep any version written since their last flush, or none): the
+/// device loses its staging *and* what it wrote back without a flush. Checked on a
+/// power-loss image taken after the last flushes.
+#[test]
+fn writers_across_restarts_that_also_lose_the_disk_cache() {
+    let (mut media, want) =
+        writers_across_restarts("writerscache", CrashMedia::new(DISK, 11), |m| {
+            m.crash();
+        });
+    check_image(&media.crash(), &want);
+}
+
+type Want = Vec<Option<u8>>;
+
+fn writers_across_restarts<D: device::media::Media + Send>(
+    tag: &str,
+    media: D,
+    power_loss: fn(&mut D),
+) -> (D, Want) {
+    const BLOCKS: u64 = 64;
+    let clock = TestClock::new();
+    let want = Mutex::new(vec![None; BLOCKS as usize]);
+    let media = with_killable_backend_on(tag, &clock, media, power_loss, |host_mem, phase| {
+        let opts = replay_opts(tag, 2);
+        let disk = CbdDisk::start(host_mem, &opts, clock.host()).unwrap();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let writers: Vec<_> = (0..2u16)
+                .map(|qi| {
+                    let (disk, want, done) = (&disk, &want, &done);
+                    s.spawn(move || {
+                        let mut q = disk.queue(qi).unwrap();
+                        let mut n = 0u64;
+                        // Each queue owns the blocks of its parity (no two writes of one block
+                        // in flight at once).
+                        while !done.load(SeqCst) || n < 64 {
+                            let b = (n * 7 + qi as u64) % BLOCKS / 2 * 2 + qi as u64;
+                            let v = (n / 4 % 250) as u8 + 1;
+                            let mut d = block(b, v);
+                            let r = req(Op::Write, b * BLK as u64, BLK as u32, n % 16 == 5);
+                            q.submit(&r, &mut d)
+                                .unwrap_or_else(|e| panic!("queue {qi}: write {n}: {e}"));
+                            want.lock().unwrap()[b as usize] = Some(v);
+                            if n % 8 == 7 {
+                                q.submit(&req(Op::Flush, 0, 0, false), &mut [])
+                                    .unwrap_or_else(|e| panic!("queue {qi}: flush {n}: {e}"));
+                            }
+                            n += 1;
+                        }
+                        q.submit(&req(Op::Flush, 0, 0, false), &mut [])
+                            .unwrap_or_else(|e| panic!("queue {qi}: last flush: {e}"));
+                        // Its own blocks (the others' are the other writer's) read back.
+                        let mine: Vec<Option<u8>> = want
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .enumerate()
+                            .map(|(b, v)| v.filter(|_| b % 2 == qi as usize))
+                            .collect();
+                        check_blocks(&mut *q, &mine);
+                        n
+                    })
+                })
+                .collect();
+            for _ in 0..3 {
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                phase.kill();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                phase.restart();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            done.store(true, SeqCst);
+            for w in writers {
+                assert!(w.join().unwrap() >= 64);
+            }
+        });
+        let st = disk.stats();
+        assert_eq!(stat(&st, "errors"), 0, "{st}");
+        assert!(stat(&st, "replayed_writes") > 0, "{st}");
+        eprintln!("writers across three restarts: {st}");
+        disk.shutdown();
+    });
+    (media, want.into_inner().unwrap())
+}
+
+/// A replay buffer smaller than what is written: writes wait for durability instead of
+/// going unprotected, and a restart in the middle still loses nothing (the held bytes
+/// never exceed the buffer).
+#[test]
+fn a_full_replay_buffer_makes_writes_wait_and_still_covers_a_restart() {
+    let clock = TestClock::new();
+    let mut want = vec![None; 48];
+    let media = with_killable_backend("smallbuf", &clock, |host_mem, phase| {
+        let mut opts = replay_opts("smallbuf", 2);
+        if opts.replay_bytes > 0 {
+            opts.replay_bytes = 4 * BLK;
+        }
+        let disk = CbdDisk::start(host_mem, &opts, clock.host()).unwrap();
+        let mut q = disk.queue(0).unwrap();
+        let mut max_held = 0;
+        for b in 0..48u64 {
+            let mut d = block(b, 9);
+            q.submit(&req(Op::Write, b * BLK as u64, BLK as u32, false), &mut d)
+                .unwrap();
+            want[b as usize] = Some(9);
+            max_held = max_held.max(stat(&disk.stats(), "replay_held_bytes"));
+            if b == 20 {
+                phase.kill();
+                phase.restart();
+            }
+        }
+        q.submit(&req(Op::Flush, 0, 0, false), &mut [])
+            .expect("flush across the restart");
+        assert!(max_held <= 4 * BLK as u64, "held {max_held} bytes");
+        check_blocks(&mut *q, &want);
+        disk.shutdown();
+    });
+    check_media(&media, &want);
+}
+
+/// `--plain-v3`: no incarnation, no replay buffer. What it hides: the outage — a write
+/// in flight across a restart slower than the heartbeat window is held and completes.
+/// What it cannot: the device fails CBD FLUSHes after the re-attach until the host was
+/// told, so the flush across the restart returns EIO; a later one succeeds.
+#[test]
+fn plain_v3_holds_io_through_a_restart_but_the_flush_across_it_fails() {
+    let clock = TestClock::new();
+    with_killable_backend("plainrestart", &clock, |host_mem, phase| {
+        let opts = CbdOptions {
+            plain_v3: true,
+            ..replay_opts("plainrestart", 1)
+        };
+        let disk = CbdDisk::start(host_mem, &opts, clock.host()).unwrap();
+        assert!(!disk.durable_tokens());
+        let mut q = disk.queue(0).unwrap();
+        let mut d = block(0, 1);
+        q.submit(&req(Op::Write, 0, BLK as u32, false), &mut d)
+            .unwrap();
+        phase.kill();
+        let mut d2 = block(1, 1);
+        assert!(
+            q.start(1, &req(Op::Write, BLK as u64, BLK as u32, false), &mut d2)
+                .is_none()
+        );
+        assert!(q.start(2, &req(Op::Flush, 0, 0, false), &mut []).is_none());
+        clock.jump(45_000_000_000);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        phase.restart();
+        let mut res = Vec::new();
+        q.finish(&mut |t, r, _| res.push((t, r)));
+        res.sort_by_key(|&(t, _)| t);
+        assert_eq!(res, vec![(1, Ok(())), (2, Err(Errno(libc::EIO)))]);
+        let ok = (0..4).any(|_| q.submit(&req(Op::Flush, 0, 0, false), &mut []).is_ok());
+        assert!(ok, "a flush succeeds again once the host was told");
+        disk.shutdown();
+    });
+}
+
+/// What the paired VM run does after fio: a restart replayed lost writes, then `mkfs.ext4`
+/// discards the whole disk, writes its metadata (some blocks over replayed ones, some with
+/// WRITE_ZEROES) and flushes; `mount` reads it back. Every read, on either queue, must
+/// return what was written after the replay (the new data, zeroes where discarded): while
+/// the pieces are still held, after a second restart that replays them (a DISCARD that left
+/// older pieces under it would replay the old data here), after the flush, and on the media.
+#[test]
+fn discard_and_writes_after_a_replay_read_back_new_data_not_replayed_data() {
+    let clock = TestClock::new();
+    const N: u64 = 24;
+    let mut want = vec![None; N as usize];
+    let media = with_killable_backend("afterreplay", &clock, |host_mem, phase| {
+        let opts = replay_opts("afterreplay", 2);
+        let disk = CbdDisk::start(host_mem, &opts, clock.host()).unwrap();
+        let mut q0 = disk.queue(0).unwrap();
+        let mut q1 = disk.queue(1).unwrap();
+        // Completed but only staged on both channels, and more in flight at the kill.
+        for b in 0..N / 2 {
+            let q = if b.is_multiple_of(2) {
+                &mut q0
+            } else {
+                &mut q1
+            };
+            let mut d = block(b, 1);
+            q.submit(&req(Op::Write, b * BLK as u64, BLK as u32, false), &mut d)
+                .unwrap();
+        }
+        let mut bufs: Vec<Vec<u8>> = (N / 2..N).map(|b| block(b, 1)).collect();
+        for (i, d) in bufs.iter_mut().enumerate() {
+            let b = N / 2 + i as u64;
+            let q = if b.is_multiple_of(2) {
+                &mut q0
+            } else {
+                &mut q1
+            };
+            let r = req(Op::Write, b * BLK as u64, BLK as u32, false);
+            assert!(q.start(i as u16, &r, d).is_none());
+        }
+        phase.kill();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        phase.restart();
+        let mut res = Vec::new();
+        q0.finish(&mut |t, r, _| res.push((t, r)));
+        q1.finish(&mut |t, r, _| res.push((t, r)));
+        assert!(res.iter().all(|(_, r)| r.is_ok()), "{res:?}");
+        // "mkfs": discard everything (one request per 1 MiB as the block layer splits it,
+        // alternating queues), then new data on some blocks, zeroes on others.
+        let total = N * BLK as u64;
+        let mut off = 0;
+        let mut i = 0u32;
+        while off < total {
+            let len = (total - off).min(1 << 20) as u32;
+            let q = if i.is_multiple_of(2) {
+                &mut q1
+            } else {
+                &mut q0
+            };
+            q.submit(&req(Op::Discard, off, len, false), &mut [])
+                .expect("discard after the replay");
+            off += len as u64;
+            i += 1;
+        }
+        for b in 0..N {
+            want[b as usize] = Some(None);
+        }
+        for b in (0..N).step_by(3) {
+            let q = if b.is_multiple_of(2) {
+                &mut q1
+            } else {
+                &mut q0
+            };
+            let mut d = block(b, 3);
+            q.submit(&req(Op::Write, b * BLK as u64, BLK as u32, false), &mut d)
+                .unwrap();
+            want[b as usize] = Some(Some(3));
+        }
+        for b in (1..N).step_by(3) {
+            let q = if b.is_multiple_of(2) {
+                &mut q0
+            } else {
+                &mut q1
+            };
+            q.submit(
+                &req(Op::WriteZeroes, b * BLK as u64, BLK as u32, false),
+                &mut [],
+            )
+            .unwrap();
+        }
+        let check = |q: &mut dyn host::linux::disk::QueueIo, when: &str| {
+            for (b, v) in want.iter().enumerate() {
+                let mut back = vec![0xffu8; BLK];
+                q.submit(
+                    &req(Op::Read, (b * BLK) as u64, BLK as u32, false),
+                    &mut back,
+                )
+                .unwrap_or_else(|e| panic!("read of block {b}: {e}"));
+                let exp = match v.unwrap() {
+                    Some(v) => block(b as u64, v),
+                    None => vec![0; BLK],
+                };
+                assert!(
+                    back == exp,
+                    "{when}: block {b} reads stale data (want {v:?})"
+                );
+            }
+        };
+        check(&mut *q0, "before the flush, queue 0");
+        check(&mut *q1, "before the flush, queue 1");
+        // A second restart before anything is durable: what the buffer replays now must be
+        // the new filesystem, not the first run's data under it.
+        phase.kill();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        phase.restart();
+        check(&mut *q1, "after the second restart, queue 1");
+        check(&mut *q0, "after the second restart, queue 0");
+        q0.submit(&req(Op::Flush, 0, 0, false), &mut [])
+            .expect("flush");
+        check(&mut *q0, "after the flush, queue 0");
+        check(&mut *q1, "after the flush, queue 1");
+        let st = disk.stats();
+        assert!(stat(&st, "replayed_writes") > 0, "{st}");
+        assert_eq!(stat(&st, "errors"), 0, "{st}");
+        disk.shutdown();
+    });
+    for (b, v) in want.iter().enumerate() {
+        let exp = match v.unwrap() {
+            Some(v) => block(b as u64, v),
+            None => vec![0; BLK],
+        };
+        assert!(
+            media.data[b * BLK..(b + 1) * BLK] == exp[..],
+            "media block {b}: stale (want {v:?})"
+        );
+    }
 }
 
 /// A cbd-host killed mid-I/O, as the transport sees it: its host and blkdev records

@@ -42,6 +42,10 @@ pub struct PairSpec {
     pub linux_extra: Vec<String>,
     /// Extra files for the guest: (path in the guest, file on the build machine).
     pub linux_files: Vec<(String, PathBuf)>,
+    /// Give the device a media image of this many MiB (virtio-blk, RAM staging,
+    /// `takeover=on`) instead of its RAM disk, so that it can be killed and restarted
+    /// on the same data ([`Live::restart_device`]).
+    pub device_media_mib: Option<u64>,
 }
 
 impl PairSpec {
@@ -65,6 +69,7 @@ impl PairSpec {
             interactive: false,
             linux_extra: Vec::new(),
             linux_files: Vec::new(),
+            device_media_mib: None,
         }
     }
 }
@@ -194,6 +199,43 @@ pub fn run_pair(spec: &PairSpec, device_image: Option<&Path>) -> Result<PairOutc
 pub struct Live<'a> {
     pub shm: &'a Path,
     pub linux: &'a mut Vm,
+    /// The device VM and how to start it again (None without a device).
+    pub device: Option<&'a mut DeviceCtl>,
+}
+
+/// The running device VM of a pair, with the command line that started it.
+pub struct DeviceCtl {
+    pub vm: Vm,
+    cmd: QemuCmd,
+    echo: Echo,
+    /// Consoles of the incarnations killed so far.
+    pub killed_logs: Vec<String>,
+}
+
+/// How long a restarted device VM may take to serve again.
+pub const DEVICE_RESTART_LIMIT: Duration = Duration::from_secs(240);
+
+impl DeviceCtl {
+    /// SIGKILL the device VM, wait `down`, start it again on the same shared file and
+    /// media (`takeover=on`: it re-attaches to its own records at once) and wait until it
+    /// serves. Returns how long it took from the kill to serving.
+    pub fn restart_device(&mut self, down: Duration) -> Result<Duration, String> {
+        let t0 = std::time::Instant::now();
+        self.vm.kill();
+        self.killed_logs.push(self.vm.output());
+        std::thread::sleep(down);
+        let mut vm = Vm::spawn_with_input("device", &self.cmd, self.echo, Input::Piped)
+            .map_err(|e| e.to_string())?;
+        if !vm.wait_for("serve: backend", DEVICE_RESTART_LIMIT) {
+            return Err(format!(
+                "the restarted device VM did not serve within {} s:\n{}",
+                DEVICE_RESTART_LIMIT.as_secs(),
+                vm.output()
+            ));
+        }
+        self.vm = vm;
+        Ok(t0.elapsed())
+    }
 }
 
 /// [`run_pair`], calling `watch` once the Linux VM has reached userspace, while both
@@ -227,9 +269,20 @@ pub fn run_pair_watched(
             ..Default::default()
         }
         .option("mode", "backend")
-        .option("disk-mib", &spec.disk_mib.to_string())
         .option("channels", &spec.channels.to_string())
         .topology(topo.clone());
+        if let Some(mib) = spec.device_media_mib {
+            let img = work.join("media.raw");
+            let f = std::fs::File::create(&img).map_err(|e| format!("{}: {e}", img.display()))?;
+            f.set_len(mib << 20).map_err(|e| e.to_string())?;
+            d.media = Some(img);
+            d = d
+                .option("media", "virtio")
+                .option("staging-mib", "8")
+                .option("takeover", "on");
+        } else {
+            d = d.option("disk-mib", &spec.disk_mib.to_string());
+        }
         if spec.topology.starts_with("cxl") {
             // Linux puts devdax metadata first and formats the transport inside it.
             d = d.option("transport", "wait");
@@ -237,7 +290,8 @@ pub fn run_pair_watched(
         for (k, v) in &spec.device_opts {
             d = d.option(k, v);
         }
-        let mut vm = Vm::spawn_with_input("device", &d.command(image), spec.echo, Input::Piped)
+        let cmd = d.command(image);
+        let mut vm = Vm::spawn_with_input("device", &cmd, spec.echo, Input::Piped)
             .map_err(|e| e.to_string())?;
         if !vm.wait_for("serve: ", Duration::from_secs(240)) {
             // One more second to collect its last lines, then it is killed.
@@ -248,7 +302,12 @@ pub fn run_pair_watched(
                 work.join("device.log").display()
             ));
         }
-        device = Some(vm);
+        device = Some(DeviceCtl {
+            vm,
+            cmd,
+            echo: spec.echo,
+            killed_logs: Vec::new(),
+        });
     }
 
     let (append, input, echo, timeout) = if spec.interactive {
@@ -272,13 +331,18 @@ pub fn run_pair_watched(
     watch(&mut Live {
         shm: &shm,
         linux: &mut linux,
+        device: device.as_mut(),
     });
     // The spec's timeout is the Linux VM's whole run (boot included).
     let left = linux.remaining(timeout);
     let linux_out = linux.wait(left);
 
     // However long the pair ran, the device gets DEVICE_STOP_LIMIT to stop after `stop`.
-    let device_out = device.map(|mut vm| {
+    let device_out = device.map(|d| {
+        for (i, log) in d.killed_logs.iter().enumerate() {
+            save(&work, &format!("device-killed-{i}.log"), log);
+        }
+        let mut vm = d.vm;
         let _ = vm.send_line("stop");
         vm.wait(DEVICE_STOP_LIMIT)
     });

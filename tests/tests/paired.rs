@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use qemu::Firmware;
-use qemu::pair::{PairSpec, run_pair};
+use qemu::pair::{PairSpec, run_pair, run_pair_watched};
 use qemu::status::KernelStatus;
 
 fn case(name: &str, topo: &str, with_device: bool, tweak: impl FnOnce(&mut PairSpec)) {
@@ -254,4 +254,52 @@ fn fio_history(topo: &str, suffix: &str, hostargs: &str, tweak: impl FnOnce(&mut
 #[test]
 fn ivshmem_fio_overlapping_history_checked() {
     fio_history("ivshmem", "", "", |_| {});
+}
+
+/// The device VM dies (SIGKILL) and is restarted (`takeover=on`, same media image and
+/// shared file) twice: while fio --verify writes, and while an ext4 write+fsync loop
+/// runs. Nothing reaches the application: fio exits 0 with no verify failure, every
+/// fsync returns 0, the files read back after a remount, fsck is clean, cbd-host saw two
+/// restarts (new incarnations) and counted no error (`qemu/scripts/pair-recovery.sh`). Each phase has its own
+/// deadline: the guest's marker within `PHASE_LIMIT`, the restarted device serving within
+/// `qemu::pair::DEVICE_RESTART_LIMIT`, the whole pair within the spec's timeout.
+#[test]
+fn ivshmem_device_restart_is_invisible_to_fio_and_ext4_fsync() {
+    const PHASE_LIMIT: Duration = Duration::from_secs(300);
+    let name = "pair-recovery-ivshmem";
+    let body = format!(
+        "TOPO=ivshmem\nHOSTARGS=''\n{}\n{}",
+        vmtests::script("lib"),
+        vmtests::script("pair-recovery")
+    )
+    .replace("T=pair-recovery", &format!("T={name}"));
+    let mut spec = PairSpec::new(name, "ivshmem", &body);
+    spec.device_media_mib = Some(128);
+    spec.timeout = Duration::from_secs(1200);
+    let kernel = boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image");
+    let mut restarts = Vec::new();
+    let out = run_pair_watched(&spec, Some(&kernel), |live| {
+        for phase in ["PHASE fio-running", "PHASE fsync-running"] {
+            if !live.linux.wait_for(phase, PHASE_LIMIT) {
+                restarts.push(Err(format!("no '{phase}' within {PHASE_LIMIT:?}")));
+                return;
+            }
+            // Let the workload get going, then kill the device under it.
+            std::thread::sleep(Duration::from_secs(2));
+            let dev = live.device.as_deref_mut().expect("a device VM");
+            restarts.push(dev.restart_device(Duration::from_secs(1)));
+        }
+    })
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    eprintln!("{name}: device restarts (kill → serving): {restarts:?}");
+    let ok = out.guest_ok(name);
+    if !ok || restarts.iter().any(|r| r.is_err()) || restarts.len() != 2 {
+        eprintln!("==== linux console ({name}) ====\n{}", out.linux.output);
+        panic!(
+            "{name}: guest {:?}, restarts {restarts:?} (logs in {})",
+            out.result_line(name),
+            out.logs.display()
+        );
+    }
+    eprintln!("{name}: {}", out.result_line(name).unwrap_or_default());
 }

@@ -137,6 +137,8 @@ struct Tokens {
     /// After a new incarnation: tids below this may have been completed by the old
     /// one (staging lost), so they are never confirmed.
     lost_below: u64,
+    /// Incarnation changes seen.
+    restarts: u64,
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -91,6 +91,7 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
             up.lost = n;
             self.tokens.watermark = 0;
             self.tok.lost_below = self.next_tid;
+            self.tok.restarts += 1;
         }
         self.tok.incarnation = Some(l.incarnation);
         self.tokens.incarnation = l.incarnation;
@@ -120,6 +121,18 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
         }
         self.tokens.confirmed += n;
         n
+    }
+
+    /// Tids below this were submitted before the last backend restart this queue saw (a new
+    /// incarnation on the durability line): unless durable already, they never will be —
+    /// the host must send them again to make them durable (0: no restart seen).
+    pub fn lost_below(&self) -> u64 {
+        self.tok.lost_below
+    }
+
+    /// Backend incarnations this queue has seen change (restarts noticed).
+    pub fn restarts_seen(&self) -> u64 {
+        self.tok.restarts
     }
 
     /// Is the write `req_tid` (completed on this queue) known durable?

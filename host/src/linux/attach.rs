@@ -46,6 +46,13 @@ pub struct CbdOptions {
     /// name that still look alive are that dead program's, and [`prepare`] reclaims them
     /// ([`reclaim_own_records`]) instead of being refused for 30 s.
     pub reclaim: bool,
+    /// How long requests are held for a backend that is down (dead or restarting) before
+    /// they fail with `EIO` (`--recover-timeout`).
+    pub recover_timeout_ns: u64,
+    /// Replay buffer: bytes of written data kept until the backend confirms them durable,
+    /// to send again after a restart that lost them (`--replay-buffer`; 0 = none: the next
+    /// flush fails with `EIO` instead). Only with durability tokens.
+    pub replay_bytes: usize,
 }
 
 impl CbdOptions {
@@ -63,6 +70,8 @@ impl CbdOptions {
             power_window_us: 0,
             default_intent: crate::engine::Intent::Standard,
             reclaim: false,
+            recover_timeout_ns: super::cbd_disk::DEFAULT_RECOVER_TIMEOUT_NS,
+            replay_bytes: super::cbd_disk::DEFAULT_REPLAY_BYTES,
         }
     }
 }

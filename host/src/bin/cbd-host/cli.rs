@@ -127,6 +127,23 @@ struct RunArgs {
         help_heading = "Transport (--backend cbd)"
     )]
     wait_backend_secs: u64,
+    /// Hold I/O up to SECS for a backend that died or restarts, then fail it with EIO.
+    #[arg(
+        long = "recover-timeout",
+        value_name = "SECS",
+        default_value_t = 120,
+        help_heading = "Transport (--backend cbd)"
+    )]
+    recover_timeout_secs: u64,
+    /// Replay buffer in MiB: written data kept until durable, replayed after a backend
+    /// restart (0: none; the next flush fails with EIO instead).
+    #[arg(
+        long = "replay-buffer",
+        value_name = "MIB",
+        default_value_t = 32,
+        help_heading = "Transport (--backend cbd)"
+    )]
+    replay_buffer_mib: u64,
     /// Plain CBD v3: none of our extensions (no durability tokens, no non-coherent mode, no
     /// DISCARD/WRITE_ZEROES); FUA = WRITE + CBD FLUSH, flush = CBD FLUSH.
     #[arg(long = "plain-v3", help_heading = "Transport (--backend cbd)")]
@@ -223,6 +240,8 @@ pub struct Args {
     pub noncoherent: bool,
     pub format: bool,
     pub wait_backend_secs: u64,
+    pub recover_timeout_secs: u64,
+    pub replay_buffer_mib: u64,
     pub plain_v3: bool,
     pub power_window_us: u64,
     pub default_intent: Intent,
@@ -340,6 +359,8 @@ where
         noncoherent: r.noncoherent,
         format: r.format,
         wait_backend_secs: r.wait_backend_secs,
+        recover_timeout_secs: r.recover_timeout_secs,
+        replay_buffer_mib: r.replay_buffer_mib,
         plain_v3: r.plain_v3,
         power_window_us: r.power_window_us.unwrap_or(0),
         default_intent: match r.default_intent {
@@ -428,6 +449,9 @@ mod tests {
         assert_eq!(a.default_intent, Intent::Ephemeral);
         assert_eq!(a.stats.as_deref(), Some("/tmp/s"));
         assert_eq!(a.history, None);
+        assert_eq!((a.recover_timeout_secs, a.replay_buffer_mib), (120, 32));
+        let a = run("--recover-timeout 300 --replay-buffer 0");
+        assert_eq!((a.recover_timeout_secs, a.replay_buffer_mib), (300, 0));
         let a = run("--history /tmp/h.txt");
         assert_eq!(
             a.history.as_deref(),

@@ -142,6 +142,8 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
                 power_window_us: args.power_window_us,
                 default_intent: args.default_intent,
                 reclaim,
+                recover_timeout_ns: args.recover_timeout_secs.saturating_mul(1_000_000_000),
+                replay_bytes: (args.replay_buffer_mib as usize).saturating_mul(1 << 20),
             };
             let clock = Arc::new(attach::now_ns);
             Arc::new(CbdDisk::start_recording(

@@ -30,11 +30,15 @@ use device::shm::Shm;
 use device::trace::NoTrace;
 use device::transport::Transport;
 
+mod liveness;
 mod queue;
 mod record;
+mod replay;
 
+pub use liveness::{DEAD_AFTER_NS, DEFAULT_RECOVER_TIMEOUT_NS, Verdict};
 pub use queue::CbdQueue;
 pub use record::{FLUSH_CHANNEL, HistoryLog, header as history_header};
+pub use replay::MAX_PIECES as REPLAY_MAX_PIECES;
 
 use super::attach::{CbdError, CbdOptions, Registered};
 use super::disk::{Disk, QueueIo, Stats};
@@ -46,6 +50,8 @@ pub const LIVENESS_CHECK_NS: u64 = 100_000_000;
 pub const LIVENESS_CHECK_POLLS: u32 = 1 << 16;
 /// How long dev-start waits for every channel to answer RESET (v3 uses 30 s).
 pub const READY_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Default replay buffer (`--replay-buffer`): 32 MiB of written data.
+pub const DEFAULT_REPLAY_BYTES: usize = 32 << 20;
 /// How long a token flush sleeps between two looks at the watermarks.
 pub const FLUSH_WAIT_SLEEP: Duration = Duration::from_micros(100);
 
@@ -90,6 +96,15 @@ struct Shared {
     lost_reported: Mutex<u64>,
     /// `--history`: the log of what was submitted and completed.
     history: Option<record::Recording>,
+    /// The replay buffer (durability tokens on and `--replay-buffer` > 0).
+    replay: Option<Mutex<replay::Replay>>,
+    /// Per channel: the engine's `lost_below` as last seen (pieces below need replay).
+    lost_below: Vec<AtomicU64>,
+    /// Bumped after any channel's `lost_below` grew: queues look for pieces to replay.
+    restart_gen: AtomicU64,
+    /// Is the backend there (read by the heartbeat thread and by waiting queues)?
+    live: Mutex<liveness::Liveness>,
+    tp: Transport<'static, MappedMem>,
 }
 
 /// Durability counters of the whole disk (sum over the channels), readable while running.
@@ -110,6 +125,16 @@ pub struct TokenSummary {
     pub cbd_flushes_sent: u64,
     pub flushes_by_watermark: u64,
     pub critical_writes: u64,
+    /// Replay buffer: requests and bytes sent again after a backend restart, data held now.
+    pub replayed_writes: u64,
+    pub replayed_bytes: u64,
+    pub replay_held_bytes: u64,
+    /// Backend outages the host held I/O through (down → alive again).
+    pub outages: u64,
+}
+
+fn lock_replay(r: &Mutex<replay::Replay>) -> std::sync::MutexGuard<'_, replay::Replay> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
@@ -120,7 +145,46 @@ impl Shared {
         if let Some(h) = &self.history {
             h.durable_seen(idx as u16, g);
         }
+        self.after_durable(idx, g);
         Ok(())
+    }
+
+    /// What a look at channel `idx`'s durability line means for the replay buffer: a new
+    /// restart seen (its pieces from before need replay), confirmed pieces leave.
+    fn after_durable(&self, idx: usize, g: &Chan) {
+        let lb = g.q.lost_below();
+        if lb > self.lost_below[idx].swap(lb, Ordering::AcqRel) {
+            self.restart_gen.fetch_add(1, Ordering::AcqRel);
+            log::warn!(
+                "channel {idx}: the backend restarted (incarnation {}); {}",
+                g.q.tokens.incarnation,
+                if self.replay.is_some() {
+                    "replaying the writes it had not made durable"
+                } else {
+                    "writes it had not made durable are lost (no replay buffer)"
+                }
+            );
+        }
+        if let Some(r) = &self.replay {
+            let q = &g.q;
+            lock_replay(r).confirm(idx as u16, q.tokens.watermark, |t| q.is_durable(t));
+        }
+    }
+
+    /// Every channel's `lost_below` as last seen.
+    fn lost_below_now(&self) -> Vec<u64> {
+        self.lost_below
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// The liveness verdict now (reads the backend record).
+    fn observe(&self, now: u64) -> Verdict {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(&self.tp, now)
     }
 
     fn tokens_summary(&self, now: u64) -> TokenSummary {
@@ -143,7 +207,17 @@ impl Shared {
             t.latency_max_ns = t.latency_max_ns.max(s.latency_max_ns);
             t.watermark += s.watermark;
         }
+        let (replayed_writes, replayed_bytes, replay_held_bytes) =
+            self.replay.as_ref().map_or((0, 0, 0), |r| {
+                let r = lock_replay(r);
+                (r.replayed_requests, r.replayed_bytes, r.used() as u64)
+            });
+        let outages = self.live.lock().unwrap_or_else(|p| p.into_inner()).outages;
         TokenSummary {
+            replayed_writes,
+            replayed_bytes,
+            replay_held_bytes,
+            outages,
             negotiated: self.tokens,
             issued: t.issued,
             completed: t.completed,
@@ -168,7 +242,8 @@ impl std::fmt::Display for TokenSummary {
             "cbd_flushes_sent={} flushes_by_watermark={} critical_writes={} durable_tokens={} \
              tokens_issued={} tokens_completed={} tokens_confirmed={} \
              tokens_confirmed_at_completion={} tokens_outstanding={} tokens_lost={} \
-             confirm_latency_mean_us={} confirm_latency_max_us={} watermark_sum={}",
+             confirm_latency_mean_us={} confirm_latency_max_us={} watermark_sum={} \
+             replayed_writes={} replayed_bytes={} replay_held_bytes={} outages={}",
             self.cbd_flushes_sent,
             self.flushes_by_watermark,
             self.critical_writes,
@@ -181,7 +256,11 @@ impl std::fmt::Display for TokenSummary {
             self.lost,
             self.latency_mean_us,
             self.latency_max_us,
-            self.watermark_sum
+            self.watermark_sum,
+            self.replayed_writes,
+            self.replayed_bytes,
+            self.replay_held_bytes,
+            self.outages
         )
     }
 }
@@ -191,7 +270,6 @@ pub struct CbdDisk {
     reg: Registered,
     shared: Arc<Shared>,
     claimed: Mutex<Vec<bool>>,
-    tp: Transport<'static, MappedMem>,
     clock: Clock,
     stop: Arc<AtomicBool>,
     heartbeat: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -293,7 +371,30 @@ impl CbdDisk {
             critical_writes: AtomicU64::new(0),
             lost_reported: Mutex::new(0),
             history: history.map(record::Recording::new),
+            replay: (tokens && opts.replay_bytes > 0)
+                .then(|| Mutex::new(replay::Replay::new(opts.replay_bytes))),
+            lost_below: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            restart_gen: AtomicU64::new(0),
+            live: Mutex::new(liveness::Liveness::new(
+                reg.backend_id,
+                opts.recover_timeout_ns,
+                clock(),
+            )),
+            tp: host.tp.clone(),
         });
+        if tokens {
+            log::info!(
+                "replay buffer: {} MiB (--replay-buffer); I/O held up to {} s for a backend that is down (--recover-timeout)",
+                opts.replay_bytes >> 20,
+                opts.recover_timeout_ns / 1_000_000_000
+            );
+        } else {
+            log::info!(
+                "no replay buffer (no durability tokens); I/O held up to {} s for a backend that is down (--recover-timeout); a flush after a backend restart fails with EIO",
+                opts.recover_timeout_ns / 1_000_000_000
+            );
+        }
+        shared.observe(clock());
         let stop = Arc::new(AtomicBool::new(false));
         let hb = {
             let (stop, clock, shared) =
@@ -310,7 +411,6 @@ impl CbdDisk {
             reg,
             shared,
             claimed: Mutex::new(vec![false; n]),
-            tp: host.tp.clone(),
             clock,
             stop,
             heartbeat: Mutex::new(Some(hb)),
@@ -380,6 +480,7 @@ fn heartbeat_loop(
             if let Err(e) = dev.heartbeat(clock()) {
                 log::error!("heartbeat: {e:?}");
             }
+            shared.observe(clock());
             last_hb = Some(std::time::Instant::now());
         }
         if shared.tokens {
@@ -427,8 +528,6 @@ impl Disk for CbdDisk {
         Ok(Box::new(CbdQueue::new(
             qid as usize,
             Arc::clone(&self.shared),
-            self.tp.clone(),
-            self.reg.backend_id,
             Arc::clone(&self.clock),
         )))
     }

@@ -4,25 +4,25 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use crate::engine::{Completion, HostError, Intent, Request};
-use device::layout::{STATE_RUNNING, chan, op};
-use device::transport::{Transport, is_alive};
+use device::layout::{chan, op};
 
+use super::liveness::{DEAD_AFTER_NS, Verdict};
 use super::record::{FLUSH_CHANNEL, digests_if, kind_of};
+use super::replay::{Content, ReplayJob};
 use super::{
     ChanRef, Clock, FLUSH_WAIT_SLEEP, LIVENESS_CHECK_NS, LIVENESS_CHECK_POLLS, Shared, lock,
+    lock_replay,
 };
 use crate::linux::disk::{Errno, MAX_DISCARD_BYTES, Op, QueueIo, Req, Sink};
-use crate::linux::mem::MappedMem;
 use history::{OpId, OpKind, Outcome};
 
 /// One ublk queue = one CBD channel.
 pub struct CbdQueue {
     idx: usize,
     shared: Arc<Shared>,
-    tp: Transport<'static, MappedMem>,
-    backend_id: u32,
     clock: Clock,
     read_buf: Vec<u8>,
     /// Started requests by CBD tid: the ublk tag, and whether a FUA write still needs its
@@ -37,7 +37,24 @@ pub struct CbdQueue {
     hist_ids: std::collections::HashMap<u64, OpId>,
     /// Token flushes recorded so far (their tids on the pseudo-channel).
     hist_flushes: u64,
+    /// Replays in flight on this channel, by CBD tid.
+    replays: std::collections::HashMap<u64, ReplayJob>,
+    /// The shared restart count this queue last helped replay for.
+    replay_gen: u64,
+    /// A READ completed across a restart the host saw only then: sent again.
+    retry_read: Option<u64>,
+    /// The restart count up to which this queue made every channel look at its line.
+    synced_gen: u64,
+    /// Last completion (host clock), and whether a stalled ring was reported since.
+    last_progress: u64,
+    stall_logged: bool,
 }
+
+/// A submitted request: its tid, for a READ the replay buffer's overlay and the restart count.
+type Submitted = (u64, Vec<(usize, Vec<u8>)>, u64);
+
+/// Pieces one queue takes for replay at a time.
+const REPLAY_BATCH: usize = 32;
 
 /// What a token flush waits for: per channel, the end (max tid + 1) of the writes completed
 /// when it arrived; and the sum of lost tokens already reported then.
@@ -45,13 +62,21 @@ pub struct CbdQueue {
 struct FlushSnap {
     ends: Vec<u64>,
     reported: u64,
+    /// With a replay buffer: its sequence when the flush arrived (it owes what is below).
+    seq: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Started {
     tag: u16,
     op: Op,
     fua_flush_pending: bool,
+    /// READ: what the replay buffer held over its bytes when it was submitted (newer than
+    /// what a restarted backend may return until the replay lands).
+    overlay: Vec<(usize, Vec<u8>)>,
+    /// READ: the restart count when it was submitted (a restart seen before it completed
+    /// may have been served by the new backend before the replay: it is sent again).
+    restart_gen: u64,
 }
 
 fn is_write(code: u32) -> bool {
@@ -59,18 +84,10 @@ fn is_write(code: u32) -> bool {
 }
 
 impl CbdQueue {
-    pub(super) fn new(
-        idx: usize,
-        shared: Arc<Shared>,
-        tp: Transport<'static, MappedMem>,
-        backend_id: u32,
-        clock: Clock,
-    ) -> CbdQueue {
+    pub(super) fn new(idx: usize, shared: Arc<Shared>, clock: Clock) -> CbdQueue {
         CbdQueue {
             idx,
             shared,
-            tp,
-            backend_id,
             clock,
             read_buf: vec![0; chan::MAX_IO as usize],
             inflight: std::collections::HashMap::new(),
@@ -78,6 +95,12 @@ impl CbdQueue {
             flushes: Vec::new(),
             hist_ids: std::collections::HashMap::new(),
             hist_flushes: 0,
+            replays: std::collections::HashMap::new(),
+            replay_gen: 0,
+            retry_read: None,
+            synced_gen: 0,
+            last_progress: 0,
+            stall_logged: false,
         }
     }
 
@@ -85,29 +108,239 @@ impl CbdQueue {
         &self.shared.chans[self.idx]
     }
 
-    fn backend_alive(&self, now: u64) -> bool {
-        match self.tp.backend(self.backend_id) {
-            Ok(Some(b)) => b.rec.state == STATE_RUNNING && is_alive(b.rec.alive_ts, now),
-            _ => false,
-        }
-    }
-
-    fn check_alive(&self, next_check: &mut u64, polls: &mut u32) -> Result<(), Errno> {
+    /// While waiting: every [`LIVENESS_CHECK_NS`] (or [`LIVENESS_CHECK_POLLS`] calls) look at
+    /// the backend. Down: keep holding (the requests stay in the ring for the backend's
+    /// return); down for longer than `--recover-timeout`: `EIO`.
+    fn check_alive(&mut self, next_check: &mut u64, polls: &mut u32) -> Result<(), Errno> {
         let now = (self.clock)();
         *polls += 1;
         if now >= *next_check || *polls >= LIVENESS_CHECK_POLLS {
             *next_check = now + LIVENESS_CHECK_NS;
             *polls = 0;
-            if !self.backend_alive(now) {
-                log::error!(
-                    "backend {} is dead or stopped; failing the request",
-                    self.backend_id
-                );
+            let v = self.shared.observe(now);
+            if v == Verdict::Failed {
                 return Err(Errno(libc::EIO));
             }
-            std::thread::yield_now();
+            let waiting = self.inflight.len() + self.replays.len();
+            if v == Verdict::Up
+                && waiting > 0
+                && !self.stall_logged
+                && now.saturating_sub(self.last_progress) > DEAD_AFTER_NS
+            {
+                self.stall_logged = true;
+                log::warn!(
+                    "channel {}: {waiting} request(s) in flight and no completion for {} s while the backend's heartbeat is fresh (stalled ring); holding them",
+                    self.idx,
+                    now.saturating_sub(self.last_progress) / 1_000_000_000
+                );
+            }
+            if v == Verdict::Holding {
+                std::thread::sleep(Duration::from_millis(1));
+            } else {
+                std::thread::yield_now();
+            }
         }
         Ok(())
+    }
+
+    /// A completion from [`CbdQueue::poll_one`]: a replay's goes to the replay buffer,
+    /// everything else to [`CbdQueue::on_completion`].
+    fn dispatch(&mut self, c: Completion, sink: &mut Sink<'_>) -> Result<(), Errno> {
+        self.last_progress = (self.clock)();
+        self.stall_logged = false;
+        let rp = self.shared.replay.as_ref();
+        if let Some(job) = self.replays.remove(&c.req_tid) {
+            if c.result != 0 {
+                log::error!(
+                    "replay of {} byte(s) at {} failed ({}); the flushes that owe it fail",
+                    job.len,
+                    job.offset,
+                    c.result
+                );
+            }
+            if let Some(r) = rp {
+                lock_replay(r).replay_done(&job, c.result == 0, c.durable);
+            }
+            return Ok(());
+        }
+        if let Some(r) = rp
+            && is_write(c.req.op)
+        {
+            lock_replay(r).completed(self.idx as u16, c.req_tid, c.result == 0, c.durable);
+        }
+        self.on_completion(c, sink)
+    }
+
+    /// Look at every channel's durability line (channels busy in another thread are skipped).
+    fn poll_all_durable(&self) {
+        let now = (self.clock)();
+        for (i, c) in self.shared.chans.iter().enumerate() {
+            if let Ok(mut g) = c.try_lock()
+                && let Err(e) = self.shared.poll_durable(i, &mut g, now)
+            {
+                log::debug!("watermark: {e:?}");
+            }
+        }
+    }
+
+    /// Replay what the backend lost: take pieces that need it (their channel saw a restart
+    /// after they were submitted), submit them on this channel, wait until they completed.
+    /// Cheap when nothing restarted since this queue last looked.
+    fn help_replay(&mut self, sink: &mut Sink<'_>) -> Result<(), Errno> {
+        let shared = Arc::clone(&self.shared);
+        let Some(rp) = shared.replay.as_ref() else {
+            return Ok(());
+        };
+        loop {
+            let generation = shared.restart_gen.load(Ordering::Acquire);
+            if generation == self.replay_gen {
+                return Ok(());
+            }
+            let lbs = shared.lost_below_now();
+            let Some(jobs) = lock_replay(rp).take_jobs(&lbs, REPLAY_BATCH) else {
+                // A write admitted before the restart was seen is on its way: later.
+                return Ok(());
+            };
+            if jobs.is_empty() {
+                self.replay_gen = generation;
+                return Ok(());
+            }
+            let n = jobs.len();
+            log::debug!("channel {}: replaying {n} piece(s)", self.idx);
+            let mut jobs = jobs.into_iter();
+            while let Some(job) = jobs.next() {
+                if let Err(e) = self.submit_replay(job, sink) {
+                    let mut r = lock_replay(rp);
+                    for j in jobs {
+                        r.replay_done(&j, false, false);
+                    }
+                    return Err(e);
+                }
+            }
+            self.drain_replays(sink)?;
+        }
+    }
+
+    fn submit_replay(&mut self, job: ReplayJob, sink: &mut Sink<'_>) -> Result<(), Errno> {
+        let shared = Arc::clone(&self.shared);
+        let Some(rp) = shared.replay.as_ref() else {
+            return Ok(());
+        };
+        let (code, payload): (u32, &[u8]) = match &job.content {
+            Content::Data(d) => (op::WRITE, d),
+            Content::Zeroes => (op::WRITE_ZEROES, &[]),
+            Content::Discard => (op::DISCARD, &[]),
+        };
+        let r = Request {
+            op: code,
+            offset: job.offset,
+            len: job.len,
+        };
+        let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
+        let mut polls = 0u32;
+        loop {
+            let res = {
+                let mut g = lock(self.me());
+                let res = g.q.submit_intent(r, payload, Intent::Standard);
+                if let Ok(t) = res {
+                    lock_replay(rp).replayed(&job, self.idx as u16, t);
+                }
+                res
+            };
+            let step = match res {
+                Ok(t) => {
+                    self.replays.insert(t, job);
+                    return Ok(());
+                }
+                Err(HostError::Busy) => match self.poll_one() {
+                    Ok(Some(c)) => self.dispatch(c, sink),
+                    Ok(None) => self.check_alive(&mut next_check, &mut polls),
+                    Err(e) => {
+                        log::error!("poll: {e:?}");
+                        Err(Errno(libc::EIO))
+                    }
+                },
+                Err(e) => {
+                    log::error!("replay {r:?}: {e:?}");
+                    Err(Errno(libc::EIO))
+                }
+            };
+            if let Err(e) = step {
+                lock_replay(rp).replay_done(&job, false, false);
+                return Err(e);
+            }
+        }
+    }
+
+    /// Waits until this channel's replays completed.
+    fn drain_replays(&mut self, sink: &mut Sink<'_>) -> Result<(), Errno> {
+        let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
+        let mut polls = 0u32;
+        while !self.replays.is_empty() {
+            let step = match self.poll_one() {
+                Ok(Some(c)) => self.dispatch(c, sink),
+                Ok(None) => self.check_alive(&mut next_check, &mut polls),
+                Err(e) => {
+                    log::error!("poll: {e:?}");
+                    Err(Errno(libc::EIO))
+                }
+            };
+            if let Err(e) = step {
+                if let Some(r) = self.shared.replay.as_ref() {
+                    let mut r = lock_replay(r);
+                    for (_, j) in self.replays.drain() {
+                        r.replay_done(&j, false, false);
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a modifying request of `bytes` data: room in the replay buffer, and no replay
+    /// in flight anywhere (a replay landing after a newer write over the same bytes would
+    /// undo it). Meanwhile: replay, take completions, look at the watermarks.
+    fn wait_for_room(&mut self, bytes: usize, sink: &mut Sink<'_>) -> Result<(), Errno> {
+        let shared = Arc::clone(&self.shared);
+        let Some(rp) = shared.replay.as_ref() else {
+            return Ok(());
+        };
+        let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
+        let mut polls = 0u32;
+        let mut waited = false;
+        loop {
+            self.help_replay(sink)?;
+            {
+                let lbs = shared.lost_below_now();
+                let mut r = lock_replay(rp);
+                if r.reserve(bytes, &lbs) {
+                    return Ok(());
+                }
+                if !waited && r.in_flight == 0 {
+                    log::debug!(
+                        "replay buffer full ({} of {} bytes held): waiting for durability",
+                        r.used(),
+                        r.capacity()
+                    );
+                }
+            }
+            waited = true;
+            match self.poll_one() {
+                Ok(Some(c)) => {
+                    self.dispatch(c, sink)?;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::error!("poll: {e:?}");
+                    return Err(Errno(libc::EIO));
+                }
+            }
+            self.poll_all_durable();
+            self.check_alive(&mut next_check, &mut polls)?;
+            std::thread::sleep(FLUSH_WAIT_SLEEP);
+        }
     }
 
     /// Polls this channel for one completion (READ data lands in `read_buf`).
@@ -122,6 +355,27 @@ impl CbdQueue {
         {
             g.write_end = g.write_end.max(c.req_tid + 1);
         }
+        let mut retry = false;
+        if let Some(c) = c
+            && c.req.op == op::READ
+            && c.result == 0
+            && self.shared.replay.is_some()
+            && let Some(st) = self.inflight.get(&c.req_tid)
+        {
+            // A restart before this READ ran shows on this channel's line: looked at now so
+            // that the READ is sent again (`on_completion`) rather than return lost data.
+            if let Err(e) = self.shared.poll_durable(self.idx, &mut g, now) {
+                log::debug!("read: poll_durable: {e:?}");
+            }
+            retry = self.shared.restart_gen.load(Ordering::Acquire) != st.restart_gen;
+            if retry {
+                self.retry_read = Some(c.req_tid);
+            } else {
+                for (o, b) in &st.overlay {
+                    self.read_buf[*o..*o + b.len()].copy_from_slice(b);
+                }
+            }
+        }
         if let (Some(c), Some(h)) = (c, &self.shared.history) {
             // A new incarnation is recorded before its first completion.
             if self.shared.tokens
@@ -131,7 +385,10 @@ impl CbdQueue {
             }
             match self.hist_ids.remove(&c.req_tid) {
                 Some(id) => {
-                    let (outcome, read) = if c.result == 0 {
+                    let (outcome, read) = if retry {
+                        // Not what the caller gets: it is read again.
+                        (Outcome::Err(libc::EAGAIN), Vec::new())
+                    } else if c.result == 0 {
                         let data = &self.read_buf[..c.req.len as usize];
                         let read = if c.req.op == op::READ {
                             history::digests(data)
@@ -188,11 +445,24 @@ impl CbdQueue {
                 offset: 0,
                 len: 0,
             };
-            let tid = self.submit_blocking(flush, &[], Intent::Standard, sink)?;
+            let tid = self.submit_blocking(flush, &[], Intent::Standard, None, sink)?;
             self.inflight.insert(
                 tid,
                 Started {
                     fua_flush_pending: false,
+                    ..st
+                },
+            );
+            return Ok(());
+        }
+        if self.retry_read == Some(c.req_tid) {
+            self.retry_read = None;
+            let (tid, overlay, restart_gen) = self.submit_read(c.req, sink)?;
+            self.inflight.insert(
+                tid,
+                Started {
+                    overlay,
+                    restart_gen,
                     ..st
                 },
             );
@@ -209,11 +479,14 @@ impl CbdQueue {
     }
 
     /// Submits, polling completions (into `sink`) while the channel is full.
+    /// `keep`: what the replay buffer keeps of it (a modifying request with a replay buffer;
+    /// its room was reserved), entered under the channel's lock as the request is submitted.
     fn submit_blocking(
         &mut self,
         r: Request,
         payload: &[u8],
         intent: Intent,
+        mut keep: Option<Content>,
         sink: &mut Sink<'_>,
     ) -> Result<u64, Errno> {
         let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
@@ -222,7 +495,16 @@ impl CbdQueue {
         loop {
             // Stamped before the backend can see the request.
             let stamp = self.shared.history.as_ref().map(|h| h.log.tick());
-            let res = lock(self.me()).q.submit_intent(r, payload, intent);
+            let res = {
+                let mut g = lock(self.me());
+                let res = g.q.submit_intent(r, payload, intent);
+                if let (Ok(t), Some(rp)) = (&res, self.shared.replay.as_ref())
+                    && let Some(k) = keep.take()
+                {
+                    lock_replay(rp).insert(self.idx as u16, *t, r.offset, k, r.len);
+                }
+                res
+            };
             match res {
                 Ok(t) => {
                     if r.op == op::FLUSH {
@@ -238,7 +520,7 @@ impl CbdQueue {
                     return Ok(t);
                 }
                 Err(HostError::Busy) => match self.poll_one() {
-                    Ok(Some(c)) => self.on_completion(c, sink)?,
+                    Ok(Some(c)) => self.dispatch(c, sink)?,
                     Ok(None) => self.check_alive(&mut next_check, &mut polls)?,
                     Err(e) => {
                         log::error!("poll: {e:?}");
@@ -251,6 +533,68 @@ impl CbdQueue {
                 }
             }
         }
+    }
+
+    /// Submits `req` (not a token flush) with the replay buffer's part: a READ takes what the
+    /// buffer holds over its bytes; a modifying request waits for room and is kept.
+    fn start_io(
+        &mut self,
+        req: &Req,
+        payload: &[u8],
+        intent: Intent,
+        sink: &mut Sink<'_>,
+    ) -> Result<Submitted, Errno> {
+        let shared = Arc::clone(&self.shared);
+        let r = Self::to_request(req);
+        if req.op == Op::Read {
+            return self.submit_read(r, sink);
+        }
+        let mut keep = None;
+        if shared.replay.is_some() && is_write(r.op) {
+            self.wait_for_room(payload.len(), sink)?;
+            keep = Some(match req.op {
+                Op::Write => Content::Data(payload.to_vec()),
+                Op::Discard => Content::Discard,
+                _ => Content::Zeroes,
+            });
+        }
+        let kept = keep.is_some();
+        match self.submit_blocking(r, payload, intent, keep, sink) {
+            Ok(t) => Ok((t, Vec::new(), 0)),
+            Err(e) => {
+                if let (Some(rp), true) = (shared.replay.as_ref(), kept) {
+                    lock_replay(rp).unreserve(payload.len());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Submits a READ with what the replay buffer holds of the bytes the backend may have
+    /// lost, and the restart count it was submitted under (sampled first).
+    fn submit_read(&mut self, r: Request, sink: &mut Sink<'_>) -> Result<Submitted, Errno> {
+        let mut restart_gen = self.shared.restart_gen.load(Ordering::Acquire);
+        if restart_gen != self.synced_gen && self.shared.replay.is_some() {
+            // One channel saw a restart: the backend restarted for all of them. Make each
+            // look at its line now, so that what the others lost is laid over this READ.
+            let now = (self.clock)();
+            for (i, c) in self.shared.chans.iter().enumerate() {
+                if let Err(e) = self.shared.poll_durable(i, &mut lock(c), now) {
+                    log::debug!("read: poll_durable: {e:?}");
+                }
+            }
+            self.synced_gen = restart_gen;
+            restart_gen = self.shared.restart_gen.load(Ordering::Acquire);
+        }
+        let overlay = match self.shared.replay.as_ref() {
+            Some(rp) => {
+                let lbs = self.shared.lost_below_now();
+                lock_replay(rp).overlay(r.offset, r.len, &lbs)
+            }
+            None => Vec::new(),
+        };
+        let tid = self.submit_blocking(r, &[], Intent::Standard, None, sink)?;
+        Ok((tid, overlay, restart_gen))
     }
 
     /// Fails everything in flight (dead backend / broken channel).
@@ -275,7 +619,12 @@ impl CbdQueue {
             .iter()
             .map(|c| lock(c).write_end)
             .collect();
-        FlushSnap { ends, reported }
+        let seq = self.shared.replay.as_ref().map(|r| lock_replay(r).seq());
+        FlushSnap {
+            ends,
+            reported,
+            seq,
+        }
     }
 
     /// Waits until, on every channel, every write below the snapshot's end is durable: the
@@ -283,7 +632,11 @@ impl CbdQueue {
     /// or if it lost completed writes (new incarnation) that no flush had reported when this
     /// one arrived: every flush that arrived before the loss was reported fails, not only the
     /// first to notice (a second one in flight would otherwise vouch for the lost writes).
-    fn wait_durable(&self, snap: &FlushSnap) -> Result<(), Errno> {
+    ///
+    /// With a replay buffer, losses do not fail it: it waits until the buffer owes nothing
+    /// from before its arrival (the lost writes replayed and durable in the new incarnation),
+    /// helping with the replay meanwhile; only a replay that failed fails it.
+    fn wait_durable(&mut self, snap: &FlushSnap, sink: &mut Sink<'_>) -> Result<(), Errno> {
         let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
         let mut polls = 0u32;
         loop {
@@ -303,7 +656,19 @@ impl CbdQueue {
                 lost += g.q.tokens.lost;
                 done &= g.q.tokens.watermark >= end || g.q.all_completed_durable();
             }
-            {
+            if let (Some(rp), Some(seq)) = (self.shared.replay.as_ref(), snap.seq) {
+                {
+                    let r = lock_replay(rp);
+                    if r.failed_for(seq) {
+                        log::error!("flush: a replay it was owed failed; failing the flush");
+                        return Err(Errno(libc::EIO));
+                    }
+                    if !r.owes(seq) {
+                        return Ok(());
+                    }
+                }
+                self.help_replay(sink)?;
+            } else {
                 let mut rep = self
                     .shared
                     .lost_reported
@@ -319,9 +684,9 @@ impl CbdQueue {
                     }
                     return Err(Errno(libc::EIO));
                 }
-            }
-            if done {
-                return Ok(());
+                if done {
+                    return Ok(());
+                }
             }
             self.check_alive(&mut next_check, &mut polls)?;
             std::thread::sleep(FLUSH_WAIT_SLEEP);
@@ -394,12 +759,12 @@ impl QueueIo for CbdQueue {
         // Completions that arrive while waiting for room are kept for `finish` (with a copy of
         // their READ data: the sink that owns the buffers is not available here).
         let mut early = std::mem::take(&mut self.early);
-        let res = self.submit_blocking(Self::to_request(req), payload, intent, &mut |t, r, d| {
+        let res = self.start_io(req, payload, intent, &mut |t, r, d| {
             early.push((t, r, d.to_vec()))
         });
         self.early = early;
         match res {
-            Ok(tid) => {
+            Ok((tid, overlay, restart_gen)) => {
                 if critical {
                     self.shared.critical_writes.fetch_add(1, Ordering::Relaxed);
                 }
@@ -409,6 +774,8 @@ impl QueueIo for CbdQueue {
                         tag,
                         op: req.op,
                         fua_flush_pending: fua && !critical,
+                        overlay,
+                        restart_gen,
                     },
                 );
                 None
@@ -425,7 +792,7 @@ impl QueueIo for CbdQueue {
         let mut polls = 0u32;
         while !self.inflight.is_empty() {
             let step = match self.poll_one() {
-                Ok(Some(c)) => self.on_completion(c, sink),
+                Ok(Some(c)) => self.dispatch(c, sink),
                 Ok(None) => {
                     std::hint::spin_loop();
                     self.check_alive(&mut next_check, &mut polls)
@@ -440,7 +807,7 @@ impl QueueIo for CbdQueue {
             }
         }
         for (tag, snap, id) in std::mem::take(&mut self.flushes) {
-            let r = self.wait_durable(&snap);
+            let r = self.wait_durable(&snap, sink);
             if let (Some(h), Some(id)) = (&self.shared.history, id) {
                 let outcome = r.map_or_else(|e| Outcome::Err(e.0), |()| Outcome::Ok);
                 h.log
