@@ -94,6 +94,43 @@ fn check_clean_end(out: &HostsOutcome) -> String {
 /// How long a guest may take from boot to `HOST-UP` (cbd-host attached, /dev/ublkb0).
 const HOST_UP_LIMIT: Duration = Duration::from_secs(180);
 
+/// Both Linux VMs attached (`HOST-UP`), then VM a's first verified fio round passed.
+fn both_up_and_a_verified_round(hosts: &mut Hosts) {
+    for i in 0..2 {
+        if !hosts.linux[i].wait_for("HOST-UP", HOST_UP_LIMIT) {
+            give_up(
+                hosts,
+                &format!("Linux VM {i}: no HOST-UP within {HOST_UP_LIMIT:?}"),
+            );
+        }
+    }
+    if !hosts.linux[0].wait_for("ROUND 1 OK", Duration::from_secs(300)) {
+        give_up(hosts, "host a: no verified fio round within 300 s");
+    }
+}
+
+/// Type `stats` on the device console and return its answer, which must come within
+/// 30 s (the device serves its console while busy).
+fn ask_stats(hosts: &mut Hosts) -> String {
+    let seen = hosts.device.output().matches("stats: requests=").count();
+    hosts.device.send_line("stats").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = hosts.device.output();
+        if let Some(l) = out
+            .lines()
+            .filter(|l| l.contains("stats: requests="))
+            .nth(seen)
+        {
+            return l.to_string();
+        }
+        if Instant::now() > deadline {
+            give_up(hosts, "the device did not answer `stats` within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn several_hosts(name: &str, noncoherent: bool) {
     let nc = if noncoherent { " --noncoherent" } else { "" };
     let a = guest(
@@ -121,17 +158,7 @@ fn several_hosts(name: &str, noncoherent: bool) {
         "the device's two backends: {dev}"
     );
     // Phase 1: both hosts attached, host a doing I/O.
-    for i in 0..2 {
-        if !hosts.linux[i].wait_for("HOST-UP", HOST_UP_LIMIT) {
-            give_up(
-                &hosts,
-                &format!("Linux VM {i}: no HOST-UP within {HOST_UP_LIMIT:?}"),
-            );
-        }
-    }
-    if !hosts.linux[0].wait_for("ROUND 1 OK", Duration::from_secs(300)) {
-        give_up(&hosts, "host a: no verified fio round within 300 s");
-    }
+    both_up_and_a_verified_round(&mut hosts);
     // Phase 2: host b's third host and its own fio, while host a's rounds go on.
     hosts.linux[1].send_line("go").unwrap();
     let b_done = format!("RESULT {tag_b} ");
@@ -205,24 +232,7 @@ fn serve_under_load_then_stop_both() {
         std::thread::sleep(
             Duration::from_secs(30).min(Duration::from_secs(secs).saturating_sub(t0.elapsed())),
         );
-        let seen = hosts.device.output().matches("stats: requests=").count();
-        hosts.device.send_line("stats").unwrap();
-        // Each answer within 30 s: the device serves its console while busy.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let line = loop {
-            let out = hosts.device.output();
-            if let Some(l) = out
-                .lines()
-                .filter(|l| l.contains("stats: requests="))
-                .nth(seen)
-            {
-                break l.to_string();
-            }
-            if Instant::now() > deadline {
-                give_up(&hosts, "the device did not answer `stats` within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let line = ask_stats(&mut hosts);
         let s = parse_stats(&line)
             .unwrap_or_else(|| give_up(&hosts, &format!("bad stats line {line:?}")));
         let [req, comp, bytes, errors] = s;
@@ -377,17 +387,7 @@ fn hostile_neighbour_cannot_change_another_hosts_reads() {
     let tag_a = a.name.clone();
     let spec = HostsSpec::new(name, "ram:32,ram:32", vec![a, b]);
     let mut hosts = multihost::start(&spec, &kernel()).unwrap_or_else(|e| panic!("{name}: {e}"));
-    for i in 0..2 {
-        if !hosts.linux[i].wait_for("HOST-UP", HOST_UP_LIMIT) {
-            give_up(
-                &hosts,
-                &format!("Linux VM {i}: no HOST-UP within {HOST_UP_LIMIT:?}"),
-            );
-        }
-    }
-    if !hosts.linux[0].wait_for("ROUND 1 OK", Duration::from_secs(300)) {
-        give_up(&hosts, "host a: no verified fio round within 300 s");
-    }
+    both_up_and_a_verified_round(&mut hosts);
     let targets = channels_of(&hosts.shm, 1);
     let own = channels_of(&hosts.shm, 0);
     if targets.is_empty() || own.is_empty() {
@@ -412,15 +412,7 @@ fn hostile_neighbour_cannot_change_another_hosts_reads() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let during = rounds(&hosts) - before;
-    let seen = hosts.device.output().matches("stats: requests=").count();
-    hosts.device.send_line("stats").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while hosts.device.output().matches("stats: requests=").count() == seen {
-        if Instant::now() > deadline {
-            give_up(&hosts, "the device did not answer `stats` within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    ask_stats(&mut hosts);
     hosts.linux[0].send_line("stop").unwrap();
     hosts.linux[1].send_line("stop").unwrap();
     let out = hosts.finish(Duration::from_secs(300));
