@@ -12,11 +12,8 @@ use device::hw::rtc::{RtcReading, unix_nanos};
 use spin::Once;
 use x86_64::instructions::port::Port;
 
-struct Clock {
-    tsc_hz: u64,
-}
-
-static CLOCK: Once<Clock> = Once::new();
+/// Set once by [`init`]: the TSC calibrated, the wall clock started.
+static CLOCK: Once<()> = Once::new();
 
 /// Current TSC value.
 pub fn rdtsc() -> u64 {
@@ -122,7 +119,6 @@ pub fn init() {
             rtc_unix_ns / 1_000_000_000,
         ));
         HZ.store(tsc_hz, Ordering::Relaxed);
-        Clock { tsc_hz }
     });
 }
 
@@ -151,10 +147,7 @@ fn rtc_seconds(last_sec_reg: &mut u8, last_unix_s: u64) -> Option<u64> {
 /// Calibrated TSC frequency in Hz (re-measured against the RTC as the device runs).
 pub fn tsc_hz() -> u64 {
     init();
-    match HZ.load(Ordering::Relaxed) {
-        0 => CLOCK.get().map(|c| c.tsc_hz).unwrap_or(1),
-        hz => hz,
-    }
+    HZ.load(Ordering::Relaxed).max(1)
 }
 
 /// Nanoseconds elapsed since an earlier `rdtsc()` value.
