@@ -55,6 +55,16 @@ fn give_up(hosts: &Hosts, what: &str) -> ! {
     panic!("{what} (logs in {})", hosts.logs.display());
 }
 
+/// The device's `serve: stopped: …` line (empty when it printed none).
+fn device_summary(out: &HostsOutcome) -> String {
+    out.device
+        .output
+        .lines()
+        .find(|l| l.contains("serve: stopped:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The end of a run: every Linux VM powered off normally (QEMU exit 0), the device
 /// stopped with `serve: stopped … errors=0`.
 fn check_clean_end(out: &HostsOutcome) -> String {
@@ -73,13 +83,7 @@ fn check_clean_end(out: &HostsOutcome) -> String {
             panic!("Linux VM {i} did not power off cleanly: {:?}", l.status);
         }
     }
-    let summary = out
-        .device
-        .output
-        .lines()
-        .find(|l| l.contains("serve: stopped:"))
-        .unwrap_or_default()
-        .to_string();
+    let summary = device_summary(out);
     if out.device.status != KernelStatus::Success || !summary.contains("errors=0") {
         dump();
         panic!(
@@ -417,13 +421,7 @@ fn hostile_neighbour_cannot_change_another_hosts_reads() {
     hosts.linux[1].send_line("stop").unwrap();
     let out = hosts.finish(Duration::from_secs(300));
     let ra = out.result_line(0, &tag_a).unwrap_or_default();
-    let summary = out
-        .device
-        .output
-        .lines()
-        .find(|l| l.contains("serve: stopped:"))
-        .unwrap_or_default()
-        .to_string();
+    let summary = device_summary(&out);
     let count = |k: &str| -> u64 {
         summary
             .split_whitespace()
