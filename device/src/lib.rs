@@ -8,6 +8,7 @@
 //!   (two-copy records), [`shm`] (the shared-memory access layer),
 //!   [`transport`], [`backend`] (the device engine; the host role is the `host` crate),
 //!   [`media`], [`trace`], [`profile`] (cycles per serve-loop phase, from the trace).
+//! * [`ratelimit`] — repeated log lines at most once per interval.
 //! * [`rng`] — the one deterministic PRNG (SplitMix64) of tests and simulations.
 //! * [`exit_code`] — the exit codes of the kernel and the runner, declared once.
 //! * `std` feature: [`native`] (coherent heap/mmap memory), [`adversary`]
@@ -40,6 +41,7 @@ pub mod layout;
 pub mod media;
 pub mod meta;
 pub mod profile;
+pub mod ratelimit;
 pub mod rng;
 pub mod shm;
 pub mod trace;

@@ -34,6 +34,7 @@ use device::backend::{Backend, BackendConfig, BackendError};
 use device::layout::{TRANSPORT_MAGIC, tflags};
 use device::media::{Media, MediaError, SliceMedia};
 use device::profile::Profile;
+use device::ratelimit::{HeldBack, RateLimit};
 use device::shm::{SharedMem, Shm};
 use device::trace::{TraceEvent, Tracer};
 use device::transport::{Transport, format_flags};
@@ -498,7 +499,9 @@ fn run<'a>(
     let mut last_summary = started;
     let mut console = crate::serial::LineReader::default();
     let mut stopping = false;
-    let mut last_err: [Option<BackendError>; MAX_DISKS] = [None; MAX_DISKS];
+    // A peer's bad entry or pointer fails every poll until it is mended: at most four
+    // lines a second per backend (a repeated error once), with the count held back.
+    let mut poll_warn = [RateLimit::<BackendError>::new(1_000_000_000, 4); MAX_DISKS];
     // Idle policy: after IDLE_AFTER empty polls, halt ~IDLE_US between polls (LAPIC
     // one-shot timer) so a quiet device gives its host CPU back; any work resets it.
     const IDLE_AFTER: u32 = 256;
@@ -516,17 +519,19 @@ fn run<'a>(
             TRACER.mark(|p, t| p.end_poll(t));
             match polled {
                 Ok(st) => {
-                    last_err[i] = None;
                     busy |= st.ses != 0 || st.resets != 0;
                 }
                 // Per-channel problems (a stale entry, a bad pointer from the peer) are
                 // logged by the engine; the channel is retried on the next poll. One
                 // backend's trouble never stops the others from being polled.
                 Err(e) => {
-                    if last_err[i] != Some(e) {
-                        log::warn!("serve: poll of backend {}: {e:?}", backend.backend_id);
+                    if let Some(held) = poll_warn[i].allow(e, now) {
+                        log::warn!(
+                            "serve: poll of backend {}: {e:?}{}",
+                            backend.backend_id,
+                            HeldBack(held)
+                        );
                     }
-                    last_err[i] = Some(e);
                 }
             }
         }
