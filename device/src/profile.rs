@@ -14,11 +14,14 @@
 //!     │  se-fetch  │   payload-in    │  stage/execute │ ce-post │  publish   │ poll-tail │ idle
 //! ```
 //!
+//! A poll with no engine event at all (nothing to do) goes to `spin` as a whole: the
+//! device waiting for its host, not working.
+//!
 //! Counters are relaxed atomics, so a `Profile` can live in a `static` tracer. The
 //! figures are cycles; [`Profile::report`] turns them into shares and, given the
 //! counter's frequency, microseconds per request.
 
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crate::trace::{CopyDir, TraceEvent};
 
@@ -42,6 +45,9 @@ pub enum Phase {
     /// The end of a poll's channels → the end of the poll: due durability syncs
     /// (media write-back of staged data, flush), watermarks.
     PollTail,
+    /// A whole poll that found nothing to do (no engine event between its start and
+    /// end): the device spinning on rings the host has not written to yet.
+    Spin,
     /// Halted between polls (nothing to do).
     Idle,
     /// Anything else: the serve loop outside `poll` (console), records, RESETs.
@@ -49,7 +55,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::SeFetch,
         Phase::PayloadIn,
         Phase::ReadOut,
@@ -57,6 +63,7 @@ impl Phase {
         Phase::CePost,
         Phase::Publish,
         Phase::PollTail,
+        Phase::Spin,
         Phase::Idle,
         Phase::Other,
     ];
@@ -70,6 +77,7 @@ impl Phase {
             Phase::CePost => "ce-post",
             Phase::Publish => "publish",
             Phase::PollTail => "poll-tail",
+            Phase::Spin => "spin",
             Phase::Idle => "idle",
             Phase::Other => "other",
         }
@@ -102,6 +110,8 @@ const N: usize = Phase::ALL.len();
 /// Cycles per phase, charged at each mark.
 pub struct Profile {
     last: AtomicU64,
+    /// An engine event was seen since the poll began.
+    worked: AtomicBool,
     cycles: [AtomicU64; N],
     requests: AtomicU64,
     bytes: AtomicU64,
@@ -117,6 +127,7 @@ impl Profile {
     pub const fn new() -> Self {
         Profile {
             last: AtomicU64::new(0),
+            worked: AtomicBool::new(false),
             cycles: [const { AtomicU64::new(0) }; N],
             requests: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -138,6 +149,7 @@ impl Profile {
         if let TraceEvent::DataCopied { len, .. } = ev {
             self.bytes.fetch_add(*len as u64, Relaxed);
         }
+        self.worked.store(true, Relaxed);
         if let Some(p) = Phase::ending_at(ev) {
             self.charge(p, now);
         }
@@ -147,11 +159,14 @@ impl Profile {
     /// spent outside the engine.
     pub fn begin_poll(&self, now: u64) {
         self.charge(Phase::Other, now);
+        self.worked.store(false, Relaxed);
     }
 
-    /// `backend.poll` returned.
+    /// `backend.poll` returned: the tail of a poll that did something, or a whole
+    /// empty one.
     pub fn end_poll(&self, now: u64) {
-        self.charge(Phase::PollTail, now);
+        let worked = self.worked.load(Relaxed);
+        self.charge(if worked { Phase::PollTail } else { Phase::Spin }, now);
     }
 
     /// A halt between polls ended.
@@ -273,6 +288,9 @@ mod tests {
         p.end_poll(1300);
         p.end_idle(1800);
         p.begin_poll(1810);
+        // An empty poll: all of it is spin, none of it poll-tail.
+        p.end_poll(1850);
+        p.begin_poll(1852);
         assert_eq!(p.cycles(Phase::SeFetch), 10 + 3);
         assert_eq!(p.cycles(Phase::PayloadIn), 30);
         assert_eq!(p.cycles(Phase::ReadOut), 90);
@@ -281,7 +299,8 @@ mod tests {
         assert_eq!(p.cycles(Phase::Publish), 2);
         assert_eq!(p.cycles(Phase::PollTail), 96);
         assert_eq!(p.cycles(Phase::Idle), 500);
-        assert_eq!(p.cycles(Phase::Other), 10);
+        assert_eq!(p.cycles(Phase::Spin), 40);
+        assert_eq!(p.cycles(Phase::Other), 10 + 2);
         assert_eq!(p.requests(), 2);
         let mut lines = 0;
         let mut first = None;
@@ -292,10 +311,10 @@ mod tests {
             }
         });
         assert_eq!(lines, 1 + Phase::ALL.len());
-        // 810 cycles in all, 310 busy: 155 cycles = 155 µs per request at 1 MHz.
+        // 852 cycles in all, 352 busy: 176 cycles = 176 µs per request at 1 MHz.
         assert_eq!(
             first.unwrap(),
-            "profile: requests=2 bytes=8192 cycles=810 busy=310 (155.0 us/request busy)"
+            "profile: requests=2 bytes=8192 cycles=852 busy=352 (176.0 us/request busy)"
         );
         p.reset();
         assert_eq!(p.cycles(Phase::Idle), 0);

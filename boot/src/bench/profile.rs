@@ -3,7 +3,9 @@
 //! breakdown the device prints when it stops, with fio's figure for the same run.
 
 use qemu::Firmware;
-use qemu::pair::{PairSpec, run_pair, script};
+use std::time::Duration;
+
+use qemu::pair::{PairSpec, run_pair_watched, script};
 
 use super::fio::{Sample, parse_line};
 
@@ -62,13 +64,25 @@ pub struct ProfileRun {
     pub lines: Vec<String>,
 }
 
-/// The device's `profile:` lines, without the console's prefix.
+/// The device's `profile:` lines of its first report, without the console's prefix.
+/// A report starts with `profile: TSC at …`; the device prints one when asked (the
+/// harness asks when fio ends) and another when it stops (which also covers the stop).
 pub fn profile_lines(device_console: &str) -> Vec<String> {
+    let mut reports = 0;
     device_console
         .lines()
         .filter_map(|l| l.find("profile: ").map(|i| l[i..].trim_end().to_string()))
+        .filter(|l| {
+            if l.starts_with("profile: TSC at") {
+                reports += 1;
+            }
+            reports <= 1
+        })
         .collect()
 }
+
+/// How long the harness waits for each of the guest script's markers.
+const PHASE_LIMIT: Duration = Duration::from_secs(600);
 
 pub fn run(job: &Job, runtime_secs: u32) -> Result<ProfileRun, String> {
     let body = format!(
@@ -83,7 +97,29 @@ pub fn run(job: &Job, runtime_secs: u32) -> Result<ProfileRun, String> {
     spec.disk_mib = 256;
     spec.device_opts.push(("profile".into(), "on".into()));
     let kernel = crate::image::kernel_image_for_tests(Firmware::Bios).map_err(|e| e.to_string())?;
-    let out = run_pair(&spec, Some(&kernel))?;
+    // The breakdown covers fio's run alone: reset when the guest starts fio, printed
+    // when it ends.
+    let mut asked = Ok(());
+    let out = run_pair_watched(&spec, Some(&kernel), |live| {
+        for (marker, command) in [
+            ("PHASE profile-start", "profile reset"),
+            ("PHASE profile-end", "profile"),
+        ] {
+            let Some(dev) = live.device.as_deref_mut() else {
+                asked = Err("no device VM".to_string());
+                return;
+            };
+            if !live.linux.wait_for(marker, PHASE_LIMIT) {
+                asked = Err(format!("no '{marker}' within {PHASE_LIMIT:?}"));
+                return;
+            }
+            if let Err(e) = dev.vm.send_line(command) {
+                asked = Err(format!("device console: {e}"));
+                return;
+            }
+        }
+    })?;
+    asked?;
     let sample = out.linux.output.lines().find_map(parse_line);
     let lines = out
         .device
@@ -134,10 +170,15 @@ mod tests {
 
     #[test]
     fn profile_lines_are_found_behind_the_console_prefix() {
-        let console = "[  1.0 INFO ] serve: stopped\n[ 1.1 INFO ] profile: requests=3 bytes=4\nother\n[ 1.2 INFO ] profile: idle 5 cycles\n";
+        let console = "[ 0.9 INFO ] profile: TSC at 9 Hz\n[  1.0 INFO ] serve: x\n[ 1.1 INFO ] profile: requests=3 bytes=4\nother\n[ 1.2 INFO ] profile: idle 5 cycles\n[ 2.0 INFO ] profile: TSC at 9 Hz\n[ 2.1 INFO ] profile: requests=7 bytes=8\n";
         assert_eq!(
             profile_lines(console),
-            ["profile: requests=3 bytes=4", "profile: idle 5 cycles"]
+            [
+                "profile: TSC at 9 Hz",
+                "profile: requests=3 bytes=4",
+                "profile: idle 5 cycles"
+            ],
+            "the first report only"
         );
     }
 }
