@@ -386,7 +386,7 @@ fn cmd_bench_fio(o: &Options) -> Result<i32, String> {
 fn cmd_bench_profile(o: &Options) -> Result<i32, String> {
     use boot::bench::profile;
     let job = o.job.clone().unwrap_or_default();
-    let r = profile::run(&job, o.runtime().unwrap_or(5))?;
+    let r = profile::run(&job, o.runtime().unwrap_or(5), &o.opts)?;
     println!(
         "fio {} {} QD{} on the CBD disk: {:.0} IOPS, {:.1} MiB/s, mean clat {:.1} us",
         r.job.rw,

@@ -502,9 +502,9 @@ fn run<'a>(
     // A peer's bad entry or pointer fails every poll until it is mended: at most four
     // lines a second per backend (a repeated error once), with the count held back.
     let mut poll_warn = [RateLimit::<BackendError>::new(1_000_000_000, 4); MAX_DISKS];
-    // Idle policy: after IDLE_AFTER empty polls, halt ~IDLE_US between polls (LAPIC
+    // Idle policy: after `idle-after` empty polls, halt `idle-us` between polls (LAPIC
     // one-shot timer) so a quiet device gives its host CPU back; any work resets it.
-    const IDLE_AFTER: u32 = 256;
+    let idle_after = opt_u64("idle-after", 256).min(u32::MAX as u64) as u32;
     let idle_us = opt_u64("idle-us", 20);
     let can_idle = idle_us > 0 && crate::arch::apic::init().is_some();
     let mut empty_polls: u32 = 0;
@@ -603,7 +603,7 @@ fn run<'a>(
                 break;
             }
         }
-        if can_idle && empty_polls >= IDLE_AFTER {
+        if can_idle && empty_polls >= idle_after {
             crate::arch::apic::idle_us(idle_us);
             TRACER.mark(|p, t| p.end_idle(t));
         } else {

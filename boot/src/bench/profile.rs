@@ -84,7 +84,8 @@ pub fn profile_lines(device_console: &str) -> Vec<String> {
 /// How long the harness waits for each of the guest script's markers.
 const PHASE_LIMIT: Duration = Duration::from_secs(600);
 
-pub fn run(job: &Job, runtime_secs: u32) -> Result<ProfileRun, String> {
+/// `opts`: extra device options (`--opt KEY=VALUE`), e.g. the idle policy's.
+pub fn run(job: &Job, runtime_secs: u32, opts: &[(String, String)]) -> Result<ProfileRun, String> {
     let body = format!(
         "TOPO=ivshmem\nRUNTIME={runtime_secs}\nQUEUES=1\nJOB={}:{}:{}\n{}\n{}",
         job.rw,
@@ -96,6 +97,7 @@ pub fn run(job: &Job, runtime_secs: u32) -> Result<ProfileRun, String> {
     let mut spec = PairSpec::new("bench-profile", "ivshmem", &body);
     spec.disk_mib = 256;
     spec.device_opts.push(("profile".into(), "on".into()));
+    spec.device_opts.extend(opts.iter().cloned());
     let kernel = crate::image::kernel_image_for_tests(Firmware::Bios).map_err(|e| e.to_string())?;
     // The breakdown covers fio's run alone: reset when the guest starts fio, printed
     // when it ends.
