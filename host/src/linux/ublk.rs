@@ -91,29 +91,53 @@ fn queue_thread(qid: u16, dev: &UblkDev, disk: &dyn Disk) {
         }
     };
     log::debug!("queue {qid}: serving");
-    // Requests of one batch of ublk completions are started together and finished when the
-    // batch's last entry has been handled, so a queue has up to a batch in flight at once.
-    queue.wait_and_handle_io(move |q: &UblkQueue, tag: u16, ctx: &UblkIOCtx| {
-        let iod = q.get_iod(tag);
-        let len = iod.nr_sectors << 9;
-        let started = match decode(iod.op_flags, iod.start_sector, iod.nr_sectors) {
-            Some(req) => io.start(tag, &req, bufs[tag as usize].as_mut_slice()),
-            None => Some(Err(Errno(libc::EOPNOTSUPP))),
-        };
-        if let Some(res) = started {
-            complete(q, qid, tag, bufs[tag as usize].as_slice(), res, len);
-        }
-        if ctx.is_last_cqe() {
-            io.finish(&mut |t: u16, res: Result<(), Errno>, data: &[u8]| {
-                let buf = bufs[t as usize].as_mut_slice();
-                if res.is_ok() && !data.is_empty() {
-                    buf[..data.len()].copy_from_slice(data);
+    // Asynchronous: a request is started as soon as ublk hands it over and completed to ublk
+    // as soon as its CE is taken, whatever else is in flight. Each pass hands ublk what
+    // completed (the COMMIT_AND_FETCH commands `complete` queued) and takes the requests it
+    // has posted, without waiting while requests are in flight on the CBD side, then takes
+    // every completion there is. With nothing in flight it blocks in io_uring until ublk
+    // posts a request (or the queue stops).
+    let mut new_tags: Vec<u16> = Vec::new();
+    let mut waiting = 0usize;
+    loop {
+        let to_wait = usize::from(waiting == 0);
+        let taken = queue.flush_and_wake_io_tasks(
+            |user_data, cqe, _last| {
+                // Only fetch/commit commands go through this ring; a result other than OK
+                // (UBLK_IO_RES_ABORT: the queue stops) carries no request.
+                if cqe.result() == sys::UBLK_IO_RES_OK as i32 {
+                    new_tags.push(UblkIOCtx::user_data_to_tag(user_data) as u16);
                 }
-                let len = q.get_iod(t).nr_sectors << 9;
-                complete(q, qid, t, bufs[t as usize].as_slice(), res, len);
-            });
+            },
+            to_wait,
+        );
+        if taken.is_err() {
+            // The queue is down (every command came back aborted): the device stops.
+            break;
         }
-    });
+        for tag in new_tags.drain(..) {
+            let iod = queue.get_iod(tag);
+            let len = iod.nr_sectors << 9;
+            let started = match decode(iod.op_flags, iod.start_sector, iod.nr_sectors) {
+                Some(req) => io.start(tag, &req, bufs[tag as usize].as_mut_slice()),
+                None => Some(Err(Errno(libc::EOPNOTSUPP))),
+            };
+            if let Some(res) = started {
+                complete(&queue, qid, tag, bufs[tag as usize].as_slice(), res, len);
+            }
+        }
+        waiting = io.poll(&mut |t: u16, res: Result<(), Errno>, data: &[u8]| {
+            let buf = bufs[t as usize].as_mut_slice();
+            if res.is_ok() && !data.is_empty() {
+                buf[..data.len()].copy_from_slice(data);
+            }
+            let len = queue.get_iod(t).nr_sectors << 9;
+            complete(&queue, qid, t, bufs[t as usize].as_slice(), res, len);
+        });
+    }
+    if waiting > 0 {
+        log::warn!("queue {qid}: stopped with {waiting} request(s) not completed");
+    }
     log::debug!("queue {qid}: done");
 }
 
