@@ -233,15 +233,24 @@ fn with_backend_mem<R>(
     discard_wz: bool,
     f: impl FnOnce(&'static MappedMem) -> R,
 ) -> (R, VecMedia) {
-    let now = host::linux::attach::now_ns;
-    let (backend_mem, host_mem) = formatted(tag, now());
-    let mut scratch = vec![0u8; chan::MAX_IO as usize];
-    let mut staging = vec![0u8; 1 << 20];
     let cfg = BackendConfig {
         n_handlers: 2,
         discard_wz,
         ..BackendConfig::default()
     };
+    with_backend_cfg(tag, cfg, f)
+}
+
+/// [`with_backend_mem`] with the backend configured by `cfg`.
+fn with_backend_cfg<R>(
+    tag: &str,
+    cfg: BackendConfig,
+    f: impl FnOnce(&'static MappedMem) -> R,
+) -> (R, VecMedia) {
+    let now = host::linux::attach::now_ns;
+    let (backend_mem, host_mem) = formatted(tag, now());
+    let mut scratch = vec![0u8; chan::MAX_IO as usize];
+    let mut staging = vec![0u8; 1 << 20];
     let mut backend = Backend::start(
         Shm::new(&backend_mem, &NoTrace),
         cfg,
@@ -447,6 +456,86 @@ fn no_discard_when_the_backend_does_not_offer_it() {
             );
         }
     });
+}
+
+/// One queue, requests started as ublk hands them over and reported as they finish: a token
+/// flush waits for the device's watermark (the write before it stays staged: its bound is an
+/// hour), and a READ and a WRITE started after it are reported meanwhile, while the flush is
+/// still in flight. A FUA write (CRITICAL: the device syncs everything staged) moves the
+/// watermark past the first write; then the flush is reported too, successful.
+#[test]
+fn later_requests_complete_while_a_flush_waits_for_the_watermark() {
+    use device::durable::DurableConfig;
+    let cfg = BackendConfig {
+        n_handlers: 1,
+        durable: DurableConfig {
+            offer: true,
+            standard_bound_ns: 3_600_000_000_000,
+            ephemeral_bound_ns: 3_600_000_000_000,
+        },
+        ..BackendConfig::default()
+    };
+    let ((), media) = with_backend_cfg("overtake", cfg, |host_mem| {
+        let now = host::linux::attach::now_ns;
+        let disk = CbdDisk::start(host_mem, &CbdOptions::new("overtake"), Arc::new(now)).unwrap();
+        assert!(disk.durable_tokens());
+        let mut q = disk.queue(0).unwrap();
+        let mut w = block(0, 1);
+        q.submit(&req(Op::Write, 0, BLK as u32, false), &mut w)
+            .unwrap();
+        assert!(q.start(1, &req(Op::Flush, 0, 0, false), &mut []).is_none());
+        let mut r = vec![0u8; BLK];
+        assert!(
+            q.start(2, &req(Op::Read, 0, BLK as u32, false), &mut r)
+                .is_none()
+        );
+        let mut w2 = block(1, 1);
+        let w2_req = req(Op::Write, BLK as u64, BLK as u32, false);
+        assert!(q.start(3, &w2_req, &mut w2).is_none());
+        let mut got: Vec<(u16, Result<(), Errno>)> = Vec::new();
+        let mut read = Vec::new();
+        let t0 = std::time::Instant::now();
+        let mut waiting = usize::MAX;
+        while got.len() < 2 {
+            assert!(
+                t0.elapsed().as_secs() < 30,
+                "read and write not reported: {got:?}"
+            );
+            waiting = q.poll(&mut |t, r, d| {
+                if t == 2 {
+                    read = d.to_vec();
+                }
+                got.push((t, r));
+            });
+        }
+        got.sort_by_key(|&(t, _)| t);
+        assert_eq!(
+            got,
+            vec![(2, Ok(())), (3, Ok(()))],
+            "the flush is not among them"
+        );
+        assert_eq!(waiting, 1, "the flush is still in flight");
+        assert!(read == block(0, 1), "the read returns the staged write");
+        let st = disk.stats();
+        assert_eq!(stat(&st, "flushes_by_watermark"), 0, "{st}");
+        assert!(
+            stat(&st, "tokens_outstanding") >= 1,
+            "the write is staged: {st}"
+        );
+        // FUA: CRITICAL, the device syncs its staging; the watermark passes the first write.
+        let mut f = block(2, 1);
+        let fua = req(Op::Write, 2 * BLK as u64, BLK as u32, true);
+        assert!(q.start(4, &fua, &mut f).is_none());
+        got.clear();
+        q.finish(&mut |t, r, _| got.push((t, r)));
+        got.sort_by_key(|&(t, _)| t);
+        assert_eq!(got, vec![(1, Ok(())), (4, Ok(()))]);
+        let st = disk.stats();
+        assert_eq!(stat(&st, "flushes_by_watermark"), 1, "{st}");
+        assert_eq!(stat(&st, "cbd_flushes_sent"), 0, "{st}");
+        disk.shutdown();
+    });
+    check_media(&media, &[Some(1), Some(1), Some(1)]);
 }
 
 /// Token mode **without a replay buffer** (`--replay-buffer 0`): two ublk flushes in flight

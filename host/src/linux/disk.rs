@@ -43,27 +43,40 @@ impl fmt::Display for Errno {
     }
 }
 
-/// Where [`QueueIo::finish`] delivers completions: tag, result, and for a successful READ the
-/// data (`req.len` bytes) to copy into that tag's buffer.
+/// Where [`QueueIo::poll`] and [`QueueIo::finish`] deliver completions: tag, result, and for
+/// a successful READ the data (`req.len` bytes) to copy into that tag's buffer.
 pub type Sink<'a> = dyn FnMut(u16, Result<(), Errno>, &[u8]) + 'a;
 
 /// One queue's I/O path. Used from that queue's thread only.
 ///
 /// Two ways to use it: [`QueueIo::submit`] runs one request to completion; or
-/// [`QueueIo::start`] several (one per ublk tag) and then [`QueueIo::finish`] them together,
-/// so that they are in flight at the same time.
+/// [`QueueIo::start`] requests (one per ublk tag) as they come and [`QueueIo::poll`] between
+/// them, which reports each started request as soon as it is done, so that many are in flight
+/// at the same time and none waits for another. [`QueueIo::finish`] waits for all of them.
 pub trait QueueIo {
     /// Executes `req`; `buf` holds the write data / receives the read data (at least `len` long).
     fn submit(&mut self, req: &Req, buf: &mut [u8]) -> Result<(), Errno>;
 
     /// Starts `req` for ublk tag `tag`. `Some(result)`: done already (READ data is in `buf`);
-    /// `None`: in flight, reported by the next [`QueueIo::finish`]. The default runs it now.
+    /// `None`: in flight, reported by a later [`QueueIo::poll`] (or [`QueueIo::finish`]). The
+    /// default runs it now.
     fn start(&mut self, _tag: u16, req: &Req, buf: &mut [u8]) -> Option<Result<(), Errno>> {
         Some(self.submit(req, buf))
     }
 
+    /// Reports to `sink`, once each, the started requests that are done by now, without
+    /// waiting for the others; returns how many started requests are still not reported
+    /// (0: nothing to wait for, the caller may block until a new request arrives).
+    fn poll(&mut self, _sink: &mut Sink<'_>) -> usize {
+        0
+    }
+
     /// Waits for every started request and reports each once to `sink`.
-    fn finish(&mut self, _sink: &mut Sink<'_>) {}
+    fn finish(&mut self, sink: &mut Sink<'_>) {
+        while self.poll(sink) > 0 {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 /// A disk with `nr_queues()` independent queues.

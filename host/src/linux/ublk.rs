@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
-use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
+use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue, with_task_io_ring_mut};
 use libublk::{BufDesc, UblkFlags, UblkIORes, sys};
 
 use super::disk::{Disk, Errno, Op, Req};
@@ -72,6 +72,10 @@ pub fn decode(op_flags: u32, start_sector: u64, nr_sectors: u32) -> Option<Req> 
     })
 }
 
+/// Passes of a queue thread's loop, while requests are in flight, between two entries into
+/// io_uring when nothing else calls for one (so that requests ublk posted meanwhile are seen).
+const ENTER_EVERY: u32 = 32;
+
 fn queue_thread(qid: u16, dev: &UblkDev, disk: &dyn Disk) {
     let mut io = match disk.queue(qid) {
         Ok(io) => io,
@@ -91,29 +95,66 @@ fn queue_thread(qid: u16, dev: &UblkDev, disk: &dyn Disk) {
         }
     };
     log::debug!("queue {qid}: serving");
-    // Requests of one batch of ublk completions are started together and finished when the
-    // batch's last entry has been handled, so a queue has up to a batch in flight at once.
-    queue.wait_and_handle_io(move |q: &UblkQueue, tag: u16, ctx: &UblkIOCtx| {
-        let iod = q.get_iod(tag);
-        let len = iod.nr_sectors << 9;
-        let started = match decode(iod.op_flags, iod.start_sector, iod.nr_sectors) {
-            Some(req) => io.start(tag, &req, bufs[tag as usize].as_mut_slice()),
-            None => Some(Err(Errno(libc::EOPNOTSUPP))),
-        };
-        if let Some(res) = started {
-            complete(q, qid, tag, bufs[tag as usize].as_slice(), res, len);
+    // Asynchronous: a request is started as soon as ublk hands it over and completed to ublk
+    // as soon as its CE is taken, whatever else is in flight. A pass enters io_uring
+    // (`flush_and_wake_io_tasks`), which hands ublk what completed (the COMMIT_AND_FETCH
+    // commands `complete` queued) and takes the requests ublk has posted, then takes every
+    // completion the channel has. While requests are in flight it does not wait in io_uring,
+    // and enters it only when there is something to hand back, ublk's completion ring shows
+    // entries, or after `ENTER_EVERY` passes without either (a new request's entry is posted
+    // by task work, which runs when the thread enters the kernel); in between it only polls
+    // the channel, with no system call. With nothing in flight it blocks in io_uring until
+    // ublk posts a request (or the queue stops).
+    let mut new_tags: Vec<u16> = Vec::new();
+    let mut waiting = 0usize;
+    let mut to_hand_back = false;
+    let mut passes = 0u32;
+    loop {
+        let posted = || with_task_io_ring_mut(|r| !r.completion().is_empty());
+        if waiting == 0 || to_hand_back || passes >= ENTER_EVERY || posted() {
+            passes = 0;
+            to_hand_back = false;
+            let taken = queue.flush_and_wake_io_tasks(
+                |user_data, cqe, _last| {
+                    // Only fetch/commit commands go through this ring; a result other than
+                    // OK (UBLK_IO_RES_ABORT: the queue stops) carries no request.
+                    if cqe.result() == sys::UBLK_IO_RES_OK as i32 {
+                        new_tags.push(UblkIOCtx::user_data_to_tag(user_data) as u16);
+                    }
+                },
+                usize::from(waiting == 0),
+            );
+            if taken.is_err() {
+                // The queue is down (every command came back aborted): the device stops.
+                break;
+            }
         }
-        if ctx.is_last_cqe() {
-            io.finish(&mut |t: u16, res: Result<(), Errno>, data: &[u8]| {
-                let buf = bufs[t as usize].as_mut_slice();
-                if res.is_ok() && !data.is_empty() {
-                    buf[..data.len()].copy_from_slice(data);
-                }
-                let len = q.get_iod(t).nr_sectors << 9;
-                complete(q, qid, t, bufs[t as usize].as_slice(), res, len);
-            });
+        passes += 1;
+        for tag in new_tags.drain(..) {
+            let iod = queue.get_iod(tag);
+            let len = iod.nr_sectors << 9;
+            let started = match decode(iod.op_flags, iod.start_sector, iod.nr_sectors) {
+                Some(req) => io.start(tag, &req, bufs[tag as usize].as_mut_slice()),
+                None => Some(Err(Errno(libc::EOPNOTSUPP))),
+            };
+            if let Some(res) = started {
+                complete(&queue, qid, tag, bufs[tag as usize].as_slice(), res, len);
+                to_hand_back = true;
+            }
         }
-    });
+        waiting = io.poll(&mut |t: u16, res: Result<(), Errno>, data: &[u8]| {
+            let buf = bufs[t as usize].as_mut_slice();
+            if res.is_ok() && !data.is_empty() {
+                buf[..data.len()].copy_from_slice(data);
+            }
+            let len = queue.get_iod(t).nr_sectors << 9;
+            complete(&queue, qid, t, bufs[t as usize].as_slice(), res, len);
+            to_hand_back = true;
+        });
+    }
+    if waiting > 0 {
+        log::warn!("queue {qid}: stopped with {waiting} request(s) not completed");
+    }
     log::debug!("queue {qid}: done");
 }
 

@@ -4,7 +4,8 @@
 //!
 //! * dev-start gives one [`HostQueue`] per channel; each moves into its ublk queue thread.
 //! * Requests are submitted and their completions polled in that thread: one at a time
-//!   ([`QueueIo::submit`]), or a ublk batch together ([`QueueIo::start`] + [`QueueIo::finish`]).
+//!   ([`QueueIo::submit`]), or as ublk hands them over ([`QueueIo::start`]), each reported as
+//!   soon as it is done ([`QueueIo::poll`]).
 //!   While waiting, the backend record is re-read every [`LIVENESS_CHECK_NS`] (or
 //!   [`LIVENESS_CHECK_POLLS`] empty polls): a backend that stopped or whose heartbeat is older
 //!   than the 30 s timeout fails the requests with `EIO` instead of hanging them.

@@ -32,6 +32,10 @@ pub struct CbdQueue {
     early: Vec<(u16, Result<(), Errno>, Vec<u8>)>,
     /// Token flushes started: the tag, the snapshot to wait for, its history op.
     flushes: Vec<(u16, FlushSnap, Option<OpId>)>,
+    /// When (host clock) `poll` looks at the watermarks for `flushes` next; 0: at once.
+    next_flush_look: u64,
+    /// While `poll` has requests waiting: its next liveness check and empty polls so far.
+    wait_polls: Option<(u64, u32)>,
     /// `--history`: the op of each submitted tid whose completion was not recorded yet
     /// (kept when this host fails the request itself: the CE may still come).
     hist_ids: std::collections::HashMap<u64, OpId>,
@@ -93,6 +97,8 @@ impl CbdQueue {
             inflight: std::collections::HashMap::new(),
             early: Vec::new(),
             flushes: Vec::new(),
+            next_flush_look: 0,
+            wait_polls: None,
             hist_ids: std::collections::HashMap::new(),
             hist_flushes: 0,
             replays: std::collections::HashMap::new(),
@@ -627,70 +633,102 @@ impl CbdQueue {
         }
     }
 
-    /// Waits until, on every channel, every write below the snapshot's end is durable: the
-    /// watermark reached it (or nothing completed is unconfirmed). `EIO` if the backend died,
-    /// or if it lost completed writes (new incarnation) that no flush had reported when this
-    /// one arrived: every flush that arrived before the loss was reported fails, not only the
-    /// first to notice (a second one in flight would otherwise vouch for the lost writes).
+    /// Whether, on every channel, every write below the snapshot's end is durable: the
+    /// watermark reached it (or nothing completed is unconfirmed); `None` while not yet.
+    /// `EIO` if a channel broke, or if the backend lost completed writes (new incarnation)
+    /// that no flush had reported when this one arrived: every flush that arrived before the
+    /// loss was reported fails, not only the first to notice (a second one in flight would
+    /// otherwise vouch for the lost writes).
     ///
-    /// With a replay buffer, losses do not fail it: it waits until the buffer owes nothing
+    /// With a replay buffer, losses do not fail it: it is done once the buffer owes nothing
     /// from before its arrival (the lost writes replayed and durable in the new incarnation),
     /// helping with the replay meanwhile; only a replay that failed fails it.
-    fn wait_durable(&mut self, snap: &FlushSnap, sink: &mut Sink<'_>) -> Result<(), Errno> {
-        let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
-        let mut polls = 0u32;
-        loop {
-            let now = (self.clock)();
-            let mut done = true;
-            let mut lost = 0u64;
-            for (i, (c, &end)) in self.shared.chans.iter().zip(&snap.ends).enumerate() {
-                let mut g = lock(c);
-                if let Err(e) = self.shared.poll_durable(i, &mut g, now) {
-                    log::error!("flush: reading the watermark: {e:?}");
-                    return Err(Errno(libc::EIO));
-                }
-                if !g.q.is_ready() {
-                    log::error!("flush: channel {} is not ready", g.q.idx);
-                    return Err(Errno(libc::EIO));
-                }
-                lost += g.q.tokens.lost;
-                done &= g.q.tokens.watermark >= end || g.q.all_completed_durable();
+    fn flush_verdict(
+        &mut self,
+        snap: &FlushSnap,
+        sink: &mut Sink<'_>,
+    ) -> Option<Result<(), Errno>> {
+        let now = (self.clock)();
+        let mut done = true;
+        let mut lost = 0u64;
+        for (i, (c, &end)) in self.shared.chans.iter().zip(&snap.ends).enumerate() {
+            let mut g = lock(c);
+            if let Err(e) = self.shared.poll_durable(i, &mut g, now) {
+                log::error!("flush: reading the watermark: {e:?}");
+                return Some(Err(Errno(libc::EIO)));
             }
-            if let (Some(rp), Some(seq)) = (self.shared.replay.as_ref(), snap.seq) {
-                {
-                    let r = lock_replay(rp);
-                    if r.failed_for(seq) {
-                        log::error!("flush: a replay it was owed failed; failing the flush");
-                        return Err(Errno(libc::EIO));
-                    }
-                    if !r.owes(seq) {
-                        return Ok(());
-                    }
-                }
-                self.help_replay(sink)?;
-            } else {
-                let mut rep = self
-                    .shared
-                    .lost_reported
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if lost > snap.reported {
-                    if lost > *rep {
-                        log::error!(
-                            "flush: the backend lost {} completed write(s) (restarted); failing the flush",
-                            lost - *rep
-                        );
-                        *rep = lost;
-                    }
-                    return Err(Errno(libc::EIO));
-                }
-                if done {
-                    return Ok(());
-                }
+            if !g.q.is_ready() {
+                log::error!("flush: channel {} is not ready", g.q.idx);
+                return Some(Err(Errno(libc::EIO)));
             }
-            self.check_alive(&mut next_check, &mut polls)?;
-            std::thread::sleep(FLUSH_WAIT_SLEEP);
+            lost += g.q.tokens.lost;
+            done &= g.q.tokens.watermark >= end || g.q.all_completed_durable();
         }
+        if let (Some(rp), Some(seq)) = (self.shared.replay.as_ref(), snap.seq) {
+            {
+                let r = lock_replay(rp);
+                if r.failed_for(seq) {
+                    log::error!("flush: a replay it was owed failed; failing the flush");
+                    return Some(Err(Errno(libc::EIO)));
+                }
+                if !r.owes(seq) {
+                    return Some(Ok(()));
+                }
+            }
+            return self.help_replay(sink).err().map(Err);
+        }
+        let mut rep = self
+            .shared
+            .lost_reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if lost > snap.reported {
+            if lost > *rep {
+                log::error!(
+                    "flush: the backend lost {} completed write(s) (restarted); failing the flush",
+                    lost - *rep
+                );
+                *rep = lost;
+            }
+            return Some(Err(Errno(libc::EIO)));
+        }
+        done.then_some(Ok(()))
+    }
+
+    /// Looks at the token flushes waiting (at once for a new one, else every
+    /// [`FLUSH_WAIT_SLEEP`]) and reports those that are decided.
+    fn look_at_flushes(&mut self, sink: &mut Sink<'_>) {
+        let now = (self.clock)();
+        if now < self.next_flush_look {
+            return;
+        }
+        self.next_flush_look = now + FLUSH_WAIT_SLEEP.as_nanos() as u64;
+        for (tag, snap, id) in std::mem::take(&mut self.flushes) {
+            match self.flush_verdict(&snap, sink) {
+                Some(r) => self.flush_done(tag, r, id, sink),
+                None => self.flushes.push((tag, snap, id)),
+            }
+        }
+    }
+
+    /// Reports a token flush: the history, the counters, `sink`.
+    fn flush_done(&self, tag: u16, r: Result<(), Errno>, id: Option<OpId>, sink: &mut Sink<'_>) {
+        if let (Some(h), Some(id)) = (&self.shared.history, id) {
+            let outcome = r.map_or_else(|e| Outcome::Err(e.0), |()| Outcome::Ok);
+            h.log
+                .complete(id, OpKind::Flush, outcome, Vec::new(), false);
+        }
+        match r {
+            Ok(()) => {
+                self.shared
+                    .flushes_by_watermark
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        sink(tag, r, &[]);
     }
 }
 
@@ -700,16 +738,21 @@ impl QueueIo for CbdQueue {
         if let Some(r) = self.start(TAG, req, buf) {
             return r;
         }
-        let mut res = Err(Errno(libc::EIO));
-        self.finish(&mut |t, r, d| {
-            if t == TAG {
-                if r.is_ok() && !d.is_empty() {
-                    buf[..d.len()].copy_from_slice(d);
+        let mut res = None;
+        while res.is_none() {
+            let mut sink = |t: u16, r: Result<(), Errno>, d: &[u8]| {
+                if t == TAG {
+                    if r.is_ok() && !d.is_empty() {
+                        buf[..d.len()].copy_from_slice(d);
+                    }
+                    res = Some(r);
                 }
-                res = r;
+            };
+            if self.poll(&mut sink) == 0 {
+                break;
             }
-        });
-        res
+        }
+        res.unwrap_or(Err(Errno(libc::EIO)))
     }
 
     fn start(&mut self, tag: u16, req: &Req, buf: &mut [u8]) -> Option<Result<(), Errno>> {
@@ -740,6 +783,8 @@ impl QueueIo for CbdQueue {
                     .invoke(at, ch, self.hist_flushes, OpKind::Flush, 0, 0, Vec::new())
             });
             self.flushes.push((tag, snap, id));
+            // Looked at in the next poll, not after the next FLUSH_WAIT_SLEEP.
+            self.next_flush_look = 0;
             return None;
         }
         let fua = req.fua && req.op == Op::Write;
@@ -756,8 +801,8 @@ impl QueueIo for CbdQueue {
         } else {
             &[]
         };
-        // Completions that arrive while waiting for room are kept for `finish` (with a copy of
-        // their READ data: the sink that owns the buffers is not available here).
+        // Completions that arrive while waiting for room are kept for the next `poll` (with a
+        // copy of their READ data: the sink that owns the buffers is not available here).
         let mut early = std::mem::take(&mut self.early);
         let res = self.start_io(req, payload, intent, &mut |t, r, d| {
             early.push((t, r, d.to_vec()))
@@ -784,19 +829,19 @@ impl QueueIo for CbdQueue {
         }
     }
 
-    fn finish(&mut self, sink: &mut Sink<'_>) {
+    fn poll(&mut self, sink: &mut Sink<'_>) -> usize {
         for (t, r, d) in std::mem::take(&mut self.early) {
             sink(t, r, &d);
         }
-        let mut next_check = (self.clock)() + LIVENESS_CHECK_NS;
-        let mut polls = 0u32;
+        let mut progressed = false;
+        // Every CE there is now, each reported as it is taken.
         while !self.inflight.is_empty() {
             let step = match self.poll_one() {
-                Ok(Some(c)) => self.dispatch(c, sink),
-                Ok(None) => {
-                    std::hint::spin_loop();
-                    self.check_alive(&mut next_check, &mut polls)
+                Ok(Some(c)) => {
+                    progressed = true;
+                    self.dispatch(c, sink)
                 }
+                Ok(None) => break,
                 Err(e) => {
                     log::error!("poll: {e:?}");
                     Err(Errno(libc::EIO))
@@ -806,24 +851,30 @@ impl QueueIo for CbdQueue {
                 self.fail_all(sink);
             }
         }
-        for (tag, snap, id) in std::mem::take(&mut self.flushes) {
-            let r = self.wait_durable(&snap, sink);
-            if let (Some(h), Some(id)) = (&self.shared.history, id) {
-                let outcome = r.map_or_else(|e| Outcome::Err(e.0), |()| Outcome::Ok);
-                h.log
-                    .complete(id, OpKind::Flush, outcome, Vec::new(), false);
+        if !self.flushes.is_empty() {
+            if self.inflight.is_empty() && !progressed && self.next_flush_look != 0 {
+                // Only flushes wait, on the device's watermark: no hot spin meanwhile.
+                std::thread::sleep(FLUSH_WAIT_SLEEP);
             }
-            match r {
-                Ok(()) => {
-                    self.shared
-                        .flushes_by_watermark
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            sink(tag, r, &[]);
+            self.look_at_flushes(sink);
         }
+        let waiting = self.inflight.len() + self.flushes.len();
+        if waiting == 0 {
+            self.wait_polls = None;
+        } else if !progressed {
+            std::hint::spin_loop();
+            let now = (self.clock)();
+            let (mut next_check, mut polls) =
+                self.wait_polls.unwrap_or((now + LIVENESS_CHECK_NS, 0));
+            let alive = self.check_alive(&mut next_check, &mut polls);
+            self.wait_polls = Some((next_check, polls));
+            if alive.is_err() {
+                self.fail_all(sink);
+                for (tag, _, id) in std::mem::take(&mut self.flushes) {
+                    self.flush_done(tag, alive, id, sink);
+                }
+            }
+        }
+        self.inflight.len() + self.flushes.len()
     }
 }
