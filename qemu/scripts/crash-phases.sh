@@ -109,7 +109,10 @@ while [ $r -le $POINTS ]; do
     readback fsync
     echo "FIG fsync r$r ok seconds=$(echo "$(up) $t0" | awk '{print $1-$2}') fsyncs=$i restart_seen_after=$after replayed_writes=$(stat_of replayed_writes) errors=$(stat_of errors)"
 
-    # 4. cbd-host SIGKILLed under fio --verify, restarted with --recover 0.
+    # 4. cbd-host SIGKILLed under fio --verify, restarted with --recover 0. cbd-host writes
+    # its history out every second: wait that long, so that what the kill loses of this
+    # lifetime's history is from this phase only.
+    sleep 2
     t0=$(up)
     fio --name=hostkill --filename=$DEV --direct=1 --ioengine=libaio --iodepth=16 \
         --rw=randwrite --bs=4k --offset=64M --size=${HOSTKILL_SIZE:-8M} --verify=crc32c \
