@@ -207,11 +207,12 @@ fn ivshmem_crash_phases_mkfs_seq_fsync_and_host_kill() {
     })
     .unwrap_or_else(|e| panic!("{name}: {e}"));
 
-    let mut problems: Vec<String> = figs.failure.into_iter().collect();
-    let ok = out.guest_ok(name);
-    if !ok {
+    // The guest's own verdict first: a harness step it never reached follows from it.
+    let mut problems = Vec::new();
+    if !out.guest_ok(name) {
         problems.push(format!("guest: {:?}", out.result_line(name)));
     }
+    problems.extend(figs.failure);
     eprintln!("==== {name}: figures ({points} point(s) per phase) ====");
     for phase in DEVICE_PHASES {
         let d: Vec<Duration> = figs
