@@ -12,7 +12,9 @@
 //! a remount, fio's verify after the sequential write and after the host kill); and each
 //! cbd-host lifetime's recorded request history — crash points at each new backend
 //! incarnation, post-crash O_DIRECT reads of what each phase wrote — accepted by
-//! `history::check` (nothing confirmed durable lost, no torn block). A killed cbd-host's
+//! `history::check` (docs/lifecycle.md says which rules that covers here: the first read of
+//! a block after a crash is judged only against the values ever written, and only in the
+//! first lifetime, whose initial content is known to be zero). A killed cbd-host's
 //! history ends where its log was last written out (every second; a partial last line is
 //! dropped), a few hundred requests into the host-kill phase: it is checked as a history
 //! whose last requests never completed, and must hold a crash point for each device kill
@@ -83,7 +85,15 @@ fn check_lifetime(
     } else {
         &text[..]
     };
-    let h = history::parse(text).map_err(|e| format!("history {lifetime} does not parse: {e}"))?;
+    let mut h =
+        history::parse(text).map_err(|e| format!("history {lifetime} does not parse: {e}"))?;
+    if lifetime == 0 {
+        // cbd-host cannot know what the disk held before it started (`initial=unknown`);
+        // the first lifetime's disk is the run's fresh, zero-filled media image. Known
+        // initial content is what lets the checker reject a value never written that a
+        // read after a crash returns (with unknown content it would take any value).
+        h.header.initial = history::Initial::Zero;
+    }
     let reads = h.ops.iter().any(|o| o.kind == history::OpKind::Read);
     let writes = h.ops.iter().any(|o| o.kind == history::OpKind::Write);
     if !reads || !writes {
