@@ -5,3 +5,38 @@
 pub fn script(name: &str) -> String {
     qemu::pair::script(name).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// A sparse, zero-filled raw file in `/dev/shm` for a virtio-blk disk of the Linux VM (the
+/// guest copies a recorded history out through it); removed when dropped.
+pub struct ScratchDisk(std::path::PathBuf);
+
+impl ScratchDisk {
+    pub fn new(name: &str, bytes: u64) -> ScratchDisk {
+        let p =
+            std::path::PathBuf::from(format!("/dev/shm/cbdfw-{name}-{}.raw", std::process::id()));
+        std::fs::File::create(&p)
+            .and_then(|f| f.set_len(bytes))
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        ScratchDisk(p)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// The Linux VM's QEMU arguments for this disk (`/dev/vda` when it is the only one).
+    pub fn qemu_args(&self, id: &str) -> Vec<String> {
+        vec![
+            "-drive".into(),
+            format!("file={},format=raw,if=none,id={id}", self.0.display()),
+            "-device".into(),
+            format!("virtio-blk-pci,drive={id}"),
+        ]
+    }
+}
+
+impl Drop for ScratchDisk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

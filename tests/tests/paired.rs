@@ -196,32 +196,14 @@ fn fio_history(topo: &str, suffix: &str, hostargs: &str, tweak: impl FnOnce(&mut
     } else {
         format!("pair-history-{topo}-{suffix}")
     };
-    let disk = std::path::PathBuf::from(format!(
-        "/dev/shm/cbdfw-{run_name}-{}.raw",
-        std::process::id()
-    ));
     // Sparse and zero-filled: the history ends at the first NUL.
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(256 << 20))
-        .expect("history disk");
-    struct Remove(std::path::PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    let _rm = Remove(disk.clone());
+    let disk = vmtests::ScratchDisk::new(&run_name, 256 << 20);
     let hostargs = format!("--history /tmp/history --io-buf 1M {hostargs}");
     case_with("pair-history", topo, suffix, &hostargs, true, |s| {
-        s.linux_extra = vec![
-            "-drive".into(),
-            format!("file={},format=raw,if=none,id=hist", disk.display()),
-            "-device".into(),
-            "virtio-blk-pci,drive=hist".into(),
-        ];
+        s.linux_extra = disk.qemu_args("hist");
         tweak(s);
     });
-    let raw = std::fs::read(&disk).expect("read the history disk");
+    let raw = std::fs::read(disk.path()).expect("read the history disk");
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     let text = String::from_utf8_lossy(&raw[..end]).into_owned();
     let logs = qemu::workspace_root()

@@ -75,7 +75,19 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
             let log = cbd_disk::HistoryLog::new(w, cbd_disk::history_header())
                 .map_err(|e| format!("{}: {e}", p.display()))?;
             log::info!("recording the request history in {}", p.display());
-            Some(Arc::new(log))
+            let log = Arc::new(log);
+            // A killed program loses what its buffer holds: write it out every second, so
+            // that the history of a cbd-host killed mid-I/O ends at most a second early.
+            let l = Arc::clone(&log);
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    if let Err(e) = l.flush() {
+                        log::warn!("history: {e}");
+                    }
+                }
+            });
+            Some(log)
         }
         None => None,
     };
