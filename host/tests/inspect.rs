@@ -122,8 +122,6 @@ fn run_pair(nc: bool) -> Stopped {
     }
     backend.poll(T0).unwrap();
     assert!(q.poll_at(&mut buf, T0).unwrap().is_some());
-    // One of the two CEs consumed: the tails are published with the last of a batch, here now.
-    q.publish_tails().unwrap();
     let q = &dev.queues[0];
     let seg = backend_channels[0];
     let report = inspect::inspect_file(&path, T0 + 1_000_000_000).unwrap();

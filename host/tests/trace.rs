@@ -6,14 +6,10 @@ use device::native::{HeapMem, RecordingTracer, VecMedia};
 use device::shm::Shm;
 use device::trace::{CopyDir, Pointer, RecordKind, TraceEvent as E};
 use device::transport::{Transport, format_flags};
-use host::engine::{Blkdev, Host, HostConfig, Request};
+use host::engine::{Host, HostConfig, Request};
 
-type Dev<'a> = Blkdev<'a, HeapMem>;
-type Be<'a> = Backend<'a, HeapMem, VecMedia>;
-
-/// A formatted 2-segment transport in heap memory, recorded by a tracer; a backend engine
-/// and a host with one blkdev of one channel, its RESET answered. `f` gets them.
-fn with_one_channel(f: impl FnOnce(&RecordingTracer, &mut Be<'_>, &mut Dev<'_>)) {
+#[test]
+fn one_write_and_read_are_fully_traced() {
     let t = RecordingTracer::default();
     let mem = HeapMem::new(TransportInfo::region_for(2) as usize);
     let shm = Shm::new(&mem, &t);
@@ -31,15 +27,6 @@ fn with_one_channel(f: impl FnOnce(&RecordingTracer, &mut Be<'_>, &mut Dev<'_>))
     let mut dev = host.dev_start(host.find_backend(1).unwrap(), 1, 1).unwrap();
     b.poll(2).unwrap();
     assert!(dev.poll_ready(2).unwrap());
-    f(&t, &mut b, &mut dev);
-}
-
-#[test]
-fn one_write_and_read_are_fully_traced() {
-    with_one_channel(one_write_and_read);
-}
-
-fn one_write_and_read(t: &RecordingTracer, b: &mut Be<'_>, dev: &mut Dev<'_>) {
     let ev = t.take();
     assert!(
         ev.iter()
@@ -185,47 +172,4 @@ fn one_write_and_read(t: &RecordingTracer, b: &mut Be<'_>, dev: &mut Dev<'_>) {
             ..
         }
     )));
-}
-
-/// Completions are taken in batches: the CEs up to the device's head as read once are
-/// consumed one per `poll`, and `compr_tail` is published once, with the last of them.
-#[test]
-fn a_batch_of_completions_publishes_the_tail_once() {
-    with_one_channel(|t, b, dev| {
-        let q = &mut dev.queues[0];
-        let data = vec![7u8; 4096];
-        let w = |i: u64| Request {
-            op: op::WRITE,
-            offset: i * 4096,
-            len: 4096,
-        };
-        for i in 0..4 {
-            q.submit(w(i), &data).unwrap();
-        }
-        b.poll(3).unwrap();
-        t.take();
-        let mut buf = vec![0u8; 4096];
-        for _ in 0..4 {
-            assert!(q.poll(&mut buf).unwrap().is_some());
-        }
-        assert!(q.poll(&mut buf).unwrap().is_none());
-        let ev = t.take();
-        let consumed: Vec<usize> = (0..ev.len())
-            .filter(|&i| matches!(ev[i], E::CeConsumed { .. }))
-            .collect();
-        let tails: Vec<usize> = (0..ev.len())
-            .filter(|&i| {
-                matches!(
-                    ev[i],
-                    E::PointerPublished {
-                        which: Pointer::ComprTail,
-                        ..
-                    }
-                )
-            })
-            .collect();
-        assert_eq!(consumed.len(), 4, "{ev:?}");
-        assert_eq!(tails.len(), 1, "one publication for the batch: {ev:?}");
-        assert!(tails[0] > consumed[3], "after the last CE: {ev:?}");
-    });
 }

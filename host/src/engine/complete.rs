@@ -8,10 +8,8 @@ use device::trace::{CopyDir, Pointer, Reject, TraceEvent};
 use super::{Completion, HostError, HostQueue, QState};
 
 impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
-    /// Read the CE at `compr_tail` into private memory; validate it. `fresh`: the span it is
-    /// in was invalidated after the device's head was read (non-coherent mode), so the first
-    /// read needs no invalidation of its own; every re-read does.
-    fn fetch_ce(&self, fresh: bool) -> Result<Option<(Ce, usize)>, HostError> {
+    /// Read the CE at `compr_tail` into private memory; validate it.
+    fn fetch_ce(&self) -> Result<Option<(Ce, usize)>, HostError> {
         let shm = self.shm;
         let g = self.g;
         let n = g.el.ce_size as usize;
@@ -21,9 +19,9 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
         } else {
             1
         };
-        for try_no in 0..tries {
+        for _ in 0..tries {
             let sab = self.cfg.sab();
-            if self.nc && !sab.skip_ce_invalidate && !(fresh && try_no == 0) {
+            if self.nc && !sab.skip_ce_invalidate {
                 shm.invalidate(g.ce(self.compr_tail), n as u64)?;
                 if !sab.skip_ce_full_fence {
                     shm.full_fence();
@@ -82,37 +80,28 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
         }
         let shm = self.shm;
         let g = self.g;
-        let mut fresh = false;
-        if self.compr_tail == self.compr_seen {
-            // Every CE up to the head read last is consumed: read the head again. The CEs up
-            // to it are then taken one per call without reading it again, and the tails are
-            // published once, with the last of them (`publish_tails`).
-            let compr_head = if self.nc {
-                match read_dev_line(shm, &g, true)? {
-                    Some(d) if d.ack_epoch == self.epoch => d.compr_head,
-                    _ => return Ok(None),
-                }
-            } else {
-                shm.load_u32(g.ctrl(ctrl::COMPR_HEAD))?
-            };
-            if !g.valid_ce_pos(compr_head) {
-                return Err(HostError::BadPointer);
+        let compr_head = if self.nc {
+            match read_dev_line(shm, &g, true)? {
+                Some(d) if d.ack_epoch == self.epoch => d.compr_head,
+                _ => return Ok(None),
             }
-            if compr_head == self.compr_tail {
-                return Ok(None);
-            }
-            self.compr_seen = compr_head;
-            fresh = self.invalidate_ce_span()?;
+        } else {
+            shm.load_u32(g.ctrl(ctrl::COMPR_HEAD))?
+        };
+        if !g.valid_ce_pos(compr_head) {
+            return Err(HostError::BadPointer);
+        }
+        if compr_head == self.compr_tail {
+            return Ok(None);
         }
         let pos = self.compr_tail;
-        let Some((ce, i)) = self.fetch_ce(fresh)? else {
+        let Some((ce, i)) = self.fetch_ce()? else {
             // Coherent mode: skip the bad CE so the queue keeps going.
             let mut b = [0u8; MAX_CE_SIZE];
             shm.read(g.ce(pos), &mut b[..g.el.ce_size as usize])?;
             let tid = g.el.decode_ce(&b).map_or(0, |c| c.req_tid);
             self.compr_tail = g.next_ce(pos);
-            self.tails_unpublished = true;
-            self.publish_tails()?;
+            shm.store_u32(g.ctrl(ctrl::COMPR_TAIL), self.compr_tail)?;
             return Err(HostError::BadCompletion { req_tid: tid });
         };
         let Some(&f) = self.inflight.iter().nth(i) else {
@@ -184,9 +173,21 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
             self.data_tail += front.data_span as u64;
             self.inflight.pop_front();
         }
-        self.tails_unpublished = true;
-        if self.compr_tail == self.compr_seen {
-            self.publish_tails()?;
+        if self.nc {
+            self.publish_host_line()?;
+        } else {
+            shm.store_u32(g.ctrl(ctrl::COMPR_TAIL), self.compr_tail)?;
+            shm.store_u32(g.ctrl(ctrl::SUBMR_TAIL), self.submr_tail)?;
+            shm.tracer.event(&TraceEvent::PointerPublished {
+                chan: self.idx,
+                which: Pointer::ComprTail,
+                value: self.compr_tail,
+            });
+            shm.tracer.event(&TraceEvent::PointerPublished {
+                chan: self.idx,
+                which: Pointer::SubmrTail,
+                value: self.submr_tail,
+            });
         }
         self.stats.completed += 1;
         let mut durable = self.durable && ce.flags & CE_FLAG_DURABLE != 0;
@@ -210,62 +211,6 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
             result,
             durable,
         }))
-    }
-
-    /// Non-coherent mode: invalidates the CEs from `compr_tail` up to the head just read
-    /// (`compr_seen`), in one or, across the ring's end, two ranges; true if it did.
-    fn invalidate_ce_span(&self) -> Result<bool, HostError> {
-        let sab = self.cfg.sab();
-        if !self.nc || sab.skip_ce_invalidate {
-            return Ok(false);
-        }
-        let g = self.g;
-        // Byte positions in the ring; its last slot ends at `end`.
-        let (from, to) = (self.compr_tail as u64, self.compr_seen as u64);
-        let end = g.compr_size().div_ceil(g.el.ce_size) as u64 * g.el.ce_size as u64;
-        if from < to {
-            self.shm.invalidate(g.ce(0) + from, to - from)?;
-        } else {
-            // Wrapped: [from, end) and [0, to).
-            self.shm.invalidate(g.ce(0) + from, end - from)?;
-            if to > 0 {
-                self.shm.invalidate(g.ce(0), to)?;
-            }
-        }
-        if !sab.skip_ce_full_fence {
-            self.shm.full_fence();
-        }
-        Ok(true)
-    }
-
-    /// Publishes `compr_tail` and `submr_tail` if a completion moved them since they were
-    /// last published. [`HostQueue::poll_at`] does it with the last CE up to the head it read,
-    /// and `submit` before a new SE (so the device never sees a request the host sent after
-    /// consuming a CE whose consumption it cannot see yet); a caller that stops polling in the
-    /// middle of a batch and wants the device to see what it consumed calls it.
-    pub fn publish_tails(&mut self) -> Result<(), HostError> {
-        if !self.tails_unpublished {
-            return Ok(());
-        }
-        if self.nc {
-            // Clears `tails_unpublished`.
-            return self.publish_host_line();
-        }
-        let (shm, g) = (self.shm, self.g);
-        shm.store_u32(g.ctrl(ctrl::COMPR_TAIL), self.compr_tail)?;
-        shm.store_u32(g.ctrl(ctrl::SUBMR_TAIL), self.submr_tail)?;
-        shm.tracer.event(&TraceEvent::PointerPublished {
-            chan: self.idx,
-            which: Pointer::ComprTail,
-            value: self.compr_tail,
-        });
-        shm.tracer.event(&TraceEvent::PointerPublished {
-            chan: self.idx,
-            which: Pointer::SubmrTail,
-            value: self.submr_tail,
-        });
-        self.tails_unpublished = false;
-        Ok(())
     }
 
     /// Sets DONE in the SE at `pos` (and re-seals its CRC). The SE's bytes are read by copy and

@@ -169,11 +169,6 @@ pub struct HostQueue<'a, M: SharedMem + ?Sized> {
     submr_head: u32,
     submr_tail: u32,
     compr_tail: u32,
-    /// The device's `compr_head` as last read: the CEs up to it are taken without reading it
-    /// again.
-    compr_seen: u32,
-    /// `compr_tail` / `submr_tail` moved since they were last published.
-    tails_unpublished: bool,
     next_tid: u64,
     epoch: u32,
     base_tid: u64,
@@ -215,8 +210,6 @@ impl<'a, M: SharedMem + ?Sized> HostQueue<'a, M> {
             submr_head: 0,
             submr_tail: 0,
             compr_tail: 0,
-            compr_seen: 0,
-            tails_unpublished: false,
             next_tid: 0,
             epoch: 0,
             base_tid: 0,

@@ -29,7 +29,6 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
             self.submr_head = 0;
             self.submr_tail = 0;
             self.compr_tail = 0;
-            self.compr_seen = 0;
             self.publish_host_line()?;
             shm.tracer.event(&TraceEvent::MgmtCommand {
                 chan: self.idx,
@@ -102,8 +101,6 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
                 self.submr_head = 0;
                 self.submr_tail = 0;
                 self.compr_tail = 0;
-                self.compr_seen = 0;
-                self.tails_unpublished = false;
                 self.data_head = 0;
                 self.data_tail = 0;
                 if !self.nc {

@@ -24,8 +24,6 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
         }
         .encode();
         publish_line(self.shm, self.g.host_line, &line, true)?;
-        // The line carries both tails.
-        self.tails_unpublished = false;
         self.shm.tracer.event(&TraceEvent::PointerPublished {
             chan: self.idx,
             which: Pointer::HostLine,
@@ -129,11 +127,6 @@ impl<M: SharedMem + ?Sized> HostQueue<'_, M> {
                     data_cache_op(shm, &g, data_off, req.len, true)?;
                 }
             }
-        }
-        // Coherent mode: what completions consumed is published before the new SE (the
-        // non-coherent host line carries it with the new head).
-        if !self.nc {
-            self.publish_tails()?;
         }
         let mut b = [0u8; MAX_SE_SIZE];
         g.el.encode_se(&se, &mut b);
