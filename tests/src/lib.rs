@@ -6,6 +6,14 @@ pub fn script(name: &str) -> String {
     qemu::pair::script(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A Linux guest's script body: `vars` (shell assignments), `lib.sh`, then
+/// `qemu/scripts/SCRIPT.sh` with its run name `T=SCRIPT` replaced by `T=RUN` (the name
+/// the harness looks for in the `RESULT` line).
+pub fn guest_body(script_name: &str, run: &str, vars: &str) -> String {
+    format!("{vars}\n{}\n{}", script("lib"), script(script_name))
+        .replace(&format!("T={script_name}"), &format!("T={run}"))
+}
+
 /// A sparse, zero-filled raw file in `/dev/shm` for a virtio-blk disk of the Linux VM (the
 /// guest copies a recorded history out through it); removed when dropped.
 pub struct ScratchDisk(std::path::PathBuf);

@@ -167,12 +167,11 @@ fn ms(d: &[Duration]) -> String {
 fn ivshmem_crash_phases_mkfs_seq_fsync_and_host_kill() {
     let points = points();
     let name = "crash-phases-ivshmem";
-    let body = format!(
-        "TOPO=ivshmem\nHOSTARGS=''\nPOINTS={points}\n{}\n{}",
-        vmtests::script("lib"),
-        vmtests::script("crash-phases")
-    )
-    .replace("T=crash-phases", &format!("T={name}"));
+    let body = vmtests::guest_body(
+        "crash-phases",
+        name,
+        &format!("TOPO=ivshmem\nHOSTARGS=''\nPOINTS={points}"),
+    );
     let disk = vmtests::ScratchDisk::new(name, 512 << 20);
     let logs = qemu::workspace_root()
         .join("target")

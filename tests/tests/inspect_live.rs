@@ -167,12 +167,11 @@ fn check_sample(s: &Sample, queues: u64, sectors: u64, bad: &mut Vec<String>) {
 #[test]
 fn live_inspect_during_load_matches_the_hosts_counters() {
     let name = "pair-inspect-ivshmem-noncoherent";
-    let body = format!(
-        "TOPO=ivshmem\nHOSTARGS='--noncoherent --hostname {HOSTNAME}'\n{}\n{}",
-        vmtests::script("lib"),
-        vmtests::script("pair-inspect")
-    )
-    .replace("T=pair-inspect", &format!("T={name}"));
+    let body = vmtests::guest_body(
+        "pair-inspect",
+        name,
+        &format!("TOPO=ivshmem\nHOSTARGS='--noncoherent --hostname {HOSTNAME}'"),
+    );
     let mut spec = PairSpec::new(name, "ivshmem", &body);
     spec.device_opts.push(("noncoherent".into(), "on".into()));
     let kernel = boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image");

@@ -23,17 +23,16 @@ fn case_with(
     with_device: bool,
     tweak: impl FnOnce(&mut PairSpec),
 ) {
-    let body = format!(
-        "TOPO={topo}\nHOSTARGS='{hostargs}'\n{}\n{}",
-        vmtests::script("lib"),
-        vmtests::script(name)
-    );
     let run_name = if suffix.is_empty() {
         format!("{name}-{topo}")
     } else {
         format!("{name}-{topo}-{suffix}")
     };
-    let body = body.replace(&format!("T={name}"), &format!("T={run_name}"));
+    let body = vmtests::guest_body(
+        name,
+        &run_name,
+        &format!("TOPO={topo}\nHOSTARGS='{hostargs}'"),
+    );
     let mut spec = PairSpec::new(&run_name, topo, &body);
     tweak(&mut spec);
     let kernel = with_device
@@ -249,12 +248,7 @@ fn ivshmem_fio_overlapping_history_checked() {
 fn ivshmem_device_restart_is_invisible_to_fio_and_ext4_fsync() {
     const PHASE_LIMIT: Duration = Duration::from_secs(300);
     let name = "pair-recovery-ivshmem";
-    let body = format!(
-        "TOPO=ivshmem\nHOSTARGS=''\n{}\n{}",
-        vmtests::script("lib"),
-        vmtests::script("pair-recovery")
-    )
-    .replace("T=pair-recovery", &format!("T={name}"));
+    let body = vmtests::guest_body("pair-recovery", name, "TOPO=ivshmem\nHOSTARGS=''");
     let mut spec = PairSpec::new(name, "ivshmem", &body);
     spec.device_media_mib = Some(128);
     spec.timeout = Duration::from_secs(1200);
