@@ -399,6 +399,28 @@ fn cmd_bench_profile(o: &Options) -> Result<i32, String> {
     for l in &r.lines {
         println!("{l}");
     }
+    if let Some(n) = &r.null {
+        println!(
+            "fio {} {} QD{} on the ublk null target: {:.0} IOPS, {:.1} MiB/s, mean clat {:.1} us (cbd/null {:.2})",
+            n.rw,
+            n.bs,
+            n.qd,
+            n.iops,
+            n.mib_s(),
+            n.clat_us,
+            if n.iops > 0.0 { r.sample.iops / n.iops } else { 0.0 }
+        );
+    }
+    for (disk, c) in &r.cpu {
+        println!(
+            "guest CPU during fio on {disk}: {:.0}% of {} vCPUs busy (user {:.0}%, system {:.0}%); its server used {:.2} vCPU",
+            c.busy * 100.0,
+            c.ncpu,
+            c.user * 100.0,
+            c.system * 100.0,
+            c.server_vcpus
+        );
+    }
     Ok(0)
 }
 

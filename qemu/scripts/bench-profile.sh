@@ -8,15 +8,48 @@ echo none > /sys/block/ublkb0/queue/scheduler 2>/dev/null
 size=$(( $(cat /sys/block/ublkb0/size) * 512 ))
 [ $size -gt 268435456 ] && size=268435456
 rw=${JOB%%:*}; rest=${JOB#*:}; bs=${rest%%:*}; qd=${rest#*:}
+# Where the guest's CPU goes during fio: the `cpu` line of /proc/stat (all vCPUs, in
+# USER_HZ ticks) and the server's utime + stime, before and after; the harness prints
+# the shares (`CPUSTAT DISK before|after NCPU cpu-fields... SERVER-UTIME SERVER-STIME`).
+pid_of() {
+    for d in /proc/[0-9]*; do
+        [ "$(cat $d/comm 2>/dev/null)" = "$1" ] && { echo ${d#/proc/}; return; }
+    done
+}
+cpustat() {
+    set -- $1 $2 $3 $(grep -c '^processor' /proc/cpuinfo) $(head -1 /proc/stat) \
+        $(cut -d')' -f2 /proc/$3/stat | cut -d' ' -f13,14)
+    d=$1; w=$2; shift 3
+    echo "CPUSTAT $d $w $*"
+}
 # The harness resets the device's profile at this marker and asks for it at the next,
 # so the breakdown covers fio's run alone (not boot, start-up and stop).
 echo "PHASE profile-start"
 sleep 1
+cpustat cbd before $HOSTPID
 line=$(fio --name=b --filename=/dev/ublkb0 --direct=1 --ioengine=libaio --rw=$rw --bs=$bs \
     --iodepth=$qd --size=$size --time_based --runtime=$RUNTIME \
     --norandommap --randrepeat=0 --minimal 2>/dev/null) || fail "fio cbd $rw $bs qd$qd"
+cpustat cbd after $HOSTPID
 echo "PHASE profile-end"
 sleep 1
 echo "BENCH cbd $rw $bs $qd $line"
+# The same job on the ublk null target (rublk, one queue), for the guest's CPU shares
+# next to a server that completes every request at once.
+if rublk add null -n 1 -q 1 -d 128 >/tmp/rublk.log 2>&1; then
+    i=0; while [ ! -b /dev/ublkb1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    echo none > /sys/block/ublkb1/queue/scheduler 2>/dev/null
+    npid=$(pid_of rublk)
+    cpustat null before $npid
+    nline=$(fio --name=b --filename=/dev/ublkb1 --direct=1 --ioengine=libaio --rw=$rw --bs=$bs \
+        --iodepth=$qd --size=$size --time_based --runtime=$RUNTIME \
+        --norandommap --randrepeat=0 --minimal 2>/dev/null) || fail "fio null $rw $bs qd$qd"
+    cpustat null after $npid
+    echo "BENCH null $rw $bs $qd $nline"
+    rublk del -n 1 >/dev/null 2>&1
+else
+    cat /tmp/rublk.log
+    fail "rublk add null"
+fi
 stop_host
 echo "RESULT $T OK"

@@ -1,14 +1,15 @@
 # The block-device benchmark, inside the Linux guest, same guest and same run for every
 # disk: fio 4 KiB randread/randwrite at QD1 and QD32 and 1 MiB sequential read/write at
 # QD4 on our ublk disk (CBD over ivshmem, QUEUES queues), on a virtio-blk disk backed by
-# a /dev/shm file, on the ublk null target (rublk) and on brd (a RAM disk in this guest).
+# a /dev/shm file, on the ublk null target (rublk, as many queues as ours) and on brd (a
+# RAM disk in this guest).
 T=bench
 RUNTIME=${RUNTIME:-5}
 DEPTH=64 start_host
 modprobe virtio_blk 2>/dev/null
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 [ -b /dev/vda ] || fail "no virtio-blk disk /dev/vda"
-rublk add null -n 1 -q 1 -d 128 >/tmp/rublk.log 2>&1 || { cat /tmp/rublk.log; fail "rublk add null"; }
+rublk add null -n 1 -q ${QUEUES:-1} -d 128 >/tmp/rublk.log 2>&1 || { cat /tmp/rublk.log; fail "rublk add null"; }
 i=0; while [ ! -b /dev/ublkb1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 [ -b /dev/ublkb1 ] || fail "no /dev/ublkb1 (rublk null)"
 # brd: rd_size in KiB, 256 MiB (the guest has 1 GiB).
@@ -22,8 +23,12 @@ for dev in cbd:/dev/ublkb0 virtio:/dev/vda null:/dev/ublkb1 brd:/dev/ram0; do
     # rw:block size:queue depth
     for job in randread:4k:1 randread:4k:32 randwrite:4k:1 randwrite:4k:32 read:1m:4 write:1m:4; do
         rw=${job%%:*}; rest=${job#*:}; bs=${rest%%:*}; qd=${rest#*:}
+        # With QUEUES > 1 the depth is spread over as many fio jobs (blk-mq maps each
+        # submitting CPU to one queue, so one job would use one queue): QD32 on 2 queues
+        # is 2 jobs at 16, each on its own half of the disk; QD1 stays one job.
+        nj=1; [ ${QUEUES:-1} -gt 1 ] && [ $qd -ge ${QUEUES:-1} ] && nj=${QUEUES:-1}
         line=$(fio --name=b --filename=$path --direct=1 --ioengine=libaio --rw=$rw --bs=$bs \
-            --iodepth=$qd --size=$size --time_based --runtime=$RUNTIME --ramp_time=1 \
+            --numjobs=$nj --group_reporting --iodepth=$((qd / nj)) --size=$((size / nj)) --offset_increment=$((size / nj)) --time_based --runtime=$RUNTIME --ramp_time=1 \
             --norandommap --randrepeat=0 --minimal 2>/dev/null) || fail "fio $name $rw $bs qd$qd"
         echo "BENCH $name $rw $bs $qd $line"
     done

@@ -57,11 +57,105 @@ impl Default for Job {
     }
 }
 
-/// What one profiled run gave: fio's result and the device's breakdown lines.
+/// What one profiled run gave: fio's result and the device's breakdown lines; the same
+/// job on the ublk null target; where the guest's CPU went during each.
 pub struct ProfileRun {
     pub job: Job,
     pub sample: Sample,
     pub lines: Vec<String>,
+    pub null: Option<Sample>,
+    /// (disk, shares) for `cbd` and `null`, in the guest's order.
+    pub cpu: Vec<(String, CpuShare)>,
+}
+
+/// The guest's CPU during one fio run, from two `CPUSTAT` lines (before, after):
+/// `CPUSTAT DISK before|after NCPU cpu USER NICE SYSTEM IDLE IOWAIT IRQ SOFTIRQ STEAL
+/// [GUEST GUEST_NICE] SERVER_UTIME SERVER_STIME`, all in USER_HZ ticks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpuShare {
+    pub ncpu: u32,
+    /// Busy share of all vCPUs together (1.0 = every vCPU busy all the time).
+    pub busy: f64,
+    /// Of that, user / system (system includes irq and softirq).
+    pub user: f64,
+    pub system: f64,
+    /// The block server's process (cbd-host or rublk): its CPU time in vCPUs (1.0 = one
+    /// vCPU all the time).
+    pub server_vcpus: f64,
+}
+
+struct CpuSnap {
+    ncpu: u32,
+    /// user, nice, system, idle, iowait, irq, softirq, steal
+    f: [u64; 8],
+    server: u64,
+}
+
+fn parse_cpustat(line: &str) -> Option<(String, bool, CpuSnap)> {
+    let rest = line.trim().strip_prefix("CPUSTAT ")?;
+    let w: Vec<&str> = rest.split_whitespace().collect();
+    // disk, before|after, ncpu, "cpu", 8..=10 counters, server utime, stime
+    if w.len() < 14 || w[3] != "cpu" {
+        return None;
+    }
+    let before = match w[1] {
+        "before" => true,
+        "after" => false,
+        _ => return None,
+    };
+    let num = |s: &str| s.parse::<u64>().ok();
+    let mut f = [0u64; 8];
+    for (i, x) in f.iter_mut().enumerate() {
+        *x = num(w[4 + i])?;
+    }
+    let n = w.len();
+    let server = num(w[n - 2])? + num(w[n - 1])?;
+    Some((
+        w[0].to_string(),
+        before,
+        CpuSnap {
+            ncpu: w[2].parse().ok().filter(|&c| c > 0)?,
+            f,
+            server,
+        },
+    ))
+}
+
+/// Every `CPUSTAT` before/after pair of a console, as shares.
+pub fn cpu_shares(console: &str) -> Vec<(String, CpuShare)> {
+    let mut open: Vec<(String, CpuSnap)> = Vec::new();
+    let mut out = Vec::new();
+    for (disk, before, snap) in console.lines().filter_map(parse_cpustat) {
+        if before {
+            open.retain(|(d, _)| *d != disk);
+            open.push((disk, snap));
+            continue;
+        }
+        let Some(i) = open.iter().position(|(d, _)| *d == disk) else {
+            continue;
+        };
+        let (_, a) = open.remove(i);
+        let d: Vec<u64> = (0..8).map(|i| snap.f[i].saturating_sub(a.f[i])).collect();
+        let total: u64 = d.iter().sum();
+        if total == 0 {
+            continue;
+        }
+        let t = total as f64;
+        let user = (d[0] + d[1]) as f64 / t;
+        let system = (d[2] + d[5] + d[6]) as f64 / t;
+        let wall_ticks = t / f64::from(a.ncpu);
+        out.push((
+            disk,
+            CpuShare {
+                ncpu: a.ncpu,
+                busy: user + system,
+                user,
+                system,
+                server_vcpus: snap.server.saturating_sub(a.server) as f64 / wall_ticks,
+            },
+        ));
+    }
+    out
 }
 
 /// The device's `profile:` lines of its first report, without the console's prefix.
@@ -96,6 +190,9 @@ pub fn run(job: &Job, runtime_secs: u32, opts: &[(String, String)]) -> Result<Pr
     );
     let mut spec = PairSpec::new("bench-profile", "ivshmem", &body);
     spec.disk_mib = 256;
+    // The same job on the ublk null target follows, for the guest's CPU shares.
+    spec.linux_files
+        .push(("usr/bin/rublk".into(), super::fio::rublk_binary()?));
     spec.device_opts.push(("profile".into(), "on".into()));
     spec.device_opts.extend(opts.iter().cloned());
     let kernel = crate::image::kernel_image_for_tests(Firmware::Bios).map_err(|e| e.to_string())?;
@@ -122,7 +219,10 @@ pub fn run(job: &Job, runtime_secs: u32, opts: &[(String, String)]) -> Result<Pr
         }
     })?;
     asked?;
-    let sample = out.linux.output.lines().find_map(parse_line);
+    let samples: Vec<Sample> = out.linux.output.lines().filter_map(parse_line).collect();
+    let sample = samples.iter().find(|s| s.dev == "cbd").cloned();
+    let null = samples.iter().find(|s| s.dev == "null").cloned();
+    let cpu = cpu_shares(&out.linux.output);
     let lines = out
         .device
         .as_ref()
@@ -133,6 +233,8 @@ pub fn run(job: &Job, runtime_secs: u32, opts: &[(String, String)]) -> Result<Pr
             job: job.clone(),
             sample,
             lines,
+            null,
+            cpu,
         }),
         _ => Err(format!(
             "profile run failed: {:?}, {} profile lines (consoles in {})",
@@ -146,6 +248,28 @@ pub fn run(job: &Job, runtime_secs: u32, opts: &[(String, String)]) -> Result<Pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_shares_come_from_before_and_after_pairs() {
+        // 2 vCPUs, 400 ticks in all between the snapshots (2 s): 100 user, 40 system,
+        // 20 irq + softirq, 240 idle; the server used 50 + 30 ticks (0.4 vCPU).
+        let console = "x\n\
+            CPUSTAT cbd before 2 cpu 1000 0 500 9000 0 10 10 0 0 0 70 20\n\
+            noise CPUSTAT\n\
+            CPUSTAT cbd after 2 cpu 1100 0 540 9240 0 20 20 0 0 0 120 50\n\
+            CPUSTAT null after 2 cpu 1 1 1 1 1 1 1 1 0 0 1 1\n";
+        let s = cpu_shares(console);
+        assert_eq!(s.len(), 1, "an after without its before is no share: {s:?}");
+        let (disk, c) = &s[0];
+        assert_eq!(disk, "cbd");
+        assert_eq!(c.ncpu, 2);
+        assert!((c.user - 0.25).abs() < 1e-9, "{c:?}");
+        assert!((c.system - 0.15).abs() < 1e-9, "{c:?}");
+        assert!((c.busy - 0.40).abs() < 1e-9, "{c:?}");
+        assert!((c.server_vcpus - 0.40).abs() < 1e-9, "{c:?}");
+        assert!(parse_cpustat("CPUSTAT cbd during 2 cpu 1 1 1 1 1 1 1 1 1 1").is_none());
+        assert!(parse_cpustat("CPUSTAT cbd before 0 cpu 1 1 1 1 1 1 1 1 1 1").is_none());
+    }
 
     #[test]
     fn jobs_parse_and_bad_ones_are_refused() {
