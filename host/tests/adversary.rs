@@ -646,16 +646,32 @@ mod maintenance {
         Blkdev<'a, AgentMem<'a>>,
         u64,
     ) {
+        ready_with(adv, dmem, hmem, scratch, Sabotage::default(), 256)
+    }
+
+    /// [`ready`] with the device's `sab` and the host's `nc_retries`.
+    fn ready_with<'a>(
+        adv: &Adversary,
+        dmem: &'a AgentMem<'a>,
+        hmem: &'a AgentMem<'a>,
+        scratch: &'a mut [u8],
+        sab: Sabotage,
+        nc_retries: u32,
+    ) -> (
+        Dev<'a>,
+        Host<'a, AgentMem<'a>>,
+        Blkdev<'a, AgentMem<'a>>,
+        u64,
+    ) {
         let now = T0 + 31 * SEC;
         let (dshm, hshm) = (Shm::new(dmem, &NoTrace), Shm::new(hmem, &NoTrace));
         let media = VecMedia::new(DISK);
-        let mut b = Backend::start(dshm, bcfg(Sabotage::default()), media, scratch, now)
-            .expect("re-attach");
+        let mut b = Backend::start(dshm, bcfg(sab), media, scratch, now).expect("re-attach");
         adv.drain();
         let hc = HostConfig {
             hostname: "hostA",
             noncoherent: true,
-            nc_retries: 256,
+            nc_retries,
             durable_tokens: true,
             ..HostConfig::default()
         };
@@ -737,6 +753,89 @@ mod maintenance {
             tid,
             "one device poll after the host line landed",
         );
+    }
+
+    /// Rule 3 at the host's CE span: a batch takes every CE whose head landed at its
+    /// first read (the host here reads each CE once: `nc_retries` 1). The host invalidates
+    /// the span from its tail to the head it just read, across the ring's end in two
+    /// ranges, and fences once; without that it reads the copies of those lines it cached
+    /// when it took the CEs before them, a lap ago past the ring's end (`NotInvalidated`,
+    /// `InvalidateNotFenced`). Batches of 1–7 CEs, over more than a lap of the ring.
+    #[test]
+    fn a_batch_takes_every_landed_ce_at_its_first_read() {
+        let adv = Adversary::new(base(), 2, quiet());
+        let (dmem, hmem) = (adv.agent(0), adv.agent(1));
+        let mut scratch = vec![0u8; chan::MAX_IO as usize];
+        let (mut b, _host, mut dev, mut now) =
+            ready_with(&adv, &dmem, &hmem, &mut scratch, Sabotage::default(), 1);
+        let q = &mut dev.queues[0];
+        let slots = chan::COMPR_ENTRIES;
+        let (mut taken, mut wrapped) = (0u64, 0);
+        let mut buf = vec![0u8; 4096];
+        for round in 0u64.. {
+            if taken > slots + 16 && wrapped > 0 {
+                break;
+            }
+            let k = 1 + round % 7;
+            let tids: Vec<u64> = (0..k).map(|i| write(q, (i % 64) * 4096, i as u8)).collect();
+            // The device serves 4 SEs a poll (`bcfg`).
+            device_poll(&adv, &mut b, &mut now, MS);
+            device_poll(&adv, &mut b, &mut now, MS);
+            adv.drain();
+            let mut got = Vec::new();
+            let r = q.poll_batch_at(&mut buf, now, &mut |c, _| got.push((c.req_tid, c.result)));
+            let want: Vec<(u64, i32)> = tids.iter().map(|&t| (t, 0)).collect();
+            assert!(
+                matches!(r, Ok(n) if n == tids.len()) && got == want,
+                "round {round}: a batch of {k} CEs at slot {} took {r:?}: {got:?}; host's last stale read: {}",
+                taken % slots,
+                stale(&adv, 1)
+            );
+            wrapped += (taken % slots + k > slots) as u32;
+            taken += k;
+        }
+        adv.drain();
+        assert!(matches!(
+            q.poll_batch_at(&mut buf, now, &mut |_, _| {}),
+            Ok(0)
+        ));
+    }
+
+    /// Rule 3 at a re-read of a CE: a device that publishes `compr_head` with no fence
+    /// after the CE's write-back (out of spec) lets the head land first; the host, having
+    /// read the head, reads the old CE, and takes the new one at a re-read once it has
+    /// landed. Each re-read is invalidated and fenced (without: the host keeps loading the
+    /// copy its first read cached, and gives up with `Stale`, `NotInvalidated` or
+    /// `InvalidateNotFenced`). The host polls right after the device, nothing drained.
+    #[test]
+    fn a_ce_landing_after_its_head_is_taken_at_a_re_read() {
+        let adv = Adversary::new(base(), 2, quiet());
+        let (dmem, hmem) = (adv.agent(0), adv.agent(1));
+        let mut scratch = vec![0u8; chan::MAX_IO as usize];
+        let sab = Sabotage {
+            skip_compr_head_fence: true,
+            ..Sabotage::default()
+        };
+        let (mut b, _host, mut dev, mut now) =
+            ready_with(&adv, &dmem, &hmem, &mut scratch, sab, 256);
+        let q = &mut dev.queues[0];
+        let mut buf = vec![0u8; 4096];
+        for round in 0..64u64 {
+            let tid = write(q, (round % 64) * 4096, round as u8);
+            device_poll(&adv, &mut b, &mut now, MS);
+            let mut got = None;
+            for _ in 0..1000 {
+                match q.poll_batch_at(&mut buf, now, &mut |c, _| got = Some(c.req_tid)) {
+                    Ok(0) => {}
+                    Ok(_) => break,
+                    Err(e) => panic!(
+                        "round {round}: {e:?}; host's last stale read: {}",
+                        stale(&adv, 1)
+                    ),
+                }
+            }
+            assert_eq!(got, Some(tid), "round {round}");
+        }
     }
 
     /// Rule 3 at the host's read of the durability line: a watermark the device

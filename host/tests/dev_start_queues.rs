@@ -1,7 +1,8 @@
 //! dev-start's queue count against the backend's handlers: 0 means one queue per
 //! handler, fewer queues than handlers is allowed (the rest of the channels stay
 //! unused), more than the backend serves is refused with `Invalid` and writes no
-//! blkdev record. The suites otherwise always ask for exactly `n_handlers` queues.
+//! blkdev record. The suites otherwise always ask for exactly `n_handlers` queues. A
+//! backend record that names one channel for two queues is refused the same way.
 
 use device::backend::{Backend, BackendConfig};
 use device::layout::*;
@@ -17,6 +18,11 @@ const HANDLERS: u32 = 3;
 /// dev-start with `queues` against a backend of [`HANDLERS`] handlers; on success
 /// every queue is made ready and carries one write and its read-back.
 fn start(queues: u32) -> Result<usize, HostError> {
+    start_edited(queues, |_| {})
+}
+
+/// [`start`] with the backend record rewritten by `edit` before dev-start.
+fn start_edited(queues: u32, edit: impl FnOnce(&mut BackendInfo)) -> Result<usize, HostError> {
     let mem = HeapMem::new(TransportInfo::region_for(HANDLERS as u64 + 1) as usize);
     let shm = Shm::new(&mem, &NoTrace);
     Transport::format(shm, format_flags(true), false, T0).unwrap();
@@ -29,6 +35,9 @@ fn start(queues: u32) -> Result<usize, HostError> {
     let host = Host::register(shm, HostConfig::default(), T0).unwrap();
     let bid = host.find_backend(T0).unwrap();
     let tp = Transport::open(shm, false).unwrap();
+    let mut rec = tp.backend(bid).unwrap().unwrap().rec;
+    edit(&mut rec);
+    tp.write_backend(bid, &rec).unwrap();
     let mut dev = match host.dev_start(bid, queues, T0) {
         Ok(d) => d,
         Err(e) => {
@@ -85,4 +94,12 @@ fn fewer_queues_than_handlers_are_accepted() {
 fn more_queues_than_handlers_are_refused() {
     assert_eq!(start(HANDLERS + 1), Err(HostError::Invalid));
     assert_eq!(start(u32::MAX), Err(HostError::Invalid));
+}
+
+#[test]
+fn a_record_naming_one_channel_for_two_queues_is_refused() {
+    let dup = |r: &mut BackendInfo| r.handler_channels[2] = r.handler_channels[0];
+    assert_eq!(start_edited(0, dup), Err(HostError::Invalid));
+    // The first two queues alone have channels of their own.
+    assert_eq!(start_edited(2, dup), Ok(2));
 }

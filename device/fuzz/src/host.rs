@@ -13,7 +13,9 @@
 //! * a completion is of a request in flight on that queue, once, with the request as
 //!   submitted; it is the CE at the queue's `compr_tail`, whose CRC verifies, with its
 //!   tid and result (a READ whose data CRC fails is -EBADMSG in v3, never OK); an OK
-//!   READ returns data whose CRC is the CE's;
+//!   READ returns data whose CRC is the CE's; a batch poll (`poll_batch_at`) gives each
+//!   completion as one poll would, the CEs from the tail on in ring order, and publishes
+//!   the tail past the last of them;
 //! * the token counters never run backwards (`outstanding` never underflows);
 //! * the engine keeps serving: at the end an honest device completes whatever is in
 //!   flight, RESETs every queue, and a WRITE + READ round trip succeeds on each.
@@ -45,6 +47,8 @@ pub struct Input {
     pub durable: bool,
     pub queues: u8,
     pub depth: u8,
+    /// The honest phase polls in batches.
+    pub batch: bool,
     /// Record edits before dev-start.
     pub records: Vec<RecordEdit>,
     pub actions: Vec<Action>,
@@ -80,6 +84,10 @@ pub enum Action {
         intent: u8,
     },
     Poll {
+        q: u8,
+    },
+    /// Every CE the head shows, in one poll (`poll_batch_at`).
+    PollBatch {
         q: u8,
     },
     PollDurable {
@@ -176,6 +184,8 @@ struct H<'m> {
     order: Vec<Vec<u64>>,
     /// Each queue's compr_tail as the host engine keeps it (0 from each RESET on).
     host_tail: Vec<u32>,
+    /// The honest phase polls in batches.
+    batch: bool,
 }
 
 impl<'m> H<'m> {
@@ -460,6 +470,7 @@ pub fn run(input: &Input) {
         subs: vec![HashMap::new(); nqs],
         order: vec![Vec::new(); nqs],
         host_tail: vec![0; nqs],
+        batch: input.batch,
     };
     let mut read_buf = vec![0u8; chan::MAX_IO as usize];
     let mut payload = vec![0u8; chan::MAX_IO as usize];
@@ -511,6 +522,62 @@ fn poll_one(
             None
         }
     }
+}
+
+/// One batch poll: each completion checked as [`poll_one`] checks one, against the CE at
+/// the tail it was taken from; the tail published once, after the batch.
+fn poll_batch(
+    h: &mut H<'_>,
+    dev: &mut Blkdev<'_, SparseMem>,
+    q: usize,
+    read_buf: &mut [u8],
+) -> usize {
+    let g = h.devs[q].g;
+    let mut tail = h.host_tail[q];
+    let mut got = Vec::new();
+    let r = dev.queues[q].poll_batch_at(read_buf, h.now, &mut |c, data| {
+        if c.req.op == op::READ && c.result == 0 && data.len() != c.req.len as usize {
+            violation(format!(
+                "q{q}: READ {:#x} of {} bytes with {} bytes of data",
+                c.req_tid,
+                c.req.len,
+                data.len()
+            ));
+        }
+        got.push((*c, tail, data.to_vec()));
+        tail = g.next_ce(tail);
+    });
+    match r {
+        Ok(n) if n != got.len() => violation(format!(
+            "q{q}: a batch of {n} with {} completions",
+            got.len()
+        )),
+        Ok(_) => {}
+        Err(e) => {
+            if !got.is_empty() {
+                violation(format!("q{q}: {e:?} after {} completions", got.len()));
+            }
+            if let HostError::BadCompletion { .. } = e {
+                tail = g.next_ce(tail);
+            }
+            check_err(e, "poll_batch");
+        }
+    }
+    if tail != h.host_tail[q] {
+        h.host_tail[q] = tail;
+        let (published, _) = h.host_ptrs(q);
+        if published != tail {
+            violation(format!(
+                "q{q}: compr_tail published {published} after a batch, consumed up to {tail}"
+            ));
+        }
+    }
+    for (c, before, data) in &got {
+        let mut buf = data.clone();
+        buf.resize(c.req.len as usize, 0);
+        check_completion(h, q, c, *before, &buf);
+    }
+    got.len()
 }
 
 fn step(
@@ -569,6 +636,10 @@ fn step(
         Action::Poll { q } => {
             let q = q as usize % nq;
             poll_one(h, dev, q, read_buf);
+        }
+        Action::PollBatch { q } => {
+            let q = q as usize % nq;
+            poll_batch(h, dev, q, read_buf);
         }
         Action::PollDurable { q } => {
             let q = q as usize % nq;
@@ -738,7 +809,11 @@ fn honest_phase(h: &mut H<'_>, dev: &mut Blkdev<'_, SparseMem>, read_buf: &mut [
             let head = h.devs[q].ce_next;
             h.publish_head(q, head, None);
             for _ in 0..(h.subs[q].len() + 2) {
-                poll_one(h, dev, q, read_buf);
+                if h.batch {
+                    poll_batch(h, dev, q, read_buf);
+                } else {
+                    poll_one(h, dev, q, read_buf);
+                }
             }
             if !h.subs[q].is_empty() {
                 violation(format!(

@@ -70,6 +70,12 @@ impl<'a, M: SharedMem + ?Sized> Host<'a, M> {
         {
             return Err(HostError::Invalid);
         }
+        // Untrusted: a record naming one channel for two queues is refused (each queue
+        // would take the other's CEs and publish over its host line).
+        let chans = &b.handler_channels[..queues as usize];
+        if (1..chans.len()).any(|i| chans[..i].contains(&chans[i])) {
+            return Err(HostError::Invalid);
+        }
         for id in 0..tp.info.blkdev_num {
             if let Some(d) = tp.blkdev(id)?
                 && d.rec.state == STATE_RUNNING

@@ -256,18 +256,18 @@ pub fn run<'m, M: SharedMem + ?Sized, D: Media>(
             }
         }
         for (qi, q) in dev.queues.iter_mut().enumerate() {
-            match q.poll(&mut read_buf) {
-                Ok(Some(c)) => {
-                    if let Err((e, concern)) = model.completed(qi, &c, &read_buf) {
-                        if v.is_empty() {
-                            out.requests.push((qi as u32, c.req_tid));
-                            out.requests.extend(concern);
-                        }
-                        fail(v, hooks.completion_error(e));
+            // Every CE the head shows, in one poll.
+            let r = q.poll_batch(&mut read_buf, &mut |c, data| {
+                if let Err((e, concern)) = model.completed(qi, c, data) {
+                    if v.is_empty() {
+                        out.requests.push((qi as u32, c.req_tid));
+                        out.requests.extend(concern);
                     }
+                    fail(v, hooks.completion_error(e));
                 }
-                Ok(None) => {}
-                Err(e) => fail(v, hooks.host_poll_error(qi, &e)),
+            });
+            if let Err(e) = r {
+                fail(v, hooks.host_poll_error(qi, &e));
             }
         }
         after(v);
