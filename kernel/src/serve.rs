@@ -32,7 +32,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use device::backend::{Backend, BackendConfig, BackendError};
 use device::layout::{TRANSPORT_MAGIC, tflags};
-use device::media::{Media, MediaError, SliceMedia};
+use device::media::{Media, MediaError, SliceMedia, Started, Ticket};
 use device::profile::Profile;
 use device::ratelimit::{HeldBack, RateLimit};
 use device::shm::{SharedMem, Shm};
@@ -363,6 +363,36 @@ impl Media for Disk {
         match self {
             Disk::Ram(m) => m.volatile_bytes(),
             Disk::Virtio(_) => None,
+        }
+    }
+    fn can_start(&self) -> bool {
+        match self {
+            Disk::Ram(m) => m.can_start(),
+            Disk::Virtio(m) => m.can_start(),
+        }
+    }
+    fn start_write(&mut self, offset: u64, data: &[u8]) -> Result<Started, MediaError> {
+        match self {
+            Disk::Ram(m) => m.start_write(offset, data),
+            Disk::Virtio(m) => m.start_write(offset, data),
+        }
+    }
+    fn start_flush(&mut self) -> Result<Started, MediaError> {
+        match self {
+            Disk::Ram(m) => m.start_flush(),
+            Disk::Virtio(m) => m.start_flush(),
+        }
+    }
+    fn poll_done(&mut self) -> Option<(Ticket, Result<(), MediaError>)> {
+        match self {
+            Disk::Ram(m) => m.poll_done(),
+            Disk::Virtio(m) => m.poll_done(),
+        }
+    }
+    fn wait_done(&mut self) -> Option<(Ticket, Result<(), MediaError>)> {
+        match self {
+            Disk::Ram(m) => m.wait_done(),
+            Disk::Virtio(m) => m.wait_done(),
         }
     }
 }
