@@ -289,3 +289,158 @@ impl crate::media::Media for CrashMedia {
         Ok(())
     }
 }
+
+/// A media whose asynchronous writes and flushes ([`crate::media::Media::start_write`],
+/// `start_flush`) stay in flight until the test completes them ([`HeldMedia::complete`]),
+/// in any order, with any result: a slow disk. Reads and synchronous calls act at once.
+/// A flush makes durable what had completed when it started ([`HeldMedia::durable`]).
+pub struct HeldMedia {
+    cur: Vec<u8>,
+    durable: Vec<u8>,
+    held: Vec<(crate::media::Ticket, Held)>,
+    done: std::collections::VecDeque<(crate::media::Ticket, Result<(), crate::media::MediaError>)>,
+    next: crate::media::Ticket,
+    /// Most requests in flight at once (`can_start` is false at this many).
+    pub limit: usize,
+    /// Most requests seen in flight at once.
+    pub max_held: usize,
+    pub flushes: u64,
+    /// Panic when anyone waits for a completion (`wait_done`): the serve loop must not.
+    pub forbid_wait: bool,
+}
+
+enum Held {
+    Write { offset: u64, data: Vec<u8> },
+    Flush { image: Vec<u8> },
+}
+
+impl HeldMedia {
+    pub fn new(len: usize) -> Self {
+        Self {
+            cur: vec![0; len],
+            durable: vec![0; len],
+            held: Vec::new(),
+            done: Default::default(),
+            next: 0,
+            limit: 8,
+            max_held: 0,
+            flushes: 0,
+            forbid_wait: false,
+        }
+    }
+    /// What reads see (every completed write).
+    pub fn current(&self) -> &[u8] {
+        &self.cur
+    }
+    /// What a power loss now would leave (completed writes covered by a completed flush).
+    pub fn durable(&self) -> &[u8] {
+        &self.durable
+    }
+    /// Writes in flight: (ticket, offset, length), oldest first.
+    pub fn held_writes(&self) -> Vec<(crate::media::Ticket, u64, usize)> {
+        self.held
+            .iter()
+            .filter_map(|(t, h)| match h {
+                Held::Write { offset, data } => Some((*t, *offset, data.len())),
+                Held::Flush { .. } => None,
+            })
+            .collect()
+    }
+    /// The flush in flight, if any.
+    pub fn held_flush(&self) -> Option<crate::media::Ticket> {
+        self.held
+            .iter()
+            .find(|(_, h)| matches!(h, Held::Flush { .. }))
+            .map(|(t, _)| *t)
+    }
+    /// Complete request `t` with `ok` (else an I/O error): a write lands (or not), a
+    /// flush makes its image durable. Reported at the next `poll_done`.
+    pub fn complete(&mut self, t: crate::media::Ticket, ok: bool) {
+        let i = self
+            .held
+            .iter()
+            .position(|(x, _)| *x == t)
+            .expect("no such request in flight");
+        let (_, h) = self.held.remove(i);
+        if ok {
+            match h {
+                Held::Write { offset, data } => {
+                    self.cur[offset as usize..][..data.len()].copy_from_slice(&data)
+                }
+                Held::Flush { image } => {
+                    self.durable = image;
+                    self.flushes += 1;
+                }
+            }
+        }
+        let r = if ok {
+            Ok(())
+        } else {
+            Err(crate::media::MediaError::Io)
+        };
+        self.done.push_back((t, r));
+    }
+    fn hold(&mut self, h: Held) -> crate::media::Started {
+        let t = self.next;
+        self.next += 1;
+        self.held.push((t, h));
+        self.max_held = self.max_held.max(self.held.len());
+        crate::media::Started::InFlight(t)
+    }
+}
+
+impl crate::media::Media for HeldMedia {
+    fn size(&self) -> u64 {
+        self.cur.len() as u64
+    }
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), crate::media::MediaError> {
+        crate::media::SliceMedia::new(&mut self.cur).read(offset, buf)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), crate::media::MediaError> {
+        crate::media::SliceMedia::new(&mut self.cur).write(offset, data)
+    }
+    fn flush(&mut self) -> Result<(), crate::media::MediaError> {
+        self.durable.copy_from_slice(&self.cur);
+        self.flushes += 1;
+        Ok(())
+    }
+    fn can_start(&self) -> bool {
+        self.held.len() < self.limit
+    }
+    fn start_write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<crate::media::Started, crate::media::MediaError> {
+        if offset + data.len() as u64 > self.size() {
+            return Err(crate::media::MediaError::OutOfRange);
+        }
+        Ok(self.hold(Held::Write {
+            offset,
+            data: data.to_vec(),
+        }))
+    }
+    fn start_flush(&mut self) -> Result<crate::media::Started, crate::media::MediaError> {
+        let image = self.cur.clone();
+        Ok(self.hold(Held::Flush { image }))
+    }
+    fn poll_done(
+        &mut self,
+    ) -> Option<(crate::media::Ticket, Result<(), crate::media::MediaError>)> {
+        self.done.pop_front()
+    }
+    fn wait_done(
+        &mut self,
+    ) -> Option<(crate::media::Ticket, Result<(), crate::media::MediaError>)> {
+        assert!(
+            !self.forbid_wait,
+            "waited for the media (the serve loop must not)"
+        );
+        if self.done.is_empty()
+            && let Some(&(t, _)) = self.held.first()
+        {
+            self.complete(t, true);
+        }
+        self.done.pop_front()
+    }
+}

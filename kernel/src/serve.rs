@@ -549,7 +549,9 @@ fn run<'a>(
             TRACER.mark(|p, t| p.end_poll(t));
             match polled {
                 Ok(st) => {
-                    busy |= st.ses != 0 || st.resets != 0;
+                    // A write-back in flight counts as work: its completions are
+                    // collected by the next poll, not after an idle halt.
+                    busy |= st.ses != 0 || st.resets != 0 || backend.write_back_in_flight();
                 }
                 // Per-channel problems (a stale entry, a bad pointer from the peer) are
                 // logged by the engine; the channel is retried on the next poll. One
@@ -611,6 +613,16 @@ fn run<'a>(
                     log::error!("serve: final write-back failed: {e:?}");
                 }
                 stager[i] = Some((backend.backend_id, backend.stager_stats()));
+                let id = backend.backend_id;
+                if let Disk::Virtio(m) = backend.media() {
+                    log::info!(
+                        "serve: virtio media (backend {id}): {} writes, {} flushes, flush avg {} us, max {} us",
+                        m.writes,
+                        m.flushes,
+                        m.flush_ns / m.flushes.max(1) / 1000,
+                        m.flush_max_ns / 1000
+                    );
+                }
                 match backend.stop(now) {
                     Ok(_) => {}
                     Err((b, BackendError::Busy)) => {

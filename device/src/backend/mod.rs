@@ -328,6 +328,11 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         self.st.stats
     }
 
+    /// Is a media request of the write-back in flight (`Stager::progress`)?
+    pub fn write_back_in_flight(&self) -> bool {
+        self.st.in_flight()
+    }
+
     /// Writes completed but not yet durable.
     pub fn pending_writes(&self) -> usize {
         self.st.pending()
