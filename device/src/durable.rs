@@ -185,6 +185,9 @@ pub struct Stager<'a, D: Media> {
     flushing: Option<(Ticket, usize)>,
     /// A write or flush failed: stop starting writes, report once nothing is in flight.
     failed: Option<MediaError>,
+    /// False: [`Stager::progress`] writes back synchronously when due (the write-back
+    /// before it was asynchronous; kept to measure the difference).
+    asynchronous: bool,
     pub stats: StagerStats,
 }
 
@@ -204,6 +207,7 @@ impl<'a, D: Media> Stager<'a, D> {
             writes_in_flight: 0,
             flushing: None,
             failed: None,
+            asynchronous: true,
             stats: StagerStats::default(),
         }
     }
@@ -232,6 +236,11 @@ impl<'a, D: Media> Stager<'a, D> {
             }
         }
         (self.media, self.buf)
+    }
+    /// Asynchronous write-back from [`Stager::progress`] (the default), or the
+    /// synchronous one that waits for the media when due (for comparison).
+    pub fn set_asynchronous(&mut self, on: bool) {
+        self.asynchronous = on;
     }
     /// Media requests (writes, the flush) in flight.
     pub fn in_flight(&self) -> bool {
@@ -646,6 +655,13 @@ impl<'a, D: Media> Stager<'a, D> {
     /// when the requests in flight are done; nothing it touched is declared durable
     /// and the next deadline retries.
     pub fn progress(&mut self, now_ns: u64) -> Result<(), MediaError> {
+        if !self.asynchronous {
+            return if self.due(now_ns) {
+                self.sync()
+            } else {
+                Ok(())
+            };
+        }
         self.collect();
         if let Some(e) = self.take_failure() {
             return Err(e);

@@ -513,6 +513,9 @@ fn run<'a>(
                 ),
             }
         }
+        // `write-back=sync`: the due write-back waits for the media in the serve loop
+        // (the old behaviour, to compare against; default asynchronous).
+        backend.set_async_write_back(fwcfg::option("write-back").as_deref() != Some("sync"));
         let chans: heapless::Vec<u32, 16> = backend.channel_segments().collect();
         log::info!(
             "serve: backend {} (host {}) ready: {desc} {size_mib} MiB, path {}, channel segments {:?}, features {:#x}; type 'stop' to stop",
