@@ -179,6 +179,12 @@ pub struct CrashMedia {
     pub snapshot_per_mille: u64,
     pub snapshots: Vec<Vec<u8>>,
     rng: SplitMix64,
+    /// Asynchronous writes ([`crate::media::Media::start_write`]): up to 4 held in
+    /// flight, completed in random order by later `poll_done` calls (each call
+    /// completes one with probability ½). Off: every write is done when started.
+    pub async_writes: bool,
+    in_flight: Vec<(crate::media::Ticket, u64, Vec<u8>)>,
+    next_ticket: crate::media::Ticket,
 }
 
 pub const CRASH_BLOCK: usize = 4096;
@@ -197,7 +203,22 @@ impl CrashMedia {
             snapshot_per_mille: 0,
             snapshots: Vec::new(),
             rng: SplitMix64::new(seed),
+            async_writes: false,
+            in_flight: Vec::new(),
+            next_ticket: 0,
         }
+    }
+    /// Complete one write in flight, chosen at random (it lands now).
+    fn complete_one(
+        &mut self,
+    ) -> Option<(crate::media::Ticket, Result<(), crate::media::MediaError>)> {
+        if self.in_flight.is_empty() {
+            return None;
+        }
+        let i = (self.rng.next() % self.in_flight.len() as u64) as usize;
+        let (t, offset, data) = self.in_flight.swap_remove(i);
+        let r = crate::media::Media::write(self, offset, &data);
+        Some((t, r))
     }
     /// What reads see (every completed write).
     pub fn current(&self) -> &[u8] {
@@ -278,6 +299,40 @@ impl crate::media::Media for CrashMedia {
         let c = self.cost.write_ns_per_4k * data.len().div_ceil(CRASH_BLOCK) as u64;
         self.pay(c);
         Ok(())
+    }
+    fn can_start(&self) -> bool {
+        self.in_flight.len() < 4
+    }
+    fn start_write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<crate::media::Started, crate::media::MediaError> {
+        if !self.async_writes {
+            return self
+                .write(offset, data)
+                .map(|()| crate::media::Started::Done);
+        }
+        if offset + data.len() as u64 > self.size() {
+            return Err(crate::media::MediaError::OutOfRange);
+        }
+        let t = self.next_ticket;
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        self.in_flight.push((t, offset, data.to_vec()));
+        Ok(crate::media::Started::InFlight(t))
+    }
+    fn poll_done(
+        &mut self,
+    ) -> Option<(crate::media::Ticket, Result<(), crate::media::MediaError>)> {
+        if self.in_flight.is_empty() || self.rng.next() % 2 == 0 {
+            return None;
+        }
+        self.complete_one()
+    }
+    fn wait_done(
+        &mut self,
+    ) -> Option<(crate::media::Ticket, Result<(), crate::media::MediaError>)> {
+        self.complete_one()
     }
     fn flush(&mut self) -> Result<(), crate::media::MediaError> {
         self.maybe_snapshot();
