@@ -324,7 +324,7 @@ impl crate::media::Media for CrashMedia {
     fn poll_done(
         &mut self,
     ) -> Option<(crate::media::Ticket, Result<(), crate::media::MediaError>)> {
-        if self.in_flight.is_empty() || self.rng.next() % 2 == 0 {
+        if self.in_flight.is_empty() || self.rng.next().is_multiple_of(2) {
             return None;
         }
         self.complete_one()
