@@ -10,13 +10,18 @@
 //! Without a staging buffer (or when it is full) writes go straight to the media
 //! (write-through) and are still only durable after the next media flush.
 //!
-//! Policy (the engine calls [`Stager::due`] from `poll` with the current time):
-//! every pending write carries a deadline (`staged_at + bound / 2`, so the other
-//! half of the bound is left for the write-back and the flush); once any deadline
-//! has passed, everything is written back and flushed in one go (group commit).
-//! CRITICAL writes and FLUSH call [`Stager::sync`] synchronously.
+//! Policy (the engine calls [`Stager::progress`] from every `poll` with the current
+//! time): every pending write carries a deadline (`staged_at + bound / 2`, so the
+//! other half of the bound is left for the write-back and the flush); once any
+//! deadline has passed, everything pending then becomes a *batch* (group commit):
+//! its media writes are started (asynchronously when the media can, a bounded
+//! number in flight), each later `progress` collects completions and starts more,
+//! and once all of them completed the media flush is started; its completion
+//! retires the batch (the watermarks move). `progress` never waits for the media.
+//! CRITICAL writes, FLUSH, RESET and staging pressure call [`Stager::sync`] /
+//! [`Stager::write_back`], which wait (drain).
 
-use crate::media::{Media, MediaError};
+use crate::media::{Media, MediaError, Started, Ticket};
 
 /// Most writes pending (staged or written but not yet flushed) at once. When full,
 /// the next write forces a write-back + flush.
@@ -25,6 +30,9 @@ pub const MAX_PENDING: usize = 256;
 /// back and flushed, but no longer counted in any watermark.
 const NO_CHAN: u8 = u8::MAX;
 const NOT_STAGED: u32 = u32::MAX;
+/// Most media writes the stager has in flight at once (the media may allow fewer:
+/// [`Media::can_start`]).
+pub const MAX_IN_FLIGHT: usize = 16;
 /// Largest single media write the write-back makes from a coalesced run (the
 /// largest request the data path itself makes: `chan::MAX_IO`).
 pub const MAX_COALESCE: usize = crate::layout::chan::MAX_IO as usize;
@@ -97,16 +105,31 @@ impl DurableConfig {
     }
 }
 
+/// Where a pending write is on its way to the media.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wb {
+    /// Only in the staging buffer.
+    Staged,
+    /// Its media write (maybe one of a coalesced run) is in flight: the staging bytes
+    /// must stay as they are ([`Media::start_write`]).
+    InFlight(Ticket),
+    /// On the media (write completed), not yet flushed.
+    Written,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     chan: u8,
     tid: u64,
     offset: u64,
     len: u32,
-    /// Offset in the staging buffer, or `NOT_STAGED` once on the media.
+    /// Offset in the staging buffer, or `NOT_STAGED` once on the media and released.
     pos: u32,
     /// Bytes of the staging buffer this entry holds (payload + wrap waste).
     span: u32,
+    wb: Wb,
+    /// Deadline for its write-back to start.
+    due: u64,
 }
 
 /// Staging room taken by [`Stager::reserve`] for one WRITE, and how to give it back.
@@ -136,6 +159,10 @@ pub struct StagerStats {
     /// Write-backs forced by a full staging buffer or pending list.
     pub pressure: u64,
     pub media_errors: u64,
+    /// Group commits started by [`Stager::progress`] (asynchronous write-backs).
+    pub batches: u64,
+    /// Most media writes in flight at once.
+    pub max_in_flight: u64,
 }
 
 /// RAM staging + in-order write-back + media flush over any [`Media`].
@@ -145,9 +172,22 @@ pub struct Stager<'a, D: Media> {
     head: usize,
     used: usize,
     q: heapless::Deque<Pending, MAX_PENDING>,
-    /// The first `written` entries of `q` are on the media (not yet flushed).
+    /// The first `written` entries of `q` are on the media (not yet flushed) and
+    /// their staging room is released (in order: the buffer is a ring).
     written: usize,
     min_due: u64,
+    /// The first `batch` entries are the group commit [`Stager::progress`] is
+    /// making durable (0: none running).
+    batch: usize,
+    /// Media writes in flight (each a run of entries marked `Wb::InFlight`).
+    writes_in_flight: usize,
+    /// The flush in flight and how many entries (a prefix, all written) it covers.
+    flushing: Option<(Ticket, usize)>,
+    /// A write or flush failed: stop starting writes, report once nothing is in flight.
+    failed: Option<MediaError>,
+    /// False: [`Stager::progress`] writes back synchronously when due (the write-back
+    /// before it was asynchronous; kept to measure the difference).
+    asynchronous: bool,
     pub stats: StagerStats,
 }
 
@@ -163,6 +203,11 @@ impl<'a, D: Media> Stager<'a, D> {
             q: heapless::Deque::new(),
             written: 0,
             min_due: u64::MAX,
+            batch: 0,
+            writes_in_flight: 0,
+            flushing: None,
+            failed: None,
+            asynchronous: true,
             stats: StagerStats::default(),
         }
     }
@@ -181,9 +226,25 @@ impl<'a, D: Media> Stager<'a, D> {
     pub fn media_ref(&self) -> &D {
         &self.media
     }
-    /// Drop everything staged (power loss) and give back media and buffer.
-    pub fn into_parts(self) -> (D, &'a mut [u8]) {
+    /// Drop everything staged (power loss) and give back media and buffer — once the
+    /// media requests in flight completed (they read the buffer: [`Media::start_write`]).
+    pub fn into_parts(mut self) -> (D, &'a mut [u8]) {
+        while self.in_flight() {
+            match self.media.wait_done() {
+                Some((t, r)) => self.on_done(t, r),
+                None => break,
+            }
+        }
         (self.media, self.buf)
+    }
+    /// Asynchronous write-back from [`Stager::progress`] (the default), or the
+    /// synchronous one that waits for the media when due (for comparison).
+    pub fn set_asynchronous(&mut self, on: bool) {
+        self.asynchronous = on;
+    }
+    /// Media requests (writes, the flush) in flight.
+    pub fn in_flight(&self) -> bool {
+        self.writes_in_flight > 0 || self.flushing.is_some()
     }
     pub fn size(&self) -> u64 {
         self.media.size()
@@ -307,6 +368,8 @@ impl<'a, D: Media> Stager<'a, D> {
             len: r.len,
             pos: r.pos,
             span: r.span,
+            wb: Wb::Staged,
+            due: due_ns,
         });
         self.min_due = self.min_due.min(due_ns);
     }
@@ -331,17 +394,18 @@ impl<'a, D: Media> Stager<'a, D> {
             self.write_back()?;
             slot = self.alloc(data.len());
         }
-        let (pos, span) = match slot {
+        let (pos, span, wb) = match slot {
             Some((pos, span)) => {
                 self.buf[pos as usize..pos as usize + data.len()].copy_from_slice(data);
                 self.stats.staged += 1;
-                (pos, span)
+                (pos, span, Wb::Staged)
             }
             None => {
-                // Only reached with nothing staged: order with the media is kept.
+                // Only reached with nothing staged or in flight (after `write_back`, or
+                // no buffer at all): order with the media is kept.
                 self.media.write(offset, data)?;
                 self.stats.write_through += 1;
-                (NOT_STAGED, 0)
+                (NOT_STAGED, 0, Wb::Written)
             }
         };
         let p = Pending {
@@ -351,6 +415,8 @@ impl<'a, D: Media> Stager<'a, D> {
             len: data.len() as u32,
             pos,
             span,
+            wb,
+            due: due_ns,
         };
         if pos == NOT_STAGED && self.written == self.q.len() {
             self.written += 1;
@@ -387,6 +453,8 @@ impl<'a, D: Media> Stager<'a, D> {
             len: 0,
             pos: NOT_STAGED,
             span: 0,
+            wb: Wb::Written,
+            due: due_ns,
         });
         self.written = self.q.len();
         self.min_due = self.min_due.min(due_ns);
@@ -412,24 +480,98 @@ impl<'a, D: Media> Stager<'a, D> {
         Ok(())
     }
 
-    /// Write every staged payload to the media, in order (no flush). Runs of
-    /// consecutive entries that are contiguous both on the media and in the staging
-    /// buffer (a journal, a sequential stream) go to the media as one write of up to
-    /// [`MAX_COALESCE`] bytes: on a real disk the cost of a write-back is mostly per
-    /// request, not per byte. Order is kept: a run is a prefix of what is left.
-    pub fn write_back(&mut self) -> Result<(), MediaError> {
-        while self.written < self.q.len() {
-            let Some(first) = self.q.iter().nth(self.written).copied() else {
+    /// A media request completed: its entries are on the media (or staged again, to be
+    /// retried, on error), or the flush retires what it covers.
+    fn on_done(&mut self, t: Ticket, r: Result<(), MediaError>) {
+        if let Some((ft, n)) = self.flushing
+            && ft == t
+        {
+            self.flushing = None;
+            match r {
+                Ok(()) => self.retire(n),
+                Err(e) => {
+                    self.stats.media_errors += 1;
+                    self.failed.get_or_insert(e);
+                }
+            }
+            return;
+        }
+        let mut found = false;
+        for p in self.q.iter_mut().skip(self.written) {
+            if p.wb == Wb::InFlight(t) {
+                found = true;
+                if r.is_ok() {
+                    p.wb = Wb::Written;
+                    self.stats.written_back += 1;
+                } else {
+                    p.wb = Wb::Staged;
+                }
+            }
+        }
+        if !found {
+            log::warn!("stager: completion of an unknown media request {t}");
+            return;
+        }
+        self.writes_in_flight -= 1;
+        if let Err(e) = r {
+            self.stats.media_errors += 1;
+            self.failed.get_or_insert(e);
+        }
+        self.release_written();
+    }
+
+    /// Release the staging room of the written prefix (in order: the buffer is a ring).
+    fn release_written(&mut self) {
+        for p in self.q.iter_mut().skip(self.written) {
+            if p.wb != Wb::Written {
+                break;
+            }
+            if p.pos != NOT_STAGED {
+                self.used -= p.span as usize;
+                p.pos = NOT_STAGED;
+            }
+            self.written += 1;
+        }
+        if self.used == 0 {
+            self.head = 0;
+        }
+    }
+
+    /// The flush covering the first `n` entries completed: they are durable.
+    fn retire(&mut self, n: usize) {
+        for _ in 0..n {
+            self.q.pop_front();
+        }
+        self.written -= n;
+        self.batch = self.batch.saturating_sub(n);
+        self.stats.flushes += 1;
+        self.min_due = self.q.iter().map(|p| p.due).min().unwrap_or(u64::MAX);
+    }
+
+    /// Start the media writes of the staged entries before `limit`, in order, as long
+    /// as the media takes them. Runs of consecutive entries that are contiguous both
+    /// on the media and in the staging buffer (a journal, a sequential stream) go to
+    /// the media as one write of up to [`MAX_COALESCE`] bytes: on a real disk the cost
+    /// of a write-back is mostly per request, not per byte. Order: a write is started
+    /// only after every earlier one was started, and not while an earlier write to an
+    /// overlapping range is in flight (then nothing later is started either).
+    fn start_writes(&mut self, limit: usize) {
+        let mut i = self.written;
+        while i < limit.min(self.q.len()) && self.failed.is_none() {
+            let Some(first) = self.q.iter().nth(i).copied() else {
                 break;
             };
-            if first.pos == NOT_STAGED {
-                self.written += 1;
+            if first.wb != Wb::Staged {
+                i += 1;
                 continue;
+            }
+            if self.writes_in_flight >= MAX_IN_FLIGHT || !self.media.can_start() {
+                break;
             }
             // Extend the run while the next entry continues it on both sides.
             let (mut n, mut len) = (1usize, first.len as usize);
-            for p in self.q.iter().skip(self.written + 1) {
-                if p.pos == NOT_STAGED
+            for p in self.q.iter().take(limit).skip(i + 1) {
+                if p.wb != Wb::Staged
                     || p.pos as usize != first.pos as usize + len
                     || p.offset != first.offset + len as u64
                     || p.span != p.len
@@ -440,38 +582,167 @@ impl<'a, D: Media> Stager<'a, D> {
                 n += 1;
                 len += p.len as usize;
             }
+            let (start, end) = (first.offset, first.offset + len as u64);
+            let blocked = self.q.iter().skip(self.written).take(i).any(|p| {
+                matches!(p.wb, Wb::InFlight(_)) && p.offset < end && start < p.offset + p.len as u64
+            });
+            if blocked {
+                break;
+            }
             let s = first.pos as usize;
-            if let Err(e) = self.media.write(first.offset, &self.buf[s..s + len]) {
-                self.stats.media_errors += 1;
-                return Err(e);
-            }
+            let wb = match self.media.start_write(first.offset, &self.buf[s..s + len]) {
+                Ok(Started::Done) => {
+                    self.stats.written_back += n as u64;
+                    Wb::Written
+                }
+                Ok(Started::InFlight(t)) => {
+                    self.writes_in_flight += 1;
+                    let f = self.writes_in_flight as u64;
+                    self.stats.max_in_flight = self.stats.max_in_flight.max(f);
+                    Wb::InFlight(t)
+                }
+                Err(e) => {
+                    self.stats.media_errors += 1;
+                    self.failed = Some(e);
+                    break;
+                }
+            };
             self.stats.write_back_ios += 1;
-            for x in self.q.iter_mut().skip(self.written).take(n) {
-                self.used -= x.span as usize;
-                x.pos = NOT_STAGED;
-                self.stats.written_back += 1;
+            for x in self.q.iter_mut().skip(i).take(n) {
+                x.wb = wb;
             }
-            if self.used == 0 {
-                self.head = 0;
-            }
-            self.written += n;
+            i += n;
         }
-        Ok(())
+        self.release_written();
+    }
+
+    /// Take every completion the media has (non-blocking).
+    fn collect(&mut self) {
+        if !self.in_flight() {
+            return;
+        }
+        while let Some((t, r)) = self.media.poll_done() {
+            self.on_done(t, r);
+        }
+    }
+
+    /// Wait for one completion; false if the media has none to give.
+    fn wait_one(&mut self) -> bool {
+        match self.media.wait_done() {
+            Some((t, r)) => {
+                self.on_done(t, r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A failure, reported once nothing is in flight any more; the batch ends with it
+    /// (what it did not make durable stays pending and is retried).
+    fn take_failure(&mut self) -> Option<MediaError> {
+        if self.in_flight() {
+            return None;
+        }
+        let e = self.failed.take()?;
+        self.batch = 0;
+        Some(e)
+    }
+
+    /// The non-blocking write-back, called from every poll: collect completions, and
+    /// once a deadline passed make everything pending then durable — start its media
+    /// writes (bounded, in order), once they all completed start the flush, and once
+    /// that completed retire them (the watermarks move). An error is returned once,
+    /// when the requests in flight are done; nothing it touched is declared durable
+    /// and the next deadline retries.
+    pub fn progress(&mut self, now_ns: u64) -> Result<(), MediaError> {
+        if !self.asynchronous {
+            return if self.due(now_ns) {
+                self.sync()
+            } else {
+                Ok(())
+            };
+        }
+        self.collect();
+        if let Some(e) = self.take_failure() {
+            return Err(e);
+        }
+        if self.batch == 0 && self.flushing.is_none() && self.due(now_ns) {
+            self.batch = self.q.len();
+            self.stats.batches += 1;
+        }
+        if self.batch == 0 || self.failed.is_some() {
+            return Ok(());
+        }
+        self.start_writes(self.batch);
+        if self.written >= self.batch && self.flushing.is_none() && self.failed.is_none() {
+            self.start_flush(self.written);
+        }
+        match self.take_failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Start the media flush covering the first `n` entries (all written).
+    fn start_flush(&mut self, n: usize) {
+        match self.media.start_flush() {
+            Ok(Started::Done) => self.retire(n),
+            Ok(Started::InFlight(t)) => self.flushing = Some((t, n)),
+            Err(e) => {
+                self.stats.media_errors += 1;
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    /// Write every staged payload to the media, in order (no flush), and wait until
+    /// those writes completed (see `start_writes` for runs and order). What is in
+    /// flight completes first; a failure [`Stager::progress`] has not reported yet
+    /// (counted already) is retried here instead.
+    pub fn write_back(&mut self) -> Result<(), MediaError> {
+        while self.in_flight() && self.wait_one() {}
+        if self.in_flight() {
+            return Err(MediaError::Io);
+        }
+        self.failed = None;
+        loop {
+            self.start_writes(self.q.len());
+            if self.failed.is_some() || self.written == self.q.len() {
+                break;
+            }
+            if !(self.in_flight() && self.wait_one()) {
+                // Nothing in flight and nothing startable: the media takes no request.
+                self.failed = Some(MediaError::Io);
+                break;
+            }
+        }
+        while self.in_flight() && self.wait_one() {}
+        match self.failed.take() {
+            Some(e) => {
+                self.batch = 0;
+                Err(e)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Write back everything and flush the media: afterwards every write accepted
-    /// so far is durable. On error nothing is declared durable.
+    /// so far is durable. On error nothing is declared durable. Waits for the media
+    /// (also for a group commit [`Stager::progress`] has in flight: it is drained).
     pub fn sync(&mut self) -> Result<(), MediaError> {
         self.write_back()?;
-        if let Err(e) = self.media.flush() {
-            self.stats.media_errors += 1;
-            return Err(e);
+        self.start_flush(self.q.len());
+        while self.flushing.is_some() && self.wait_one() {}
+        if self.flushing.is_some() {
+            self.failed.get_or_insert(MediaError::Io);
         }
-        self.stats.flushes += 1;
-        self.q.clear();
-        self.written = 0;
-        self.min_due = u64::MAX;
-        Ok(())
+        match self.failed.take() {
+            Some(e) => {
+                self.batch = 0;
+                Err(e)
+            }
+            None => Ok(()),
+        }
     }
 
     /// True if some pending write's write-back deadline has passed.

@@ -9,6 +9,19 @@ pub enum MediaError {
     Unsupported,
 }
 
+/// Names one asynchronous media request ([`Media::start_write`], [`Media::start_flush`])
+/// until [`Media::poll_done`] reports its completion.
+pub type Ticket = u32;
+
+/// What [`Media::start_write`] / [`Media::start_flush`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Started {
+    /// Done already (synchronous media): nothing will be reported for it.
+    Done,
+    /// In flight; [`Media::poll_done`] reports this ticket once it completed.
+    InFlight(Ticket),
+}
+
 /// Byte-addressed block storage. The engine only calls it with ranges it has
 /// validated against [`Media::size`], 512-byte aligned.
 pub trait Media {
@@ -44,6 +57,38 @@ pub trait Media {
     fn volatile_bytes(&mut self) -> Option<&mut [u8]> {
         None
     }
+
+    // ---- Asynchronous write-back (`docs/durability.md`, "The write-back path").
+    // Defaults: synchronous, every request is done when it is started.
+
+    /// Can a request be started now ([`Media::start_write`], [`Media::start_flush`])?
+    /// False while the media's request queue is full.
+    fn can_start(&self) -> bool {
+        true
+    }
+    /// Start writing `data` at `offset`. **Contract** (the caller's, since the media may
+    /// hand `data`'s address to a DMA engine): the bytes of `data` stay where they are,
+    /// unmodified and not reused for anything else, until [`Media::poll_done`] or
+    /// [`Media::wait_done`] reported the ticket — the [`crate::durable::Stager`] keeps
+    /// the staging slot and gives its buffer back only after every request it started
+    /// completed. Requests in flight complete in any order: the caller orders writes
+    /// to overlapping ranges (the later one is started after the earlier completed).
+    fn start_write(&mut self, offset: u64, data: &[u8]) -> Result<Started, MediaError> {
+        self.write(offset, data).map(|()| Started::Done)
+    }
+    /// Start a flush: every write that **completed** before it started is durable once
+    /// it completes (writes still in flight are not covered).
+    fn start_flush(&mut self) -> Result<Started, MediaError> {
+        self.flush().map(|()| Started::Done)
+    }
+    /// A completed request, if one is there (non-blocking).
+    fn poll_done(&mut self) -> Option<(Ticket, Result<(), MediaError>)> {
+        None
+    }
+    /// Wait for a completion (at least one request in flight). Default: [`Media::poll_done`].
+    fn wait_done(&mut self) -> Option<(Ticket, Result<(), MediaError>)> {
+        self.poll_done()
+    }
 }
 
 impl<T: Media + ?Sized> Media for &mut T {
@@ -67,6 +112,21 @@ impl<T: Media + ?Sized> Media for &mut T {
     }
     fn volatile_bytes(&mut self) -> Option<&mut [u8]> {
         (**self).volatile_bytes()
+    }
+    fn can_start(&self) -> bool {
+        (**self).can_start()
+    }
+    fn start_write(&mut self, offset: u64, data: &[u8]) -> Result<Started, MediaError> {
+        (**self).start_write(offset, data)
+    }
+    fn start_flush(&mut self) -> Result<Started, MediaError> {
+        (**self).start_flush()
+    }
+    fn poll_done(&mut self) -> Option<(Ticket, Result<(), MediaError>)> {
+        (**self).poll_done()
+    }
+    fn wait_done(&mut self) -> Option<(Ticket, Result<(), MediaError>)> {
+        (**self).wait_done()
     }
 }
 

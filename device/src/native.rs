@@ -179,6 +179,12 @@ pub struct CrashMedia {
     pub snapshot_per_mille: u64,
     pub snapshots: Vec<Vec<u8>>,
     rng: SplitMix64,
+    /// Asynchronous writes ([`crate::media::Media::start_write`]): up to 4 held in
+    /// flight, completed in random order by later `poll_done` calls (each call
+    /// completes one with probability ½). Off: every write is done when started.
+    pub async_writes: bool,
+    in_flight: Vec<(crate::media::Ticket, u64, Vec<u8>)>,
+    next_ticket: crate::media::Ticket,
 }
 
 pub const CRASH_BLOCK: usize = 4096;
@@ -197,7 +203,22 @@ impl CrashMedia {
             snapshot_per_mille: 0,
             snapshots: Vec::new(),
             rng: SplitMix64::new(seed),
+            async_writes: false,
+            in_flight: Vec::new(),
+            next_ticket: 0,
         }
+    }
+    /// Complete one write in flight, chosen at random (it lands now).
+    fn complete_one(
+        &mut self,
+    ) -> Option<(crate::media::Ticket, Result<(), crate::media::MediaError>)> {
+        if self.in_flight.is_empty() {
+            return None;
+        }
+        let i = (self.rng.next() % self.in_flight.len() as u64) as usize;
+        let (t, offset, data) = self.in_flight.swap_remove(i);
+        let r = crate::media::Media::write(self, offset, &data);
+        Some((t, r))
     }
     /// What reads see (every completed write).
     pub fn current(&self) -> &[u8] {
@@ -279,6 +300,40 @@ impl crate::media::Media for CrashMedia {
         self.pay(c);
         Ok(())
     }
+    fn can_start(&self) -> bool {
+        self.in_flight.len() < 4
+    }
+    fn start_write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<crate::media::Started, crate::media::MediaError> {
+        if !self.async_writes {
+            return self
+                .write(offset, data)
+                .map(|()| crate::media::Started::Done);
+        }
+        if offset + data.len() as u64 > self.size() {
+            return Err(crate::media::MediaError::OutOfRange);
+        }
+        let t = self.next_ticket;
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        self.in_flight.push((t, offset, data.to_vec()));
+        Ok(crate::media::Started::InFlight(t))
+    }
+    fn poll_done(
+        &mut self,
+    ) -> Option<(crate::media::Ticket, Result<(), crate::media::MediaError>)> {
+        if self.in_flight.is_empty() || self.rng.next().is_multiple_of(2) {
+            return None;
+        }
+        self.complete_one()
+    }
+    fn wait_done(
+        &mut self,
+    ) -> Option<(crate::media::Ticket, Result<(), crate::media::MediaError>)> {
+        self.complete_one()
+    }
     fn flush(&mut self) -> Result<(), crate::media::MediaError> {
         self.maybe_snapshot();
         for (b, data) in self.unflushed.drain(..) {
@@ -287,5 +342,160 @@ impl crate::media::Media for CrashMedia {
         self.flushes += 1;
         self.pay(self.cost.flush_ns);
         Ok(())
+    }
+}
+
+/// A media whose asynchronous writes and flushes ([`crate::media::Media::start_write`],
+/// `start_flush`) stay in flight until the test completes them ([`HeldMedia::complete`]),
+/// in any order, with any result: a slow disk. Reads and synchronous calls act at once.
+/// A flush makes durable what had completed when it started ([`HeldMedia::durable`]).
+pub struct HeldMedia {
+    cur: Vec<u8>,
+    durable: Vec<u8>,
+    held: Vec<(crate::media::Ticket, Held)>,
+    done: std::collections::VecDeque<(crate::media::Ticket, Result<(), crate::media::MediaError>)>,
+    next: crate::media::Ticket,
+    /// Most requests in flight at once (`can_start` is false at this many).
+    pub limit: usize,
+    /// Most requests seen in flight at once.
+    pub max_held: usize,
+    pub flushes: u64,
+    /// Panic when anyone waits for a completion (`wait_done`): the serve loop must not.
+    pub forbid_wait: bool,
+}
+
+enum Held {
+    Write { offset: u64, data: Vec<u8> },
+    Flush { image: Vec<u8> },
+}
+
+impl HeldMedia {
+    pub fn new(len: usize) -> Self {
+        Self {
+            cur: vec![0; len],
+            durable: vec![0; len],
+            held: Vec::new(),
+            done: Default::default(),
+            next: 0,
+            limit: 8,
+            max_held: 0,
+            flushes: 0,
+            forbid_wait: false,
+        }
+    }
+    /// What reads see (every completed write).
+    pub fn current(&self) -> &[u8] {
+        &self.cur
+    }
+    /// What a power loss now would leave (completed writes covered by a completed flush).
+    pub fn durable(&self) -> &[u8] {
+        &self.durable
+    }
+    /// Writes in flight: (ticket, offset, length), oldest first.
+    pub fn held_writes(&self) -> Vec<(crate::media::Ticket, u64, usize)> {
+        self.held
+            .iter()
+            .filter_map(|(t, h)| match h {
+                Held::Write { offset, data } => Some((*t, *offset, data.len())),
+                Held::Flush { .. } => None,
+            })
+            .collect()
+    }
+    /// The flush in flight, if any.
+    pub fn held_flush(&self) -> Option<crate::media::Ticket> {
+        self.held
+            .iter()
+            .find(|(_, h)| matches!(h, Held::Flush { .. }))
+            .map(|(t, _)| *t)
+    }
+    /// Complete request `t` with `ok` (else an I/O error): a write lands (or not), a
+    /// flush makes its image durable. Reported at the next `poll_done`.
+    pub fn complete(&mut self, t: crate::media::Ticket, ok: bool) {
+        let i = self
+            .held
+            .iter()
+            .position(|(x, _)| *x == t)
+            .expect("no such request in flight");
+        let (_, h) = self.held.remove(i);
+        if ok {
+            match h {
+                Held::Write { offset, data } => {
+                    self.cur[offset as usize..][..data.len()].copy_from_slice(&data)
+                }
+                Held::Flush { image } => {
+                    self.durable = image;
+                    self.flushes += 1;
+                }
+            }
+        }
+        let r = if ok {
+            Ok(())
+        } else {
+            Err(crate::media::MediaError::Io)
+        };
+        self.done.push_back((t, r));
+    }
+    fn hold(&mut self, h: Held) -> crate::media::Started {
+        let t = self.next;
+        self.next += 1;
+        self.held.push((t, h));
+        self.max_held = self.max_held.max(self.held.len());
+        crate::media::Started::InFlight(t)
+    }
+}
+
+impl crate::media::Media for HeldMedia {
+    fn size(&self) -> u64 {
+        self.cur.len() as u64
+    }
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), crate::media::MediaError> {
+        crate::media::SliceMedia::new(&mut self.cur).read(offset, buf)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), crate::media::MediaError> {
+        crate::media::SliceMedia::new(&mut self.cur).write(offset, data)
+    }
+    fn flush(&mut self) -> Result<(), crate::media::MediaError> {
+        self.durable.copy_from_slice(&self.cur);
+        self.flushes += 1;
+        Ok(())
+    }
+    fn can_start(&self) -> bool {
+        self.held.len() < self.limit
+    }
+    fn start_write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<crate::media::Started, crate::media::MediaError> {
+        if offset + data.len() as u64 > self.size() {
+            return Err(crate::media::MediaError::OutOfRange);
+        }
+        Ok(self.hold(Held::Write {
+            offset,
+            data: data.to_vec(),
+        }))
+    }
+    fn start_flush(&mut self) -> Result<crate::media::Started, crate::media::MediaError> {
+        let image = self.cur.clone();
+        Ok(self.hold(Held::Flush { image }))
+    }
+    fn poll_done(
+        &mut self,
+    ) -> Option<(crate::media::Ticket, Result<(), crate::media::MediaError>)> {
+        self.done.pop_front()
+    }
+    fn wait_done(
+        &mut self,
+    ) -> Option<(crate::media::Ticket, Result<(), crate::media::MediaError>)> {
+        assert!(
+            !self.forbid_wait,
+            "waited for the media (the serve loop must not)"
+        );
+        if self.done.is_empty()
+            && let Some(&(t, _)) = self.held.first()
+        {
+            self.complete(t, true);
+        }
+        self.done.pop_front()
     }
 }

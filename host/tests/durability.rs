@@ -4,7 +4,9 @@
 //!
 //! Each schedule runs a random 2-queue write workload (STANDARD / EPHEMERAL /
 //! CRITICAL writes of 1–4 blocks, periodic FLUSH, 0 / 16 / 64 KiB staging, tokens
-//! accepted or plain v3) with host and device steps interleaved. Crash points:
+//! accepted or plain v3; every other schedule the media completes the write-back's
+//! writes asynchronously, in random order, across polls) with host and device steps
+//! interleaved. Crash points:
 //! * media images taken at random media calls *inside* device steps (between the
 //!   writes of a write-back, before/after a flush), each checked right away;
 //! * real crashes: the backend dies (staging lost; adversary: its cache lost),
@@ -168,6 +170,10 @@ fn schedule(seed: u64, nc: bool) -> (u64, Option<String>) {
     let mut staging = vec![0u8; staging_len];
     let mut media = CrashMedia::new(DISK, r.next());
     media.snapshot_per_mille = snap;
+    // Every other schedule: the write-back's media writes stay in flight across polls
+    // and complete in random order (not drawn from `r`: the regressions keep their
+    // schedules).
+    media.async_writes = seed % 2 == 1;
     let mut backend =
         Some(Backend::start(dshm, bcfg(nc), media, &mut scratch, now).expect("re-attach"));
     backend.as_mut().unwrap().set_staging(&mut staging).unwrap();

@@ -32,7 +32,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use device::backend::{Backend, BackendConfig, BackendError};
 use device::layout::{TRANSPORT_MAGIC, tflags};
-use device::media::{Media, MediaError, SliceMedia};
+use device::media::{Media, MediaError, SliceMedia, Started, Ticket};
 use device::profile::Profile;
 use device::ratelimit::{HeldBack, RateLimit};
 use device::shm::{SharedMem, Shm};
@@ -365,6 +365,36 @@ impl Media for Disk {
             Disk::Virtio(_) => None,
         }
     }
+    fn can_start(&self) -> bool {
+        match self {
+            Disk::Ram(m) => m.can_start(),
+            Disk::Virtio(m) => m.can_start(),
+        }
+    }
+    fn start_write(&mut self, offset: u64, data: &[u8]) -> Result<Started, MediaError> {
+        match self {
+            Disk::Ram(m) => m.start_write(offset, data),
+            Disk::Virtio(m) => m.start_write(offset, data),
+        }
+    }
+    fn start_flush(&mut self) -> Result<Started, MediaError> {
+        match self {
+            Disk::Ram(m) => m.start_flush(),
+            Disk::Virtio(m) => m.start_flush(),
+        }
+    }
+    fn poll_done(&mut self) -> Option<(Ticket, Result<(), MediaError>)> {
+        match self {
+            Disk::Ram(m) => m.poll_done(),
+            Disk::Virtio(m) => m.poll_done(),
+        }
+    }
+    fn wait_done(&mut self) -> Option<(Ticket, Result<(), MediaError>)> {
+        match self {
+            Disk::Ram(m) => m.wait_done(),
+            Disk::Virtio(m) => m.wait_done(),
+        }
+    }
 }
 
 fn ram_disk(mib: u64) -> Option<Disk> {
@@ -483,6 +513,9 @@ fn run<'a>(
                 ),
             }
         }
+        // `write-back=sync`: the due write-back waits for the media in the serve loop
+        // (the old behaviour, to compare against; default asynchronous).
+        backend.set_async_write_back(fwcfg::option("write-back").as_deref() != Some("sync"));
         let chans: heapless::Vec<u32, 16> = backend.channel_segments().collect();
         log::info!(
             "serve: backend {} (host {}) ready: {desc} {size_mib} MiB, path {}, channel segments {:?}, features {:#x}; type 'stop' to stop",
@@ -519,7 +552,9 @@ fn run<'a>(
             TRACER.mark(|p, t| p.end_poll(t));
             match polled {
                 Ok(st) => {
-                    busy |= st.ses != 0 || st.resets != 0;
+                    // A write-back in flight counts as work: its completions are
+                    // collected by the next poll, not after an idle halt.
+                    busy |= st.ses != 0 || st.resets != 0 || backend.write_back_in_flight();
                 }
                 // Per-channel problems (a stale entry, a bad pointer from the peer) are
                 // logged by the engine; the channel is retried on the next poll. One
@@ -581,6 +616,16 @@ fn run<'a>(
                     log::error!("serve: final write-back failed: {e:?}");
                 }
                 stager[i] = Some((backend.backend_id, backend.stager_stats()));
+                let id = backend.backend_id;
+                if let Disk::Virtio(m) = backend.media() {
+                    log::info!(
+                        "serve: virtio media (backend {id}): {} writes, {} flushes, flush avg {} us, max {} us",
+                        m.writes,
+                        m.flushes,
+                        m.flush_ns / m.flushes.max(1) / 1000,
+                        m.flush_max_ns / 1000
+                    );
+                }
                 match backend.stop(now) {
                     Ok(_) => {}
                     Err((b, BackendError::Busy)) => {

@@ -146,7 +146,11 @@ fn run_on(
     let device_lines = out
         .output
         .lines()
-        .filter(|l| l.contains("serve: stopped") || l.contains("serve: staging"))
+        .filter(|l| {
+            l.contains("serve: stopped")
+                || l.contains("serve: staging")
+                || l.contains("serve: virtio media")
+        })
         .map(|l| l.trim().to_string())
         .collect();
     Ok(JournalReport {

@@ -328,6 +328,17 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
         self.st.stats
     }
 
+    /// Asynchronous write-back (default: on); off, a due write-back waits for the media
+    /// in `poll` (kept to measure the difference: the kernel's `write-back=sync`).
+    pub fn set_async_write_back(&mut self, on: bool) {
+        self.st.set_asynchronous(on);
+    }
+
+    /// Is a media request of the write-back in flight (`Stager::progress`)?
+    pub fn write_back_in_flight(&self) -> bool {
+        self.st.in_flight()
+    }
+
     /// Writes completed but not yet durable.
     pub fn pending_writes(&self) -> usize {
         self.st.pending()

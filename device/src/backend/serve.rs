@@ -66,12 +66,11 @@ impl<'a, M: SharedMem + ?Sized, D: Media> Backend<'a, M, D> {
                 first_err.get_or_insert(e);
             }
         }
-        // ---- durability: write back + flush once a deadline passed, then publish
-        // the watermarks (after every compr_head of this poll: a watermark never
-        // runs ahead of the CE it covers).
-        if self.st.due(now_ns)
-            && let Err(e) = self.st.sync()
-        {
+        // ---- durability: the asynchronous write-back (once a deadline passed: start
+        // the batch's media writes, collect completions, flush; never waits for the
+        // media), then publish the watermarks (after every compr_head of this poll: a
+        // watermark never runs ahead of the CE it covers).
+        if let Err(e) = self.st.progress(now_ns) {
             log::warn!("cbd backend: write-back/flush failed: {e:?}");
             first_err.get_or_insert(BackendError::Media);
         }
