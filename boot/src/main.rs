@@ -408,7 +408,11 @@ fn cmd_bench_profile(o: &Options) -> Result<i32, String> {
             n.iops,
             n.mib_s(),
             n.clat_us,
-            if n.iops > 0.0 { r.sample.iops / n.iops } else { 0.0 }
+            if n.iops > 0.0 {
+                r.sample.iops / n.iops
+            } else {
+                0.0
+            }
         );
     }
     for (disk, c) in &r.cpu {
