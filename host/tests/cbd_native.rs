@@ -247,6 +247,22 @@ fn with_backend_cfg<R>(
     cfg: BackendConfig,
     f: impl FnOnce(&'static MappedMem) -> R,
 ) -> (R, VecMedia) {
+    with_gated_backend(tag, cfg, |host_mem, _| f(host_mem))
+}
+
+/// The backend thread of [`with_gated_backend`]: it stops between two polls while the test
+/// holds `gate`; `served` counts the SEs it took.
+struct Gate {
+    gate: Mutex<()>,
+    served: AtomicU64,
+}
+
+/// [`with_backend_cfg`]; `f` also gets the backend thread's [`Gate`].
+fn with_gated_backend<R>(
+    tag: &str,
+    cfg: BackendConfig,
+    f: impl FnOnce(&'static MappedMem, &Gate) -> R,
+) -> (R, VecMedia) {
     let now = host::linux::attach::now_ns;
     let (backend_mem, host_mem) = formatted(tag, now());
     let mut scratch = vec![0u8; chan::MAX_IO as usize];
@@ -261,17 +277,25 @@ fn with_backend_cfg<R>(
     .expect("backend start");
     backend.set_staging(&mut staging).unwrap();
     let stop = AtomicBool::new(false);
+    let gate = Gate {
+        gate: Mutex::new(()),
+        served: AtomicU64::new(0),
+    };
     std::thread::scope(|s| {
         let poller = s.spawn(|| {
             while !stop.load(SeqCst) {
-                backend.poll(now()).expect("backend poll");
+                {
+                    let _open = gate.gate.lock().unwrap_or_else(|p| p.into_inner());
+                    let st = backend.poll(now()).expect("backend poll");
+                    gate.served.fetch_add(st.ses as u64, SeqCst);
+                }
                 std::thread::yield_now();
             }
             backend.into_media()
         });
         let r = {
             let _stop = SetOnDrop(&stop);
-            f(host_mem)
+            f(host_mem, &gate)
         };
         (r, poller.join().unwrap())
     })
@@ -1464,51 +1488,6 @@ fn the_host_lock_is_exclusive_and_freed_with_its_holder() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// The backend engine polling in a thread (as in [`with_backend_cfg`], default config with a
-/// staging buffer) that stops between two polls while the test holds `gate`; `served` counts
-/// the SEs it took. `f` gets the host's mapping, the gate and the count.
-fn with_gated_backend(
-    tag: &str,
-    f: impl FnOnce(&'static MappedMem, &Mutex<()>, &AtomicU64),
-) -> VecMedia {
-    let now = host::linux::attach::now_ns;
-    let (backend_mem, host_mem) = formatted(tag, now());
-    let mut scratch = vec![0u8; chan::MAX_IO as usize];
-    let mut staging = vec![0u8; 1 << 20];
-    let cfg = BackendConfig {
-        n_handlers: 2,
-        ..BackendConfig::default()
-    };
-    let mut backend = Backend::start(
-        Shm::new(&backend_mem, &NoTrace),
-        cfg,
-        VecMedia::new(DISK),
-        &mut scratch,
-        now(),
-    )
-    .expect("backend start");
-    backend.set_staging(&mut staging).unwrap();
-    let (stop, gate, served) = (AtomicBool::new(false), Mutex::new(()), AtomicU64::new(0));
-    std::thread::scope(|s| {
-        let poller = s.spawn(|| {
-            while !stop.load(SeqCst) {
-                {
-                    let _open = gate.lock().unwrap_or_else(|p| p.into_inner());
-                    let st = backend.poll(now()).expect("backend poll");
-                    served.fetch_add(st.ses as u64, SeqCst);
-                }
-                std::thread::yield_now();
-            }
-            backend.into_media()
-        });
-        {
-            let _stop = SetOnDrop(&stop);
-            f(host_mem, &gate, &served);
-        }
-        poller.join().unwrap()
-    })
-}
-
 /// READs and FUA writes started while the backend is held, then served together: the
 /// queue's polls take their CEs in batches (the head shows all of them at once). Every tag
 /// is reported once; every READ with its own block's data, not another's of the same batch
@@ -1519,7 +1498,11 @@ fn with_gated_backend(
 fn reads_and_fua_writes_in_one_batch(tag: &str, plain_v3: bool) {
     const READS: u64 = 12;
     const WRITES: u64 = 4;
-    let media = with_gated_backend(tag, |host_mem, gate, served| {
+    let cfg = BackendConfig {
+        n_handlers: 2,
+        ..BackendConfig::default()
+    };
+    let ((), media) = with_gated_backend(tag, cfg, |host_mem, g| {
         let opts = CbdOptions {
             queues: 1,
             depth: 32,
@@ -1535,8 +1518,8 @@ fn reads_and_fua_writes_in_one_batch(tag: &str, plain_v3: bool) {
             q.submit(&req(Op::Write, b * BLK as u64, BLK as u32, false), &mut w)
                 .unwrap();
         }
-        let held = gate.lock().unwrap();
-        let before = served.load(SeqCst);
+        let held = g.gate.lock().unwrap();
+        let before = g.served.load(SeqCst);
         let mut bufs: Vec<Vec<u8>> = (0..READS + WRITES)
             .map(|b| {
                 if b < READS {
@@ -1557,7 +1540,7 @@ fn reads_and_fua_writes_in_one_batch(tag: &str, plain_v3: bool) {
         }
         drop(held);
         let t0 = std::time::Instant::now();
-        while served.load(SeqCst) < before + READS + WRITES {
+        while g.served.load(SeqCst) < before + READS + WRITES {
             assert!(t0.elapsed().as_secs() < 30, "the backend took no SEs");
             std::thread::yield_now();
         }

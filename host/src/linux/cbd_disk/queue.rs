@@ -403,8 +403,11 @@ impl CbdQueue {
         let (taken, spare) = (&mut self.taken, &mut self.spare);
         // The READ data is in `read_buf` only during the call: copied out.
         let n = g.q.poll_batch_at(&mut self.read_buf, now, &mut |c, d| {
-            let mut data = spare.pop().unwrap_or_default();
-            data.extend_from_slice(d);
+            let mut data = Vec::new();
+            if !d.is_empty() {
+                data = spare.pop().unwrap_or_default();
+                data.extend_from_slice(d);
+            }
             taken.push_back(Taken {
                 c: *c,
                 data,
