@@ -247,6 +247,22 @@ fn with_backend_cfg<R>(
     cfg: BackendConfig,
     f: impl FnOnce(&'static MappedMem) -> R,
 ) -> (R, VecMedia) {
+    with_gated_backend(tag, cfg, |host_mem, _| f(host_mem))
+}
+
+/// The backend thread of [`with_gated_backend`]: it stops between two polls while the test
+/// holds `gate`; `served` counts the SEs it took.
+struct Gate {
+    gate: Mutex<()>,
+    served: AtomicU64,
+}
+
+/// [`with_backend_cfg`]; `f` also gets the backend thread's [`Gate`].
+fn with_gated_backend<R>(
+    tag: &str,
+    cfg: BackendConfig,
+    f: impl FnOnce(&'static MappedMem, &Gate) -> R,
+) -> (R, VecMedia) {
     let now = host::linux::attach::now_ns;
     let (backend_mem, host_mem) = formatted(tag, now());
     let mut scratch = vec![0u8; chan::MAX_IO as usize];
@@ -261,17 +277,25 @@ fn with_backend_cfg<R>(
     .expect("backend start");
     backend.set_staging(&mut staging).unwrap();
     let stop = AtomicBool::new(false);
+    let gate = Gate {
+        gate: Mutex::new(()),
+        served: AtomicU64::new(0),
+    };
     std::thread::scope(|s| {
         let poller = s.spawn(|| {
             while !stop.load(SeqCst) {
-                backend.poll(now()).expect("backend poll");
+                {
+                    let _open = gate.gate.lock().unwrap_or_else(|p| p.into_inner());
+                    let st = backend.poll(now()).expect("backend poll");
+                    gate.served.fetch_add(st.ses as u64, SeqCst);
+                }
                 std::thread::yield_now();
             }
             backend.into_media()
         });
         let r = {
             let _stop = SetOnDrop(&stop);
-            f(host_mem)
+            f(host_mem, &gate)
         };
         (r, poller.join().unwrap())
     })
@@ -1462,4 +1486,97 @@ fn the_host_lock_is_exclusive_and_freed_with_its_holder() {
         Lock::Held(_)
     ));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// READs and FUA writes started while the backend is held, then served together: the
+/// queue's polls take their CEs in batches (the head shows all of them at once). Every tag
+/// is reported once; every READ with its own block's data, not another's of the same batch
+/// (the data leaves the engine's buffer before the next CE is taken); a FUA write's FLUSH
+/// (plain v3) or its CRITICAL write (tokens, with the replay buffer's check of every READ for
+/// a restart) is sent from the batch without deadlocking on the channel's lock; the media
+/// holds the writes.
+fn reads_and_fua_writes_in_one_batch(tag: &str, plain_v3: bool) {
+    const READS: u64 = 12;
+    const WRITES: u64 = 4;
+    let cfg = BackendConfig {
+        n_handlers: 2,
+        ..BackendConfig::default()
+    };
+    let ((), media) = with_gated_backend(tag, cfg, |host_mem, g| {
+        let opts = CbdOptions {
+            queues: 1,
+            depth: 32,
+            plain_v3,
+            ..CbdOptions::new(tag)
+        };
+        let now = host::linux::attach::now_ns;
+        let disk = CbdDisk::start(host_mem, &opts, Arc::new(now)).unwrap();
+        assert_eq!(disk.durable_tokens(), !plain_v3);
+        let mut q = disk.queue(0).unwrap();
+        for b in 0..READS {
+            let mut w = block(b, 1);
+            q.submit(&req(Op::Write, b * BLK as u64, BLK as u32, false), &mut w)
+                .unwrap();
+        }
+        let held = g.gate.lock().unwrap();
+        let before = g.served.load(SeqCst);
+        let mut bufs: Vec<Vec<u8>> = (0..READS + WRITES)
+            .map(|b| {
+                if b < READS {
+                    vec![0u8; BLK]
+                } else {
+                    block(b, 2)
+                }
+            })
+            .collect();
+        for (t, buf) in bufs.iter_mut().enumerate() {
+            let b = t as u64;
+            let r = if b < READS {
+                req(Op::Read, b * BLK as u64, BLK as u32, false)
+            } else {
+                req(Op::Write, b * BLK as u64, BLK as u32, true)
+            };
+            assert!(q.start(t as u16, &r, buf).is_none(), "tag {t}: in flight");
+        }
+        drop(held);
+        let t0 = std::time::Instant::now();
+        while g.served.load(SeqCst) < before + READS + WRITES {
+            assert!(t0.elapsed().as_secs() < 30, "the backend took no SEs");
+            std::thread::yield_now();
+        }
+        let mut got = vec![0u32; (READS + WRITES) as usize];
+        let mut data = vec![Vec::new(); READS as usize];
+        q.finish(&mut |t, r, d| {
+            assert_eq!(r, Ok(()), "tag {t}");
+            got[t as usize] += 1;
+            if (t as u64) < READS {
+                data[t as usize] = d.to_vec();
+            } else {
+                assert!(d.is_empty(), "tag {t}: a write has no data");
+            }
+        });
+        assert_eq!(got, vec![1; (READS + WRITES) as usize], "each tag once");
+        for (b, d) in data.iter().enumerate() {
+            assert!(*d == block(b as u64, 1), "READ of block {b}: wrong data");
+        }
+        let st = disk.stats();
+        if plain_v3 {
+            assert_eq!(stat(&st, "cbd_flushes_sent"), WRITES, "{st}");
+        }
+        disk.shutdown();
+    });
+    let want: Vec<Option<u8>> = (0..READS + WRITES)
+        .map(|b| Some(if b < READS { 1 } else { 2 }))
+        .collect();
+    check_media(&media, &want);
+}
+
+#[test]
+fn reads_and_fua_writes_in_one_batch_plain_v3() {
+    reads_and_fua_writes_in_one_batch("batch-v3", true);
+}
+
+#[test]
+fn reads_and_fua_writes_in_one_batch_with_tokens() {
+    reads_and_fua_writes_in_one_batch("batch-tok", false);
 }

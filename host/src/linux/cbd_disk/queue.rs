@@ -24,7 +24,13 @@ pub struct CbdQueue {
     idx: usize,
     shared: Arc<Shared>,
     clock: Clock,
+    /// Where the engine copies a batch's READ data, one completion at a time.
     read_buf: Vec<u8>,
+    /// Completions of this channel taken in a poll's batch and not dispatched yet, in ring
+    /// order (the post-processing under the channel's lock done).
+    taken: std::collections::VecDeque<Taken>,
+    /// READ data buffers of dispatched completions, for the next batch.
+    spare: Vec<Vec<u8>>,
     /// Started requests by CBD tid: the ublk tag, and whether a FUA write still needs its
     /// FLUSH (false once the FLUSH itself is in flight).
     inflight: std::collections::HashMap<u64, Started>,
@@ -45,14 +51,28 @@ pub struct CbdQueue {
     replays: std::collections::HashMap<u64, ReplayJob>,
     /// The shared restart count this queue last helped replay for.
     replay_gen: u64,
-    /// A READ completed across a restart the host saw only then: sent again.
-    retry_read: Option<u64>,
     /// The restart count up to which this queue made every channel look at its line.
     synced_gen: u64,
     /// Last completion (host clock), and whether a stalled ring was reported since.
     last_progress: u64,
     stall_logged: bool,
 }
+
+/// A completion taken in a poll's batch ([`CbdQueue::poll_batch`]), waiting for
+/// [`CbdQueue::dispatch`].
+struct Taken {
+    c: Completion,
+    /// A READ the device completed OK: its data, with the replay buffer's overlay laid over;
+    /// empty for any other completion.
+    data: Vec<u8>,
+    /// A READ completed across a restart the host saw only then: sent again, not reported.
+    retry: bool,
+}
+
+/// READ data buffers kept for later batches: at most this many, each of at most
+/// [`SPARE_BYTES`] (larger ones are freed).
+const SPARE_BUFS: usize = 64;
+const SPARE_BYTES: usize = 128 << 10;
 
 /// A submitted request: its tid, for a READ the replay buffer's overlay and the restart count.
 type Submitted = (u64, Vec<(usize, Vec<u8>)>, u64);
@@ -94,6 +114,8 @@ impl CbdQueue {
             shared,
             clock,
             read_buf: vec![0; chan::MAX_IO as usize],
+            taken: std::collections::VecDeque::new(),
+            spare: Vec::new(),
             inflight: std::collections::HashMap::new(),
             early: Vec::new(),
             flushes: Vec::new(),
@@ -103,7 +125,6 @@ impl CbdQueue {
             hist_flushes: 0,
             replays: std::collections::HashMap::new(),
             replay_gen: 0,
-            retry_read: None,
             synced_gen: 0,
             last_progress: 0,
             stall_logged: false,
@@ -151,7 +172,8 @@ impl CbdQueue {
 
     /// A completion from [`CbdQueue::poll_one`]: a replay's goes to the replay buffer,
     /// everything else to [`CbdQueue::on_completion`].
-    fn dispatch(&mut self, c: Completion, sink: &mut Sink<'_>) -> Result<(), Errno> {
+    fn dispatch(&mut self, t: Taken, sink: &mut Sink<'_>) -> Result<(), Errno> {
+        let c = t.c;
         self.last_progress = (self.clock)();
         self.stall_logged = false;
         let rp = self.shared.replay.as_ref();
@@ -167,6 +189,7 @@ impl CbdQueue {
             if let Some(r) = rp {
                 lock_replay(r).replay_done(&job, c.result == 0, c.durable);
             }
+            self.recycle(t.data);
             return Ok(());
         }
         if let Some(r) = rp
@@ -174,7 +197,15 @@ impl CbdQueue {
         {
             lock_replay(r).completed(self.idx as u16, c.req_tid, c.result == 0, c.durable);
         }
-        self.on_completion(c, sink)
+        self.on_completion(t, sink)
+    }
+
+    /// Keeps a dispatched completion's READ data buffer for a later batch.
+    fn recycle(&mut self, mut data: Vec<u8>) {
+        if data.capacity() > 0 && data.capacity() <= SPARE_BYTES && self.spare.len() < SPARE_BUFS {
+            data.clear();
+            self.spare.push(data);
+        }
     }
 
     /// Look at every channel's durability line (channels busy in another thread are skipped).
@@ -349,74 +380,116 @@ impl CbdQueue {
         }
     }
 
-    /// Polls this channel for one completion (READ data lands in `read_buf`).
-    fn poll_one(&mut self) -> Result<Option<Completion>, HostError> {
+    /// This channel's next completion: the oldest one an earlier poll's batch took and that
+    /// is not dispatched yet, else the first of a new batch ([`CbdQueue::poll_batch`]).
+    fn poll_one(&mut self) -> Result<Option<Taken>, HostError> {
+        if self.taken.is_empty() {
+            self.poll_batch()?;
+        }
+        Ok(self.taken.pop_front())
+    }
+
+    /// One poll of this channel (`HostQueue::poll_batch_at`): every CE the device's head
+    /// shows, appended to `taken` in ring order, with what each needs under the channel's
+    /// lock done before the lock is released: the end of the completed writes, a READ's
+    /// check for a restart (sent again) or its overlay, the history. Dispatching them needs
+    /// the lock again (a FUA write's FLUSH, a READ sent again), so it waits for the caller.
+    /// Returns how many it took.
+    fn poll_batch(&mut self) -> Result<usize, HostError> {
         let now = (self.clock)();
         let chan = Arc::clone(self.me());
         let mut g = lock(&chan);
-        let c = g.q.poll_at(&mut self.read_buf, now)?;
-        if let Some(c) = c
-            && c.result == 0
-            && is_write(c.req.op)
-        {
-            g.write_end = g.write_end.max(c.req_tid + 1);
+        let from = self.taken.len();
+        let (taken, spare) = (&mut self.taken, &mut self.spare);
+        // The READ data is in `read_buf` only during the call: copied out.
+        let n = g.q.poll_batch_at(&mut self.read_buf, now, &mut |c, d| {
+            let mut data = Vec::new();
+            if !d.is_empty() {
+                data = spare.pop().unwrap_or_default();
+                data.extend_from_slice(d);
+            }
+            taken.push_back(Taken {
+                c: *c,
+                data,
+                retry: false,
+            });
+        })?;
+        if n == 0 {
+            return Ok(0);
         }
-        let mut retry = false;
-        if let Some(c) = c
-            && c.req.op == op::READ
-            && c.result == 0
-            && self.shared.replay.is_some()
-            && let Some(st) = self.inflight.get(&c.req_tid)
+        for t in self.taken.range(from..) {
+            if t.c.result == 0 && is_write(t.c.req.op) {
+                g.write_end = g.write_end.max(t.c.req_tid + 1);
+            }
+        }
+        let replay = self.shared.replay.is_some();
+        let checked = |t: &Taken| t.c.req.op == op::READ && t.c.result == 0 && replay;
+        if self
+            .taken
+            .range(from..)
+            .any(|t| checked(t) && self.inflight.contains_key(&t.c.req_tid))
         {
-            // A restart before this READ ran shows on this channel's line: looked at now so
-            // that the READ is sent again (`on_completion`) rather than return lost data.
+            // A restart before one of these READs ran shows on this channel's line: looked
+            // at now (after every CE of the batch was taken), so that such a READ is sent
+            // again (`on_completion`) rather than return lost data.
             if let Err(e) = self.shared.poll_durable(self.idx, &mut g, now) {
                 log::debug!("read: poll_durable: {e:?}");
             }
-            retry = self.shared.restart_gen.load(Ordering::Acquire) != st.restart_gen;
-            if retry {
-                self.retry_read = Some(c.req_tid);
-            } else {
-                for (o, b) in &st.overlay {
-                    self.read_buf[*o..*o + b.len()].copy_from_slice(b);
+            let generation = self.shared.restart_gen.load(Ordering::Acquire);
+            for t in self.taken.range_mut(from..) {
+                if !checked(t) {
+                    continue;
+                }
+                let Some(st) = self.inflight.get(&t.c.req_tid) else {
+                    continue;
+                };
+                t.retry = generation != st.restart_gen;
+                if !t.retry {
+                    for (o, b) in &st.overlay {
+                        if let Some(dst) = t.data.get_mut(*o..*o + b.len()) {
+                            dst.copy_from_slice(b);
+                        }
+                    }
                 }
             }
         }
-        if let (Some(c), Some(h)) = (c, &self.shared.history) {
+        if let Some(h) = &self.shared.history {
             // A new incarnation is recorded before its first completion.
             if self.shared.tokens
                 && let Err(e) = self.shared.poll_durable(self.idx, &mut g, now)
             {
                 log::debug!("history: poll_durable: {e:?}");
             }
-            match self.hist_ids.remove(&c.req_tid) {
-                Some(id) => {
-                    let (outcome, read) = if retry {
-                        // Not what the caller gets: it is read again.
-                        (Outcome::Err(libc::EAGAIN), Vec::new())
-                    } else if c.result == 0 {
-                        let data = &self.read_buf[..c.req.len as usize];
-                        let read = if c.req.op == op::READ {
-                            history::digests(data)
+            for t in self.taken.range(from..) {
+                let c = &t.c;
+                match self.hist_ids.remove(&c.req_tid) {
+                    Some(id) => {
+                        let (outcome, read) = if t.retry {
+                            // Not what the caller gets: it is read again.
+                            (Outcome::Err(libc::EAGAIN), Vec::new())
+                        } else if c.result == 0 {
+                            let read = if c.req.op == op::READ {
+                                history::digests(&t.data)
+                            } else {
+                                Vec::new()
+                            };
+                            (Outcome::Ok, read)
                         } else {
-                            Vec::new()
+                            (Outcome::Err(-c.result), Vec::new())
                         };
-                        (Outcome::Ok, read)
-                    } else {
-                        (Outcome::Err(-c.result), Vec::new())
-                    };
-                    h.log.complete(
-                        id,
-                        kind_of(c.req.op),
-                        outcome,
-                        read,
-                        c.durable && c.result == 0,
-                    );
+                        h.log.complete(
+                            id,
+                            kind_of(c.req.op),
+                            outcome,
+                            read,
+                            c.durable && c.result == 0,
+                        );
+                    }
+                    None => log::warn!("history: completion of unrecorded tid {}", c.req_tid),
                 }
-                None => log::warn!("history: completion of unrecorded tid {}", c.req_tid),
             }
         }
-        Ok(c)
+        Ok(n)
     }
 
     fn to_request(req: &Req) -> Request {
@@ -435,17 +508,21 @@ impl CbdQueue {
 
     /// Handles one completion of a started request: a FUA write gets its FLUSH; everything
     /// else is reported through `sink`.
-    fn on_completion(&mut self, c: Completion, sink: &mut Sink<'_>) -> Result<(), Errno> {
+    fn on_completion(&mut self, t: Taken, sink: &mut Sink<'_>) -> Result<(), Errno> {
+        let Taken { c, data, retry } = t;
         let Some(st) = self.inflight.remove(&c.req_tid) else {
             log::warn!("completion for unknown tid {}", c.req_tid);
+            self.recycle(data);
             return Ok(());
         };
         if c.result < 0 {
             self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
             sink(st.tag, Err(Errno(-c.result)), &[]);
+            self.recycle(data);
             return Ok(());
         }
         if st.fua_flush_pending {
+            self.recycle(data);
             let flush = Request {
                 op: op::FLUSH,
                 offset: 0,
@@ -461,8 +538,8 @@ impl CbdQueue {
             );
             return Ok(());
         }
-        if self.retry_read == Some(c.req_tid) {
-            self.retry_read = None;
+        if retry {
+            self.recycle(data);
             let (tid, overlay, restart_gen) = self.submit_read(c.req, sink)?;
             self.inflight.insert(
                 tid,
@@ -474,13 +551,9 @@ impl CbdQueue {
             );
             return Ok(());
         }
-        let len = c.req.len as usize;
-        let data: &[u8] = if st.op == Op::Read {
-            &self.read_buf[..len]
-        } else {
-            &[]
-        };
-        sink(st.tag, Ok(()), data);
+        let d: &[u8] = if st.op == Op::Read { &data } else { &[] };
+        sink(st.tag, Ok(()), d);
+        self.recycle(data);
         Ok(())
     }
 
@@ -834,8 +907,9 @@ impl QueueIo for CbdQueue {
             sink(t, r, &d);
         }
         let mut progressed = false;
-        // Every CE there is now, each reported as it is taken.
-        while !self.inflight.is_empty() {
+        // Every CE there is now: the device's head is read once per batch, and the batch's
+        // completions are reported in ring order (with those an earlier batch left).
+        while !self.inflight.is_empty() || !self.taken.is_empty() {
             let step = match self.poll_one() {
                 Ok(Some(c)) => {
                     progressed = true;
