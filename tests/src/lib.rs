@@ -14,6 +14,26 @@ pub fn guest_body(script_name: &str, run: &str, vars: &str) -> String {
         .replace(&format!("T={script_name}"), &format!("T={run}"))
 }
 
+/// [`guest_body`] for several scripts run one after the other in one guest (one pair
+/// boot for all of them), each under the run name `RUN`: every script but the last
+/// says `STEP RUN SCRIPT OK` where it would say `RESULT`, so the one `RESULT RUN OK`
+/// is the last script's, printed only when every step passed (a failing step's
+/// `fail` prints `RESULT RUN FAIL …` and ends the guest's script).
+pub fn guest_body_steps(scripts: &[&str], run: &str, vars: &str) -> String {
+    let mut body = format!("{vars}\n{}\n", script("lib"));
+    for (i, name) in scripts.iter().enumerate() {
+        let mut text = script(name).replace(&format!("T={name}"), &format!("T={run}"));
+        if i + 1 < scripts.len() {
+            let result = "echo \"RESULT $T OK\"";
+            assert!(text.contains(result), "{name}.sh has no `{result}`");
+            text = text.replace(result, &format!("echo \"STEP $T {name} OK\""));
+        }
+        body.push_str(&text);
+        body.push('\n');
+    }
+    body
+}
+
 /// A sparse, zero-filled raw file in `/dev/shm` for a virtio-blk disk of the Linux VM (the
 /// guest copies a recorded history out through it); removed when dropped.
 pub struct ScratchDisk(std::path::PathBuf);
@@ -46,5 +66,25 @@ impl ScratchDisk {
 impl Drop for ScratchDisk {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_print_one_result_the_last_scripts() {
+        let body = guest_body_steps(&["pair-dd", "pair-ext4", "pair-fio"], "run-x", "TOPO=x");
+        assert_eq!(body.matches("echo \"RESULT $T OK\"").count(), 1);
+        let last = body.rfind("T=run-x").unwrap();
+        assert!(body[last..].contains("echo \"RESULT $T OK\""));
+        assert!(body.contains("echo \"STEP $T pair-dd OK\""));
+        assert!(body.contains("echo \"STEP $T pair-ext4 OK\""));
+        assert!(
+            !body.contains("T=pair-"),
+            "every step runs under the run's name"
+        );
+        assert_eq!(body.matches("fail() {").count(), 1, "lib.sh once");
     }
 }

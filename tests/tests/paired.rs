@@ -33,7 +33,38 @@ fn case_with(
         &run_name,
         &format!("TOPO={topo}\nHOSTARGS='{hostargs}'"),
     );
-    let mut spec = PairSpec::new(&run_name, topo, &body);
+    run_case(&run_name, topo, &body, with_device, tweak)
+}
+
+/// Several scripts in one pair, one after the other (`vmtests::guest_body_steps`), run
+/// name `pair-A-B-…-TOPO[-SUFFIX]` (the scripts' names without `pair-`), with the device.
+fn steps(scripts: &[&str], topo: &str, suffix: &str, hostargs: &str) {
+    let steps: Vec<&str> = scripts
+        .iter()
+        .map(|s| s.trim_start_matches("pair-"))
+        .collect();
+    let run_name = if suffix.is_empty() {
+        format!("pair-{}-{topo}", steps.join("-"))
+    } else {
+        format!("pair-{}-{topo}-{suffix}", steps.join("-"))
+    };
+    let body = vmtests::guest_body_steps(
+        scripts,
+        &run_name,
+        &format!("TOPO={topo}\nHOSTARGS='{hostargs}'"),
+    );
+    run_case(&run_name, topo, &body, true, |_| {});
+}
+
+fn run_case(
+    run_name: &str,
+    topo: &str,
+    body: &str,
+    with_device: bool,
+    tweak: impl FnOnce(&mut PairSpec),
+) {
+    let run_name = run_name.to_string();
+    let mut spec = PairSpec::new(&run_name, topo, body);
     tweak(&mut spec);
     let kernel = with_device
         .then(|| boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image"));
@@ -76,19 +107,12 @@ fn case_with(
     }
 }
 
+// dd patterns, then ext4 (mkfs, fsck, remount), then fio --verify at QD16 on two channels:
+// one pair boot, cbd-host started and stopped cleanly for each step (so each later step
+// also proves that a host re-attaches to a running device after a clean stop).
 #[test]
-fn ivshmem_dd_patterns() {
-    case("pair-dd", "ivshmem", true, |_| {});
-}
-
-#[test]
-fn ivshmem_ext4_mkfs_fsck_remount() {
-    case("pair-ext4", "ivshmem", true, |_| {});
-}
-
-#[test]
-fn ivshmem_fio_verify_qd16_two_channels() {
-    case("pair-fio", "ivshmem", true, |_| {});
+fn ivshmem_dd_patterns_ext4_mkfs_fsck_remount_fio_verify_qd16_two_channels() {
+    steps(&["pair-dd", "pair-ext4", "pair-fio"], "ivshmem", "", "");
 }
 
 #[test]
@@ -140,18 +164,13 @@ fn plain_v3(name: &str) {
 }
 
 #[test]
-fn plain_v3_ivshmem_dd_patterns() {
-    plain_v3("pair-dd");
-}
-
-#[test]
-fn plain_v3_ivshmem_ext4_mkfs_fsck_remount() {
-    plain_v3("pair-ext4");
-}
-
-#[test]
-fn plain_v3_ivshmem_fio_verify_qd16_two_channels() {
-    plain_v3("pair-fio");
+fn plain_v3_ivshmem_dd_patterns_ext4_mkfs_fsck_remount_fio_verify_qd16_two_channels() {
+    steps(
+        &["pair-dd", "pair-ext4", "pair-fio"],
+        "ivshmem",
+        "plain-v3",
+        "--plain-v3",
+    );
 }
 
 // Plain v3 advertises no discard: the limits read 0, the tools fail with EOPNOTSUPP,
