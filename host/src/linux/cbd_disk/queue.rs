@@ -69,10 +69,13 @@ struct Taken {
     retry: bool,
 }
 
-/// READ data buffers kept for later batches: at most this many, each of at most
-/// [`SPARE_BYTES`] (larger ones are freed).
-const SPARE_BUFS: usize = 64;
-const SPARE_BYTES: usize = 128 << 10;
+/// READ data buffers kept for later batches: at most this many, of any size up to a
+/// request's largest (`chan::MAX_IO`). Large ones are kept too: a freed 512 KiB buffer
+/// goes back to the kernel (glibc's mmap threshold), and the next large READ would fault
+/// its pages in again, which under TCG cost more than the copy (1 MiB reads at QD4 ran at
+/// a third of their rate with large buffers freed: docs/throughput.md).
+const SPARE_BUFS: usize = 16;
+const SPARE_BYTES: usize = chan::MAX_IO as usize;
 
 /// A submitted request: its tid, for a READ the replay buffer's overlay and the restart count.
 type Submitted = (u64, Vec<(usize, Vec<u8>)>, u64);
