@@ -401,10 +401,7 @@ fn cmd_bench_profile(o: &Options) -> Result<i32, String> {
     }
     if let Some(n) = &r.null {
         println!(
-            "fio {} {} QD{} on the ublk null target: {:.0} IOPS, {:.1} MiB/s, mean clat {:.1} us (cbd/null {:.2})",
-            n.rw,
-            n.bs,
-            n.qd,
+            "the same job on the ublk null target: {:.0} IOPS, {:.1} MiB/s, mean clat {:.1} us (cbd/null {:.2})",
             n.iops,
             n.mib_s(),
             n.clat_us,

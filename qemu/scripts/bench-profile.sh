@@ -22,14 +22,18 @@ cpustat() {
     d=$1; w=$2; shift 3
     echo "CPUSTAT $d $w $*"
 }
+# The one fio job of the run on DEV (`--minimal`: one line of figures).
+fio_job() {
+    fio --name=b --filename=$1 --direct=1 --ioengine=libaio --rw=$rw --bs=$bs \
+        --iodepth=$qd --size=$size --time_based --runtime=$RUNTIME \
+        --norandommap --randrepeat=0 --minimal 2>/dev/null
+}
 # The harness resets the device's profile at this marker and asks for it at the next,
 # so the breakdown covers fio's run alone (not boot, start-up and stop).
 echo "PHASE profile-start"
 sleep 1
 cpustat cbd before $HOSTPID
-line=$(fio --name=b --filename=/dev/ublkb0 --direct=1 --ioengine=libaio --rw=$rw --bs=$bs \
-    --iodepth=$qd --size=$size --time_based --runtime=$RUNTIME \
-    --norandommap --randrepeat=0 --minimal 2>/dev/null) || fail "fio cbd $rw $bs qd$qd"
+line=$(fio_job /dev/ublkb0) || fail "fio cbd $rw $bs qd$qd"
 cpustat cbd after $HOSTPID
 echo "PHASE profile-end"
 sleep 1
@@ -41,9 +45,7 @@ if rublk add null -n 1 -q 1 -d 128 >/tmp/rublk.log 2>&1; then
     echo none > /sys/block/ublkb1/queue/scheduler 2>/dev/null
     npid=$(pid_of rublk)
     cpustat null before $npid
-    nline=$(fio --name=b --filename=/dev/ublkb1 --direct=1 --ioengine=libaio --rw=$rw --bs=$bs \
-        --iodepth=$qd --size=$size --time_based --runtime=$RUNTIME \
-        --norandommap --randrepeat=0 --minimal 2>/dev/null) || fail "fio null $rw $bs qd$qd"
+    nline=$(fio_job /dev/ublkb1) || fail "fio null $rw $bs qd$qd"
     cpustat null after $npid
     echo "BENCH null $rw $bs $qd $nline"
     rublk del -n 1 >/dev/null 2>&1

@@ -10,8 +10,7 @@ pub fn script(name: &str) -> String {
 /// `qemu/scripts/SCRIPT.sh` with its run name `T=SCRIPT` replaced by `T=RUN` (the name
 /// the harness looks for in the `RESULT` line).
 pub fn guest_body(script_name: &str, run: &str, vars: &str) -> String {
-    format!("{vars}\n{}\n{}", script("lib"), script(script_name))
-        .replace(&format!("T={script_name}"), &format!("T={run}"))
+    guest_body_steps(&[script_name], run, vars)
 }
 
 /// [`guest_body`] for several scripts run one after the other in one guest (one pair

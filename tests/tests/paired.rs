@@ -23,11 +23,7 @@ fn case_with(
     with_device: bool,
     tweak: impl FnOnce(&mut PairSpec),
 ) {
-    let run_name = if suffix.is_empty() {
-        format!("{name}-{topo}")
-    } else {
-        format!("{name}-{topo}-{suffix}")
-    };
+    let run_name = run_name(name, topo, suffix);
     let body = vmtests::guest_body(
         name,
         &run_name,
@@ -43,17 +39,23 @@ fn steps(scripts: &[&str], topo: &str, suffix: &str, hostargs: &str) {
         .iter()
         .map(|s| s.trim_start_matches("pair-"))
         .collect();
-    let run_name = if suffix.is_empty() {
-        format!("pair-{}-{topo}", steps.join("-"))
-    } else {
-        format!("pair-{}-{topo}-{suffix}", steps.join("-"))
-    };
+    let run_name = run_name(&format!("pair-{}", steps.join("-")), topo, suffix);
     let body = vmtests::guest_body_steps(
         scripts,
         &run_name,
         &format!("TOPO={topo}\nHOSTARGS='{hostargs}'"),
     );
     run_case(&run_name, topo, &body, true, |_| {});
+}
+
+/// A run's name: `BASE-TOPO`, or `BASE-TOPO-SUFFIX` (its logs in `target/pairs/NAME/`, the
+/// guest's `RESULT NAME` line).
+fn run_name(base: &str, topo: &str, suffix: &str) -> String {
+    if suffix.is_empty() {
+        format!("{base}-{topo}")
+    } else {
+        format!("{base}-{topo}-{suffix}")
+    }
 }
 
 fn run_case(
@@ -63,13 +65,12 @@ fn run_case(
     with_device: bool,
     tweak: impl FnOnce(&mut PairSpec),
 ) {
-    let run_name = run_name.to_string();
-    let mut spec = PairSpec::new(&run_name, topo, body);
+    let mut spec = PairSpec::new(run_name, topo, body);
     tweak(&mut spec);
     let kernel = with_device
         .then(|| boot::image::kernel_image_for_tests(Firmware::Bios).expect("kernel image"));
     let out = run_pair(&spec, kernel.as_deref()).unwrap_or_else(|e| panic!("{run_name}: {e}"));
-    let ok = out.guest_ok(&run_name);
+    let ok = out.guest_ok(run_name);
     let dev_ok = out
         .device
         .as_ref()
@@ -85,7 +86,7 @@ fn run_case(
         }
         panic!(
             "{run_name}: guest {:?}, device {:?} (logs in {})",
-            out.result_line(&run_name),
+            out.result_line(run_name),
             out.device.as_ref().map(|d| d.status.describe()),
             out.logs.display()
         );
@@ -102,7 +103,7 @@ fn run_case(
         );
         eprintln!(
             "{run_name}: {} | device {summary}",
-            out.result_line(&run_name).unwrap_or_default()
+            out.result_line(run_name).unwrap_or_default()
         );
     }
 }
@@ -209,11 +210,7 @@ fn noncoherent_cxl_dd_patterns() {
 /// per-channel order, durability of what the watermarks and flushes confirmed). A
 /// rejection fails the test with the checker's counter-example.
 fn fio_history(topo: &str, suffix: &str, hostargs: &str, tweak: impl FnOnce(&mut PairSpec)) {
-    let run_name = if suffix.is_empty() {
-        format!("pair-history-{topo}")
-    } else {
-        format!("pair-history-{topo}-{suffix}")
-    };
+    let run_name = run_name("pair-history", topo, suffix);
     // Sparse and zero-filled: the history ends at the first NUL.
     let disk = vmtests::ScratchDisk::new(&run_name, 256 << 20);
     let hostargs = format!("--history /tmp/history --io-buf 1M {hostargs}");
