@@ -422,6 +422,12 @@ fn cmd_bench_profile(o: &Options) -> Result<i32, String> {
             c.server_vcpus
         );
     }
+    if !r.perf.is_empty() {
+        println!("perf in the guest during fio on the CBD disk (cpu-clock, every vCPU):");
+        for l in &r.perf {
+            println!("  {l}");
+        }
+    }
     Ok(0)
 }
 

@@ -32,11 +32,34 @@ fio_job() {
 # so the breakdown covers fio's run alone (not boot, start-up and stop).
 echo "PHASE profile-start"
 sleep 1
+# Where the guest's CPU goes, by sample: `perf` (its own initramfs layer) samples every
+# vCPU at ~1 kHz on the software clock (TCG has no PMU) while fio runs on our disk.
+perfpid=
+if command -v perf >/dev/null 2>&1; then
+    perf record -e cpu-clock -F 997 -a -B -N -o /tmp/perf.data >/tmp/perf.log 2>&1 &
+    perfpid=$!
+    sleep 1
+fi
 cpustat cbd before $HOSTPID
 line=$(fio_job /dev/ublkb0) || fail "fio cbd $rw $bs qd$qd"
 cpustat cbd after $HOSTPID
 echo "PHASE profile-end"
-sleep 1
+# The report, one `PERF` line per row (the harness prints them): samples by task, by
+# task and binary, then the hottest symbols of cbd-host and of the whole guest.
+if [ -n "$perfpid" ]; then
+    kill -INT $perfpid; wait $perfpid
+    perf_rows() {
+        perf report -i /tmp/perf.data --stdio --percent-limit 1 "$@" 2>/dev/null \
+            | grep -v '^#' | grep -v '^ *$' | head -25
+    }
+    echo "PERF samples-by comm"; perf_rows --sort comm | sed 's/^/PERF /'
+    echo "PERF samples-by comm,dso"; perf_rows --sort comm,dso | sed 's/^/PERF /'
+    echo "PERF samples-by sym (cbd-host)"; perf_rows --comm cbd-host --sort dso,sym | sed 's/^/PERF /'
+    echo "PERF samples-by sym (all)"; perf_rows --sort comm,sym | sed 's/^/PERF /'
+    echo "PERF end"
+else
+    sleep 1
+fi
 echo "BENCH cbd $rw $bs $qd $line"
 # The same job on the ublk null target (rublk, one queue), for the guest's CPU shares
 # next to a server that completes every request at once.

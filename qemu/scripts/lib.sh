@@ -5,11 +5,16 @@ fail() { echo "RESULT $T FAIL $*"; [ -f /tmp/host.log ] && tail -n 30 /tmp/host.
 # ivshmem: BAR2 of 1af4:1110. cxl: region + devdax namespace, transport formatted by us.
 start_host() {
     queues=${QUEUES:-2}
-    if [ "$TOPO" = cxl ]; then
+    if [ "$TOPO" = cxl ] && [ -n "$CXL_FORMATTED" ]; then
+        # A later step of the same guest: the region, the namespace and the transport the
+        # first step made are there, and the device serves them; attach without formatting.
+        TRANSPORT="--transport /dev/dax0.0"
+    elif [ "$TOPO" = cxl ]; then
         cxl create-region -m -t pmem -d decoder0.0 -w 1 mem0 >/tmp/region.log 2>&1 || { cat /tmp/region.log; fail "cxl create-region"; }
         [ -e /dev/dax0.0 ] || ndctl create-namespace -m devdax -r region0 >/tmp/ns.log 2>&1 || { cat /tmp/ns.log; fail "ndctl create-namespace"; }
         i=0; while [ ! -e /dev/dax0.0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
         TRANSPORT="--transport /dev/dax0.0 --format"
+        CXL_FORMATTED=1
     else
         TRANSPORT="--transport ivshmem"
     fi

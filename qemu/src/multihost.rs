@@ -136,7 +136,15 @@ pub fn start(spec: &HostsSpec, device_image: &Path) -> Result<Hosts, String> {
     let mut initrds = Vec::new();
     for g in &spec.guests {
         let prefix = format!("{}-", g.name);
-        initrds.push(guest_initrd(&img, &work, &prefix, &g.name, &g.script, &[])?);
+        initrds.push(guest_initrd(
+            &img,
+            &work,
+            &prefix,
+            &g.name,
+            &g.script,
+            &[],
+            &[],
+        )?);
     }
 
     let pid = std::process::id();

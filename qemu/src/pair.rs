@@ -42,6 +42,9 @@ pub struct PairSpec {
     pub linux_extra: Vec<String>,
     /// Extra files for the guest: (path in the guest, file on the build machine).
     pub linux_files: Vec<(String, PathBuf)>,
+    /// Extra initramfs layers for the guest, unpacked after the test's own (e.g.
+    /// [`guest::tools_layer`]'s `perf`).
+    pub linux_layers: Vec<PathBuf>,
     /// Give the device a media image of this many MiB (virtio-blk, RAM staging,
     /// `takeover=on`) instead of its RAM disk, so that it can be killed and restarted
     /// on the same data ([`Live::restart_device`]).
@@ -69,6 +72,7 @@ impl PairSpec {
             interactive: false,
             linux_extra: Vec::new(),
             linux_files: Vec::new(),
+            linux_layers: Vec::new(),
             device_media_mib: None,
         }
     }
@@ -141,6 +145,7 @@ pub(crate) fn guest_initrd(
     name: &str,
     script: &str,
     files: &[(String, PathBuf)],
+    layers: &[PathBuf],
 ) -> Result<PathBuf, String> {
     let mut layer = guest::Layer::new();
     guest::add_host_binary(&mut layer, &host_binary()?).map_err(|e| e.to_string())?;
@@ -155,8 +160,10 @@ pub(crate) fn guest_initrd(
     let layer_path = work.join(format!("{prefix}layer.cpio.gz"));
     layer.write(&layer_path).map_err(|e| e.to_string())?;
     let initrd = work.join(format!("{prefix}initrd.img"));
-    img.initrd_with(&[&layer_path], &initrd)
-        .map_err(|e| e.to_string())?;
+    let all: Vec<&Path> = std::iter::once(layer_path.as_path())
+        .chain(layers.iter().map(PathBuf::as_path))
+        .collect();
+    img.initrd_with(&all, &initrd).map_err(|e| e.to_string())?;
     Ok(initrd)
 }
 
@@ -252,7 +259,15 @@ pub fn run_pair_watched(
 
     // Linux side: base image + a layer with cbd-host and the script.
     let img = guest::ensure_image(&guest::default_cache_dir()).map_err(|e| e.to_string())?;
-    let initrd = guest_initrd(&img, &work, "", &spec.name, &spec.script, &spec.linux_files)?;
+    let initrd = guest_initrd(
+        &img,
+        &work,
+        "",
+        &spec.name,
+        &spec.script,
+        &spec.linux_files,
+        &spec.linux_layers,
+    )?;
 
     // One shared file for both VMs, fresh for every run.
     let shm = PathBuf::from(format!(

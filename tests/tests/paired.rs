@@ -35,6 +35,11 @@ fn case_with(
 /// Several scripts in one pair, one after the other (`vmtests::guest_body_steps`), run
 /// name `pair-A-B-…-TOPO[-SUFFIX]` (the scripts' names without `pair-`), with the device.
 fn steps(scripts: &[&str], topo: &str, suffix: &str, hostargs: &str) {
+    steps_with(scripts, topo, suffix, hostargs, "")
+}
+
+/// [`steps`] with more shell variables for the scripts (`vars`, e.g. `FIO_SIZE=2M`).
+fn steps_with(scripts: &[&str], topo: &str, suffix: &str, hostargs: &str, vars: &str) {
     let steps: Vec<&str> = scripts
         .iter()
         .map(|s| s.trim_start_matches("pair-"))
@@ -43,7 +48,7 @@ fn steps(scripts: &[&str], topo: &str, suffix: &str, hostargs: &str) {
     let body = vmtests::guest_body_steps(
         scripts,
         &run_name,
-        &format!("TOPO={topo}\nHOSTARGS='{hostargs}'"),
+        &format!("TOPO={topo}\nHOSTARGS='{hostargs}'\n{vars}"),
     );
     run_case(&run_name, topo, &body, true, |_| {});
 }
@@ -123,16 +128,12 @@ fn ivshmem_host_without_device_fails_clearly() {
     });
 }
 
+// On CXL memory (region, devdax namespace, transport formatted by the host): dd
+// patterns, then a small fio --verify by a second host that attaches to the transport
+// the first one formatted, without formatting it again.
 #[test]
-fn cxl_dd_patterns() {
-    case("pair-dd", "cxl", true, |_| {});
-}
-
-#[test]
-fn cxl_fio_verify_small() {
-    case("pair-fio", "cxl", true, |s| {
-        s.script = s.script.replace("${FIO_SIZE:-16M}", "2M");
-    });
+fn cxl_dd_patterns_then_fio_verify_small() {
+    steps_with(&["pair-dd", "pair-fio"], "cxl", "", "", "FIO_SIZE=2M");
 }
 
 // Durability tokens are negotiated by default: fsyncs are answered from the watermark (no

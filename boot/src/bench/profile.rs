@@ -66,6 +66,8 @@ pub struct ProfileRun {
     pub null: Option<Sample>,
     /// (disk, shares) for `cbd` and `null`, in the guest's order.
     pub cpu: Vec<(String, CpuShare)>,
+    /// `perf report`'s rows for the guest during fio on our disk ([`perf_lines`]).
+    pub perf: Vec<String>,
 }
 
 /// The guest's CPU during one fio run, from two `CPUSTAT` lines (before, after):
@@ -175,6 +177,16 @@ pub fn profile_lines(device_console: &str) -> Vec<String> {
         .collect()
 }
 
+/// The guest's `PERF` lines (the sampled report of the fio run on our disk), without
+/// the prefix: section headings (`samples-by …`) and `perf report` rows, up to `end`.
+pub fn perf_lines(guest_console: &str) -> Vec<String> {
+    guest_console
+        .lines()
+        .filter_map(|l| l.find("PERF ").map(|i| l[i + 5..].trim_end().to_string()))
+        .take_while(|l| l != "end")
+        .collect()
+}
+
 /// How long the harness waits for each of the guest script's markers.
 const PHASE_LIMIT: Duration = Duration::from_secs(600);
 
@@ -193,6 +205,13 @@ pub fn run(job: &Job, runtime_secs: u32, opts: &[(String, String)]) -> Result<Pr
     // The same job on the ublk null target follows, for the guest's CPU shares.
     spec.linux_files
         .push(("usr/bin/rublk".into(), super::fio::rublk_binary()?));
+    // `perf` for the guest's side of the run, in a layer of its own.
+    let perf = qemu::guest::tools_layer(
+        &qemu::guest::default_cache_dir(),
+        qemu::guest::PROFILE_TOOLS,
+    )
+    .map_err(|e| format!("perf for the guest: {e}"))?;
+    spec.linux_layers.push(perf);
     spec.device_opts.push(("profile".into(), "on".into()));
     spec.device_opts.extend(opts.iter().cloned());
     let kernel = crate::image::kernel_image_for_tests(Firmware::Bios).map_err(|e| e.to_string())?;
@@ -223,6 +242,7 @@ pub fn run(job: &Job, runtime_secs: u32, opts: &[(String, String)]) -> Result<Pr
     let sample = samples.iter().find(|s| s.dev == "cbd").cloned();
     let null = samples.iter().find(|s| s.dev == "null").cloned();
     let cpu = cpu_shares(&out.linux.output);
+    let perf = perf_lines(&out.linux.output);
     let lines = out
         .device
         .as_ref()
@@ -235,6 +255,7 @@ pub fn run(job: &Job, runtime_secs: u32, opts: &[(String, String)]) -> Result<Pr
             lines,
             null,
             cpu,
+            perf,
         }),
         _ => Err(format!(
             "profile run failed: {:?}, {} profile lines (consoles in {})",
@@ -292,6 +313,17 @@ mod tests {
         ] {
             assert!(Job::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn perf_lines_end_at_the_end_marker() {
+        let console =
+            "[ 3.1] PERF samples-by comm\nPERF     61.2%  cbd-host\nnoise\nPERF end\nPERF late\n";
+        assert_eq!(
+            perf_lines(console),
+            ["samples-by comm", "    61.2%  cbd-host"],
+            "the prefix goes, the rows stay, nothing after `end`"
+        );
     }
 
     #[test]

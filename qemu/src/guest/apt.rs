@@ -103,7 +103,7 @@ pub(super) fn apt_resolve(specs: &[String]) -> Result<Vec<Pkg>> {
     Ok(parse_apt_show(&String::from_utf8_lossy(&out.stdout)))
 }
 
-fn apt_resolve_one(spec: &str) -> Result<Pkg> {
+pub(super) fn apt_resolve_one(spec: &str) -> Result<Pkg> {
     let name = spec.split(['=', '/']).next().unwrap_or(spec);
     apt_resolve(&[spec.to_string()])?
         .into_iter()

@@ -7,7 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::apt::Pkg;
+use super::apt::{Pkg, apt_resolve_one};
+use super::cache_key::tools_key;
 use super::command::run;
 use super::cpio::Layer;
 use super::elf::{elf_info, is_elf};
@@ -91,8 +92,48 @@ pub(super) fn assemble(
     img.add_bytes("etc/guest-modules", modules.join("\n") + "\n", 0o644)?;
 
     // Tools and their shared libraries.
+    add_tools(&mut store, &mut img, TOOLS)?;
+
+    // Busybox applets, where no real binary is installed.
+    let bb = store.root("busybox-static").join("bin/busybox");
+    let list = run(
+        Command::new(&bb).arg("--list-full"),
+        "listing busybox applets (busybox-static)",
+    )?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        if !applet.is_empty() && applet != "bin/busybox" && !img.contains(applet) {
+            img.add_symlink(applet, "/bin/busybox")?;
+        }
+    }
+
+    let packages: Vec<String> = store.pkgs.values().map(|(p, _)| p.id()).collect();
+    img.add_bytes(
+        "etc/cbdfw-guest",
+        format!(
+            "tool {TOOL_VERSION}\nkernel {release}\n{}",
+            packages
+                .iter()
+                .map(|p| format!("package {p}\n"))
+                .collect::<String>()
+        ),
+        0o644,
+    )?;
+    img.write(&out.join("initrd.img"))?;
+    fs::remove_dir_all(&modroot).map_err(io_err(&modroot))?;
+    Ok((release, packages))
+}
+
+/// Puts each tool's files (`(package, paths)`, packages already in `store`) into `img`,
+/// and every shared library they need, transitively, under [`GUEST_LIBDIR`] (plus the ELF
+/// interpreter's link).
+pub(super) fn add_tools(
+    store: &mut Store,
+    img: &mut Layer,
+    tools: &[(&str, &[&str])],
+) -> Result<()> {
     let mut queue: VecDeque<(String, PathBuf, String)> = VecDeque::new();
-    for (pkg, files) in TOOLS {
+    for (pkg, files) in tools {
         let root = store.root(pkg).to_path_buf();
         for f in *files {
             let src = resolve_in_tree(&root, f).ok_or_else(|| GuestError::Package {
@@ -126,7 +167,7 @@ pub(super) fn assemble(
             if !have.insert(soname.clone()) {
                 continue;
             }
-            let (path, pkg) = find_lib_fetching(&mut store, &soname, &info.runpath, &owner)?
+            let (path, pkg) = find_lib_fetching(store, &soname, &info.runpath, &owner)?
                 .ok_or_else(|| GuestError::MissingLibrary {
                     binary: guest.clone(),
                     soname: soname.clone(),
@@ -137,33 +178,42 @@ pub(super) fn assemble(
             queue.push_back((soname, path, pkg));
         }
     }
+    Ok(())
+}
 
-    // Busybox applets, where no real binary is installed.
-    let bb = store.root("busybox-static").join("bin/busybox");
-    let list = run(
-        Command::new(&bb).arg("--list-full"),
-        "listing busybox applets (busybox-static)",
-    )?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let applet = applet.trim();
-        if !applet.is_empty() && applet != "bin/busybox" && !img.contains(applet) {
-            img.add_symlink(applet, "/bin/busybox")?;
-        }
+/// A layer of extra tools for runs that need them and the base image does not carry
+/// (e.g. `perf` for the profile bench: tens of MiB every other boot would unpack for
+/// nothing). `tools` as [`TOOLS`], each package a spec `apt-cache` resolves (`name`,
+/// `name/suite`). Cached in `<cache>/layers/` under the resolved package versions.
+pub fn tools_layer(cache: &Path, tools: &[(&str, &[&str])]) -> Result<PathBuf> {
+    let mut store = Store::new(cache)?;
+    let mut named: Vec<(String, &[&str])> = Vec::new();
+    let mut pkgs = Vec::new();
+    for (spec, files) in tools {
+        let p = apt_resolve_one(spec)?;
+        store.add(&p)?;
+        named.push((p.name.clone(), files));
+        pkgs.push(p);
     }
-
-    let packages: Vec<String> = store.pkgs.values().map(|(p, _)| p.id()).collect();
-    img.add_bytes(
-        "etc/cbdfw-guest",
-        format!(
-            "tool {TOOL_VERSION}\nkernel {release}\n{}",
-            packages
-                .iter()
-                .map(|p| format!("package {p}\n"))
-                .collect::<String>()
-        ),
-        0o644,
-    )?;
-    img.write(&out.join("initrd.img"))?;
-    fs::remove_dir_all(&modroot).map_err(io_err(&modroot))?;
-    Ok((release, packages))
+    let dir = cache.join("layers");
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let out = dir.join(format!("{}.cpio.gz", tools_key(&pkgs)));
+    if out.is_file() {
+        return Ok(out);
+    }
+    let mut img = Layer::new();
+    for d in ["usr/bin", "lib64", GUEST_LIBDIR] {
+        img.add_dir(d)?;
+    }
+    let named: Vec<(&str, &[&str])> = named.iter().map(|(n, f)| (n.as_str(), *f)).collect();
+    add_tools(&mut store, &mut img, &named)?;
+    let tmp = out.with_extension("tmp");
+    img.write(&tmp)?;
+    fs::rename(&tmp, &out).map_err(io_err(&out))?;
+    log::info!(
+        "tools layer {} ({})",
+        out.display(),
+        pkgs.iter().map(Pkg::id).collect::<Vec<_>>().join(" ")
+    );
+    Ok(out)
 }

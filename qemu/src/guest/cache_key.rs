@@ -36,6 +36,16 @@ pub fn cache_key(roots: &[Pkg], init: &[u8], modules: &[u8]) -> String {
     format!("{:016x}{:016x}", h.0, h2.0)
 }
 
+/// The cache key of a tools layer: tool version and the resolved packages.
+pub fn tools_key(pkgs: &[Pkg]) -> String {
+    let mut h = Fnv::new();
+    h.feed(TOOL_VERSION.as_bytes());
+    for p in pkgs {
+        h.feed(p.id().as_bytes());
+    }
+    format!("{:016x}", h.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,7 @@ pub use qemu_args::qemu_args;
 
 use apt::apt_resolve;
 use assemble::assemble;
+pub use assemble::tools_layer;
 use error::{Result, io_err};
 
 /// Bumped whenever the assembly logic changes in a way that changes the image.
@@ -80,6 +81,11 @@ pub const TOOLS: &[(&str, &[&str])] = &[
         &["sbin/blkdiscard", "sbin/fstrim", "usr/bin/fallocate"],
     ),
 ];
+
+/// Tools only the profile bench takes, in a layer of their own ([`tools_layer`]): `perf`
+/// from the kernel's suite (the same 6.12 as the guest's kernel).
+pub const PROFILE_TOOLS: &[(&str, &[&str])] =
+    &[("linux-perf/bookworm-backports", &["usr/bin/perf"])];
 
 /// Directory (in the guest) where every resolved shared library is placed.
 const GUEST_LIBDIR: &str = "lib/x86_64-linux-gnu";
