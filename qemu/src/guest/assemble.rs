@@ -187,12 +187,10 @@ pub(super) fn add_tools(
 /// `name/suite`). Cached in `<cache>/layers/` under the resolved package versions.
 pub fn tools_layer(cache: &Path, tools: &[(&str, &[&str])]) -> Result<PathBuf> {
     let mut store = Store::new(cache)?;
-    let mut named: Vec<(String, &[&str])> = Vec::new();
     let mut pkgs = Vec::new();
-    for (spec, files) in tools {
+    for (spec, _) in tools {
         let p = apt_resolve_one(spec)?;
         store.add(&p)?;
-        named.push((p.name.clone(), files));
         pkgs.push(p);
     }
     let dir = cache.join("layers");
@@ -205,7 +203,12 @@ pub fn tools_layer(cache: &Path, tools: &[(&str, &[&str])]) -> Result<PathBuf> {
     for d in ["usr/bin", "lib64", GUEST_LIBDIR] {
         img.add_dir(d)?;
     }
-    let named: Vec<(&str, &[&str])> = named.iter().map(|(n, f)| (n.as_str(), *f)).collect();
+    // By package name (the store's key), not by the spec that resolved it.
+    let named: Vec<(&str, &[&str])> = pkgs
+        .iter()
+        .zip(tools)
+        .map(|(p, (_, files))| (p.name.as_str(), *files))
+        .collect();
     add_tools(&mut store, &mut img, &named)?;
     let tmp = out.with_extension("tmp");
     img.write(&tmp)?;
